@@ -1,0 +1,178 @@
+"""Shared fixtures: the committed MNIST subset, a real `mlflow server`, isolated stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+SUBSET = TESTS / "data" / "mnist"
+REPO = TESTS.parent
+BIN = Path(sys.executable).parent
+# Full MNIST for CI-only tests, read before the autouse fixture points MNIST_DATA_DIR at the subset.
+FULL_DATA_DIR = os.environ.get("MNIST_DATA_DIR")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def subset_dir() -> Path:
+    return SUBSET
+
+
+@pytest.fixture(scope="session")
+def full_data_dir() -> Path:
+    """Full MNIST from $MNIST_DATA_DIR: required under CI, skipped elsewhere without it."""
+    if not FULL_DATA_DIR:
+        reason = "full MNIST not available: set MNIST_DATA_DIR to the folder with the IDX files"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return Path(FULL_DATA_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test reads the developer's MLflow store, MNIST folder or torch hub cache."""
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MNIST_DATA_DIR", str(SUBSET))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite tracking store, set as the tracking URI for the test."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, served artifacts) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", timeout=120, proc=proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def server_uri(mlflow_server, monkeypatch) -> str:
+    """The session's MLflow server, set as this test's tracking URI."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    return mlflow_server
+
+
+@pytest.fixture
+def experiment_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict[str, str]:
+    """Environment for running `mnist-tracker` / `mlflow` as subprocesses."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def copy_subset(dest: Path, layout: str = "torchvision", gz: bool = True) -> Path:
+    """Copy the subset into ``dest`` under another naming layout, gzipped or not."""
+    import gzip
+    import json
+
+    from mnist_tracker import data
+
+    folder = dest / "MNIST" / "raw" if layout == "torchvision-raw" else dest
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in data.FILES.values():
+        name = spec.kaggle_name if layout == "kaggle" else spec.name
+        src = SUBSET / f"{spec.name}.gz"
+        if gz:
+            shutil.copy(src, folder / f"{name}.gz")
+        else:
+            with gzip.open(src) as fh:
+                (folder / name).write_bytes(fh.read())
+    manifest = json.loads((SUBSET / data.MANIFEST_NAME).read_text())
+    (folder / data.MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
