@@ -1,0 +1,200 @@
+"""The training config: one typed object, resolved from a model's recipe plus overrides.
+
+Contracts:
+- ``resolve_config(model, **overrides)`` returns a complete, validated ``TrainConfig``; any
+  override left as ``None`` takes the model's recipe value (GUIDE.md section 2).
+- ``TrainConfig.to_params()`` is what gets logged as MLflow params: every field, as strings that
+  ``parse_param`` reads back to an equal value.
+- Invalid values raise ``ConfigError`` whose message names the option and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message says which option and what to pass instead."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes.
+
+    ``image_size`` is the side the network sees (28 for the MNIST-native models; the transfer
+    models resize inside the model). ``limit_*`` of None means the whole split.
+    """
+
+    model: str
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    scheduler: str
+    image_size: int
+    pretrained: bool
+    freeze: bool
+    precision: str = "fp32"
+    seed: int = 42
+    device: str = "auto"
+    limit_train: int | None = None
+    limit_test: int | None = None
+    val_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # model kwargs, e.g. from a search
+
+    def to_params(self) -> dict[str, str]:
+        """Every field as an MLflow param string (``extra`` flattened as ``model.<key>``)."""
+        params = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            params[f.name] = format_param(getattr(self, f.name))
+        for key, value in sorted(self.extra.items()):
+            params[f"model.{key}"] = format_param(value)
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A new, validated config with ``changes`` applied."""
+        new = dataclasses.replace(self, **changes)
+        validate(new)
+        return new
+
+
+def format_param(value: Any) -> str:
+    """The string form logged to MLflow: lowercase booleans, empty for None, repr for floats."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def parse_param(name: str, text: str) -> Any:
+    """Read a param string back into the type of ``TrainConfig.<name>`` (str if unknown)."""
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    kind = str(kinds.get(name, "str"))
+    if text == "" and "None" in kind:
+        return None
+    if kind.startswith("bool"):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{name}={text!r} is not a boolean; pass true or false")
+    if kind.startswith("int"):
+        return int(float(text))
+    if kind.startswith("float"):
+        return float(text)
+    return text
+
+
+def params_equal(name: str, a: str, b: str) -> bool:
+    """Whether two param strings mean the same value (``1e-3`` equals ``0.001``)."""
+    if a == b:
+        return True
+    try:
+        va, vb = parse_param(name, a), parse_param(name, b)
+    except (ValueError, ConfigError):
+        return False
+    if isinstance(va, float) and isinstance(vb, float):
+        return math.isclose(va, vb, rel_tol=1e-12)
+    return va == vb
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ConfigError for the first invalid value."""
+    from .models import get_spec  # late import: models import config
+
+    spec = get_spec(config.model)
+    if config.epochs < 1:
+        raise ConfigError(
+            f"epochs must be at least 1 (got {config.epochs}); pass --epochs 1 or more"
+        )
+    if config.batch_size < 1:
+        raise ConfigError(
+            f"batch size must be at least 1 (got {config.batch_size}); pass --batch-size 1 or more"
+        )
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise ConfigError(f"lr must be a positive number (got {config.lr}); pass e.g. --lr 1e-3")
+    if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
+        raise ConfigError(
+            f"weight decay must be 0 or more (got {config.weight_decay}); pass --weight-decay 0"
+        )
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose from {OPTIMIZERS}")
+    if config.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {config.scheduler!r}; choose from {SCHEDULERS}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {config.precision!r}; choose from {PRECISIONS}")
+    if spec.resizable:
+        if config.image_size < spec.min_image_size:
+            raise ConfigError(
+                f"image size {config.image_size} is below {config.model}'s minimum of "
+                f"{spec.min_image_size}; pass --image-size {spec.min_image_size} or more"
+            )
+    elif config.image_size != spec.input.image_size:
+        raise ConfigError(
+            f"{config.model} takes {spec.input.image_size}x{spec.input.image_size} images only "
+            f"(got --image-size {config.image_size}); leave --image-size out"
+        )
+    if config.pretrained and not spec.has_pretrained:
+        raise ConfigError(
+            f"{config.model} has no pretrained weights; leave --pretrained out or use "
+            "--no-pretrained"
+        )
+    if config.freeze and not spec.has_pretrained:
+        raise ConfigError(f"{config.model} has no backbone to freeze; leave --freeze out")
+    for name in ("limit_train", "limit_test"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be at least 1 (got {value}); leave it out for all")
+    if config.val_size < 0:
+        raise ConfigError(f"val size must be 0 or more (got {config.val_size})")
+    if config.device not in ("auto", "cpu", "mps") and not config.device.startswith("cuda"):
+        raise ConfigError(f"unknown device {config.device!r}; pass auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve_config(model: str, **overrides: Any) -> TrainConfig:
+    """The model's recipe with every non-None override applied, validated.
+
+    Unknown override names raise TypeError (a programming error, not user input).
+    """
+    from .models import get_spec
+
+    spec = get_spec(model)  # raises ConfigError for an unknown model
+    values: dict[str, Any] = {
+        "model": model,
+        "pretrained": spec.has_pretrained,
+        "freeze": spec.has_pretrained,
+        "image_size": spec.input.image_size,
+        "batch_size": 64,
+        "scheduler": "none",
+        **spec.recipe,
+    }
+    known = {f.name for f in fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise TypeError(f"resolve_config got an unknown field {key!r}")
+        if value is not None:
+            values[key] = value
+    if overrides.get("freeze") is None:
+        # Freezing only makes sense for pretrained features: random ones stay trainable.
+        values["freeze"] = bool(values["pretrained"])
+    config = TrainConfig(**values)
+    validate(config)
+    return config

@@ -1,0 +1,29 @@
+"""Model registry: ``create_model(config)`` builds any registered model by name.
+
+Importing this package registers the five lab models (cnn, deep_cnn, vgg16, alexnet, vit).
+"""
+
+from . import cnn, transfer, vit  # noqa: F401  (registration side effects)
+from .registry import (
+    InputSpec,
+    ModelError,
+    ModelSpec,
+    Preprocess,
+    count_params,
+    create_model,
+    get_spec,
+    list_specs,
+    register,
+)
+
+__all__ = [
+    "InputSpec",
+    "ModelError",
+    "ModelSpec",
+    "Preprocess",
+    "count_params",
+    "create_model",
+    "get_spec",
+    "list_specs",
+    "register",
+]

@@ -1,0 +1,127 @@
+"""VGG16 and AlexNet by transfer learning: ImageNet weights, frozen features, a 10-class head.
+
+The weights come through torchvision's own loader (``weights.get_state_dict``), which reads the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``) and downloads into it when the file is absent.
+Offline with no cached file, ``ModelError`` names the file expected and ``--no-pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelError, ModelSpec, register
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+TRANSFER_RECIPE = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 5}
+IMAGENET_INPUT = InputSpec(image_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+DOWNLOAD_TIMEOUT_S = 30
+
+_ARCHS = {
+    "vgg16": (tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1),
+    "alexnet": (tvm.alexnet, tvm.AlexNet_Weights.IMAGENET1K_V1),
+}
+
+
+def weights_cache_path(name: str) -> str:
+    """Where torch hub keeps (or would keep) the ImageNet weights of ``name``."""
+    weights = _ARCHS[name][1]
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+
+
+def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of ``name``, from the hub cache or downloaded into it."""
+    weights = _ARCHS[name][1]
+    path = weights_cache_path(name)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib has no timeout of its own
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # URLError, HTTPError, hash mismatch, unreadable file ...
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ModelError(
+            f"ImageNet weights for {name} are not in the torch hub cache ({path}) and could not "
+            f"be downloaded ({reason}); copy the file there, or train from scratch with "
+            "--no-pretrained"
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def feature_blocks(features: nn.Sequential) -> list[nn.Sequential]:
+    """The backbone's conv blocks, each ending at a MaxPool (VGG16: 5, AlexNet: 3)."""
+    blocks, current = [], []
+    for layer in features:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            blocks.append(nn.Sequential(*current))
+            current = []
+    return blocks
+
+
+def build_transfer(config: TrainConfig) -> nn.Module:
+    """torchvision ``config.model`` with a 10-class last layer.
+
+    With ``config.freeze`` the features are frozen except the last ``unfreeze_blocks`` conv
+    blocks (``config.extra``, default 0), which fine-tune with the head.
+    """
+    constructor, _ = _ARCHS[config.model]
+    net = constructor(weights=None)
+    if config.pretrained:
+        net.load_state_dict(load_imagenet_state_dict(config.model))
+    last = net.classifier[-1]
+    net.classifier[-1] = nn.Linear(last.in_features, 10)
+    if config.freeze:
+        net.features.requires_grad_(False)
+        unfreeze = int(config.extra.get("unfreeze_blocks", 0))
+        blocks = feature_blocks(net.features)
+        for block in blocks[len(blocks) - unfreeze :]:
+            block.requires_grad_(True)
+    return net
+
+
+TRANSFER_SEARCH = {
+    "lr": ("float", 1e-5, 1e-3, True),
+    "batch_size": ("categorical", [32, 64, 128]),
+    "unfreeze_blocks": ("int", 0, 2),
+}
+
+
+register(
+    ModelSpec(
+        name="vgg16",
+        builder=build_transfer,
+        input=IMAGENET_INPUT,
+        recipe=dict(TRANSFER_RECIPE),
+        description="torchvision VGG16, ImageNet weights, frozen features, new 10-class head",
+        n_params=134_301_514,
+        n_trainable=119_586_826,
+        min_image_size=32,
+        resizable=True,
+        has_pretrained=True,
+        search_space=TRANSFER_SEARCH,
+    )
+)
+
+register(
+    ModelSpec(
+        name="alexnet",
+        builder=build_transfer,
+        input=IMAGENET_INPUT,
+        recipe=dict(TRANSFER_RECIPE),
+        description="torchvision AlexNet, ImageNet weights, frozen features, new 10-class head",
+        n_params=57_044_810,
+        n_trainable=54_575_114,
+        min_image_size=63,
+        resizable=True,
+        has_pretrained=True,
+        search_space=TRANSFER_SEARCH,
+    )
+)

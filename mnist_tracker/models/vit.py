@@ -1,0 +1,110 @@
+"""A small Vision Transformer trained from scratch on 28x28 MNIST (GUIDE.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import InputSpec, ModelSpec, register
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        drop = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, d)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """4x4 patches (49) -> embed, CLS token + learned positions, pre-norm blocks, LN, head."""
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        patch_size: int = 4,
+        dim: int = 128,
+        depth: int = 6,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        n_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(1, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, dim))
+        self.pos_drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, 49, dim)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+register(
+    ModelSpec(
+        name="vit",
+        builder=lambda config: ViT(**config.extra),
+        input=InputSpec(),
+        recipe={
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 0.05,
+            "epochs": 10,
+            "scheduler": "cosine",
+        },
+        description="ViT from scratch: 4x4 patches, dim 128, 6 pre-norm blocks, 8 heads",
+        n_params=1_199_882,
+        n_trainable=1_199_882,
+        search_space={
+            "lr": ("float", 1e-4, 3e-3, True),
+            "weight_decay": ("float", 1e-3, 0.1, True),
+            "batch_size": ("categorical", [64, 128]),
+            "depth": ("int", 3, 8),
+            "dim": ("categorical", [64, 128, 192]),
+            "dropout": ("float", 0.0, 0.2, False),
+        },
+    )
+)

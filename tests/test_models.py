@@ -1,0 +1,106 @@
+"""Every registered model, generated from the registry: shapes, gradients, counts, weights."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mnist_tracker.config import resolve_config
+from mnist_tracker.models import ModelError, count_params, create_model, get_spec, list_specs
+from mnist_tracker.models.transfer import weights_cache_path
+
+SPECS = list_specs()
+NAMES = [s.name for s in SPECS]
+
+
+def test_registry_holds_the_five_lab_models():
+    assert NAMES == ["cnn", "deep_cnn", "vgg16", "alexnet", "vit"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_and_counts(name):
+    spec = get_spec(name)
+    config = resolve_config(name, pretrained=False, freeze=spec.has_pretrained)
+    torch.manual_seed(0)
+    model = create_model(config)
+    assert count_params(model) == (spec.n_params, spec.n_trainable)
+    x = torch.rand(3, 1, 28, 28)
+    logits = model(x)
+    assert logits.shape == (3, 10) and logits.dtype == torch.float32
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2])).backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{pname} got no gradient"
+        else:
+            assert p.grad is None, f"frozen {pname} got a gradient"
+    if spec.has_pretrained:
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and all(n.startswith("net.features.") for n in frozen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_sizes_and_eval_mode(name):
+    spec = get_spec(name)
+    size = spec.min_image_size if spec.resizable else None
+    config = resolve_config(name, pretrained=False, image_size=size)
+    model = create_model(config).eval()
+    with torch.inference_mode():
+        for n in (1, 7):
+            assert model(torch.rand(n, 1, 28, 28)).shape == (n, 10)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "alexnet"])
+def test_pretrained_weights_load_from_the_hub_cache(name, tmp_path):
+    """A state dict placed in the torch hub cache ($TORCH_HOME from conftest) is loaded."""
+    from torchvision import models as tvm
+
+    path = weights_cache_path(name)
+    assert path.startswith(os.environ["TORCH_HOME"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.manual_seed(123)
+    reference = getattr(tvm, name)(weights=None)
+    torch.save(reference.state_dict(), path)
+
+    model = create_model(resolve_config(name, image_size=get_spec(name).min_image_size))
+    net = model.net
+    loaded = net.state_dict()
+    for key, value in reference.state_dict().items():
+        if not key.startswith("classifier.6."):  # the new 10-class head
+            assert torch.equal(loaded[key], value), key
+    assert net.classifier[-1].out_features == 10
+    assert not any(p.requires_grad for p in net.features.parameters())
+    assert all(p.requires_grad for p in net.classifier.parameters())
+
+
+def test_pretrained_offline_error_names_the_file(monkeypatch):
+    # A proxy on a closed loopback port: the download fails at once, as it does offline.
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(ModelError) as err:
+        create_model(resolve_config("alexnet", image_size=64))
+    message = str(err.value)
+    assert weights_cache_path("alexnet") in message
+    assert "--no-pretrained" in message
+    assert not os.path.exists(weights_cache_path("alexnet"))
+
+
+def test_native_models_have_no_pretrained_option():
+    from mnist_tracker.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        resolve_config("cnn", pretrained=True)
+
+
+def test_preprocessing_inside_the_model_matches_the_recipe():
+    """Transfer models see 3 ImageNet-normalised channels at image_size; cnn sees MNIST norm."""
+    cnn = create_model(resolve_config("cnn"))
+    x = torch.full((1, 1, 28, 28), 0.1307)
+    assert torch.allclose(cnn.preprocess(x), torch.zeros(1, 1, 28, 28), atol=1e-6)
+    alex = create_model(resolve_config("alexnet", pretrained=False, image_size=96))
+    out = alex.preprocess(torch.full((2, 1, 28, 28), 0.485))
+    assert out.shape == (2, 3, 96, 96)
+    assert torch.allclose(out[:, 0], torch.zeros(2, 96, 96), atol=1e-5)
