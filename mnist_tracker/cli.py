@@ -1,0 +1,290 @@
+"""The ``mnist-tracker`` command line: parse options, build a config, call the library.
+
+Bad input (unknown model, out-of-range numbers, missing or corrupt data, unavailable weights)
+prints one line, ``Error: <what> ; <how to fix>``, and exits with code 2 before any MLflow run
+exists. Ctrl-C exits 130, SIGTERM 143, with the run marked KILLED.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from . import __version__
+
+USAGE_EXIT = 2
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors are one line on stderr (no usage dump), exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(USAGE_EXIT if isinstance(exc, click.UsageError) else exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def fail(message: str) -> None:
+    """Raise a usage error (exit 2) with ``message``."""
+    raise click.UsageError(message)
+
+
+class OptionalBool(click.ParamType):
+    """A boolean that may be given as ``--flag``, ``--flag true`` or ``--flag false``.
+
+    ``mlflow run`` passes extra parameters as ``--name value``, so flags must take a value.
+    """
+
+    name = "boolean"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered in ("true", "1", "yes", "y", "on"):
+            return True
+        if lowered in ("false", "0", "no", "n", "off"):
+            return False
+        self.fail(f"{value!r} is not a boolean; pass true or false", param, ctx)
+
+
+def _flag(name: str, help_text: str):
+    """``--name [BOOL]`` plus ``--no-name``; None when neither is given (recipe default)."""
+    dashed = name.replace("_", "-")
+
+    def decorate(fn):
+        fn = click.option(
+            f"--no-{dashed}",
+            f"no_{name}",
+            is_flag=True,
+            default=False,
+            help=f"Opposite of --{dashed}.",
+        )(fn)
+        return click.option(
+            f"--{dashed}",
+            name,
+            type=OptionalBool(),
+            is_flag=False,
+            flag_value=True,
+            default=None,
+            help=help_text,
+        )(fn)
+
+    return decorate
+
+
+def _tri(value: bool | None, negated: bool, name: str) -> bool | None:
+    if negated and value:
+        fail(f"--{name} and --no-{name} contradict each other; pass one of them")
+    return False if negated else value
+
+
+def _opt(*names: str, **kwargs):
+    """An option that also accepts its underscore spelling (``mlflow run`` extra params)."""
+    dashed = [n for n in names if n.startswith("--")]
+    extra = [n.replace("-", "_").replace("__", "--", 1) for n in dashed if "-" in n[2:]]
+    return click.option(*names, *extra, **kwargs)
+
+
+def _tracking_options(fn):
+    fn = click.option(
+        "--tracking-uri",
+        "--tracking_uri",
+        default=None,
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else MLflow's sqlite:///mlflow.db].",
+    )(fn)
+    return click.option(
+        "--experiment", default="mnist", show_default=True, help="MLflow experiment name."
+    )(fn)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnist-tracker")
+def main() -> None:
+    """Train MNIST classifiers (cnn, deep_cnn, vgg16, alexnet, vit) and track them in MLflow."""
+
+
+@main.command()
+@click.option(
+    "--model", "model_name", required=True, help="Model name; see `mnist-tracker models`."
+)
+@_opt("--epochs", type=int, default=None, help="Epochs [default: the model's recipe].")
+@_opt("--batch-size", type=int, default=None, help="Batch size [default: 64].")
+@_opt("--lr", type=float, default=None, help="Learning rate [default: the model's recipe].")
+@_opt("--weight-decay", type=float, default=None, help="Weight decay [default: recipe].")
+@_opt(
+    "--optimizer",
+    type=click.Choice(["adam", "adamw", "sgd"]),
+    default=None,
+    help="Optimizer [default: recipe].",
+)
+@_opt(
+    "--scheduler",
+    type=click.Choice(["none", "cosine", "onecycle"]),
+    default=None,
+    help="LR schedule [default: recipe].",
+)
+@_opt("--image-size", type=int, default=None, help="Input side for vgg16/alexnet [default: 224].")
+@_flag("pretrained", "Start from ImageNet weights (vgg16, alexnet) [default: yes for those].")
+@_flag("freeze", "Freeze the pretrained features (vgg16, alexnet) [default: yes for those].")
+@_opt(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default=None,
+    help="Numeric precision; auto = bf16 where the hardware is fast at it [default: fp32].",
+)
+@_opt("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
+@_opt("--limit-test", type=int, default=None, help="Use N test images (class-balanced).")
+@_opt("--val-size", type=int, default=None, help="Hold out N training images for validation [0].")
+@_opt("--seed", type=int, default=None, help="Random seed [default: 42].")
+@_opt("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
+@_opt(
+    "--data-dir",
+    default=None,
+    help="Folder with the MNIST IDX files [default: $MNIST_DATA_DIR, else ./data].",
+)
+@_opt("--run-name", default=None, help="MLflow run name [default: MLflow's].")
+@_opt("--register", default=None, help="Register the model under this name in the registry.")
+@_tracking_options
+def train(
+    model_name,
+    pretrained,
+    no_pretrained,
+    freeze,
+    no_freeze,
+    data_dir,
+    experiment,
+    run_name,
+    tracking_uri,
+    register,
+    **options,
+) -> None:
+    """Train one model and log the run (params, curves, model, plots) to MLflow."""
+    from .config import ConfigError, resolve_config
+
+    pretrained = _tri(pretrained, no_pretrained, "pretrained")
+    freeze = _tri(freeze, no_freeze, "freeze")
+    try:
+        config = resolve_config(model_name, pretrained=pretrained, freeze=freeze, **options)
+    except ConfigError as exc:
+        fail(str(exc))
+    _run_training(config, data_dir, experiment, run_name, tracking_uri, register)
+
+
+def _run_training(config, data_dir, experiment, run_name, tracking_uri, register) -> None:
+    from . import runner, tracking
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+
+    uri = tracking.set_tracking_uri(tracking_uri)
+    click.echo(
+        f"mnist-tracker {__version__}: training {config.model} for {config.epochs} epoch(s); "
+        f"tracking to {tracking.redact(uri)}",
+        err=True,
+    )
+
+    def on_sigterm(signum, _frame):
+        raise tracking.Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        outcome = runner.train(
+            config,
+            data_dir=data_dir,
+            experiment=experiment,
+            run_name=run_name,
+            register=register,
+            progress=sys.stderr.isatty(),
+            echo=lambda line: click.echo(line, err=True),
+        )
+    except (ConfigError, DataError, ModelError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("Interrupted: the run was marked KILLED.", err=True)
+        sys.exit(130)
+    except tracking.Interrupted as exc:
+        click.echo(f"Stopped by signal {exc.signum}: the run was marked KILLED.", err=True)
+        sys.exit(128 + exc.signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    final = outcome.result.final
+    click.echo(
+        f"run {outcome.run_id}: test accuracy {final['test_accuracy']:.2%}, "
+        f"macro F1 {final['test_f1_macro']:.4f}, training time {final['training_time_s']:.1f}s "
+        f"({final['train_throughput_img_s']:.0f} img/s on {outcome.result.device}, "
+        f"{outcome.result.precision})"
+    )
+    click.echo(_ui_hint(uri, outcome.experiment_id, outcome.run_id), err=True)
+
+
+def _ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    from .tracking import redact
+
+    if uri.startswith(("http://", "https://")):
+        return f"View it: {redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (
+        f"View it: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000/"
+        f"#/experiments/{experiment_id}/runs/{run_id})"
+    )
+
+
+@main.command("models")
+def models_cmd() -> None:
+    """List the registered models with their recipes and parameter counts."""
+    from .models import list_specs
+
+    header = (
+        f"{'name':<9} {'params':>12} {'trainable':>12} {'input':>9} {'optim':<6} "
+        f"{'lr':>7} {'wd':>7} {'epochs':>6} {'sched':<6}  description"
+    )
+    click.echo(header)
+    for spec in list_specs():
+        r = spec.recipe
+        size = f"{spec.input.image_size}x{spec.input.channels}"
+        click.echo(
+            f"{spec.name:<9} {spec.n_params:>12,} {spec.n_trainable:>12,} {size:>9} "
+            f"{r['optimizer']:<6} {r['lr']:>7.0e} {r['weight_decay']:>7.0e} {r['epochs']:>6} "
+            f"{r.get('scheduler', 'none'):<6}  {spec.description}"
+        )
+
+
+@main.group("data")
+def data_group() -> None:
+    """Inspect the MNIST files."""
+
+
+@data_group.command("check")
+@click.option(
+    "--data-dir", default=None, help="Folder with the IDX files [$MNIST_DATA_DIR, ./data]."
+)
+@click.option(
+    "--download/--no-download",
+    default=False,
+    show_default=True,
+    help="Download the files when they are missing.",
+)
+def data_check(data_dir, download) -> None:
+    """Verify the MNIST files (magic, sizes, sha256) and print the counts."""
+    from .data import DataError, label_counts, load_mnist
+
+    try:
+        mnist = load_mnist(data_dir, download_missing=download)
+    except DataError as exc:
+        fail(str(exc))
+    click.echo(f"MNIST in {mnist.source}: verified")
+    for split, y in (("train", mnist.train_y), ("test", mnist.test_y)):
+        counts = " ".join(str(c) for c in label_counts(y))
+        click.echo(f"  {split:<5} {len(y):>6} images; per digit 0-9: {counts}")

@@ -1,0 +1,310 @@
+"""The training loop: ``fit(config, splits, model, on_epoch) -> FitResult``.
+
+Plain functions that return numbers; nothing here knows about MLflow. ``on_epoch(epoch,
+metrics)`` is called after each epoch with the GUIDE.md metric names (step = epoch from 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+
+from .config import TrainConfig
+from .data import Splits, iterate_batches
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    f1_macro: float
+    predictions: np.ndarray  # predicted class per item, in the split's order
+
+
+@dataclass
+class FitResult:
+    """What a run produced. ``final`` holds the last epoch's metrics plus run-level ones."""
+
+    history: list[dict[str, float]]
+    final: dict[str, float]
+    test_predictions: np.ndarray | None  # None when the splits had no test set
+    test_labels: np.ndarray | None
+    device: str
+    precision: str
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. Anything else is passed to ``torch.device``."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix work natively (AVX512-bf16 or AMX)."""
+    with contextlib.suppress(Exception):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the hardware runs it fast, else fp32; fp16 only on CUDA."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a CUDA device; use --precision bf16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The config's optimizer over the trainable parameters only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
+
+
+def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """(scheduler or None, whether it steps per batch)."""
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
+    if config.scheduler == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+        )
+        return sched, True
+    return None, False
+
+
+def eval_batch_size(config: TrainConfig) -> int:
+    """Large batches for evaluation, scaled down for big inputs to bound activation memory."""
+    scaled = int(2048 * (28 / config.image_size) ** 2)
+    return max(config.batch_size, min(2048, scaled))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    precision: str,
+    generator: torch.Generator,
+    scheduler=None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> tuple[float, float]:
+    """One pass over ``(x, y)`` in a seeded order; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for xb, yb in iterate_batches(x, y, batch_size, generator=generator, device=device):
+        with autocast(device, precision):
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        # Accumulate on the device: no host sync per batch.
+        total_loss += loss.detach().float() * len(yb)
+        correct += (logits.detach().argmax(1) == yb).sum()
+        seen += len(yb)
+        if progress is not None:
+            progress(len(yb), float(loss), 0.0)
+    return float(total_loss) / seen, int(correct) / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 1024,
+) -> EvalResult:
+    """Loss, accuracy and macro F1 of ``model`` on ``(x, y)``, in large batches."""
+    model.eval()
+    total_loss = 0.0
+    preds = []
+    for xb, yb in iterate_batches(x, y, batch_size, device=device):
+        with autocast(device, precision):
+            logits = model(xb)
+        total_loss += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
+        preds.append(logits.argmax(1).cpu())
+    predictions = torch.cat(preds).numpy()
+    labels = y.numpy()
+    return EvalResult(
+        loss=total_loss / len(y),
+        accuracy=float((predictions == labels).mean()),
+        f1_macro=float(
+            f1_score(labels, predictions, average="macro", labels=list(range(10)), zero_division=0)
+        ),
+        predictions=predictions,
+    )
+
+
+class _Progress:
+    """A tqdm bar per epoch with live loss and accuracy (only when asked, i.e. on a TTY)."""
+
+    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False)
+        self.loss = None
+
+    def __call__(self, n: int, loss: float, _acc: float) -> None:
+        if self.bar is None:
+            return
+        self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        self.bar.update(n)
+        self.bar.set_postfix(loss=f"{self.loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fit(
+    config: TrainConfig,
+    splits: Splits,
+    model: nn.Module,
+    on_epoch: EpochHook | None = None,
+    *,
+    progress: bool = False,
+) -> FitResult:
+    """Train ``model`` per ``config`` on ``splits``; evaluate on test (and val) every epoch.
+
+    Seeded: the same config, data and device give the same numbers. ``training_time_s`` is the
+    wall time of the training passes (the lab's "Training Time"); evaluation is not in it but
+    is in ``total_time_s``.
+    """
+    start = time.perf_counter()
+    device = select_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.to(device)
+    optimizer = build_optimizer(config, model)
+    steps = math.ceil(len(splits.train_y) / config.batch_size)
+    scheduler, per_batch = build_scheduler(config, optimizer, steps)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    eval_bs = eval_batch_size(config)
+    history: list[dict[str, float]] = []
+    training_time = 0.0
+    test = None
+    for epoch in range(1, config.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        bar = _Progress(progress, len(splits.train_y), epoch, config.epochs)
+        t0 = time.perf_counter()
+        try:
+            train_loss, train_acc = train_one_epoch(
+                model,
+                splits.train_x,
+                splits.train_y,
+                batch_size=config.batch_size,
+                optimizer=optimizer,
+                device=device,
+                precision=precision,
+                generator=generator,
+                scheduler=scheduler if per_batch else None,
+                scaler=scaler,
+                progress=bar if bar.bar is not None else None,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        finally:
+            bar.close()
+        epoch_time = time.perf_counter() - t0
+        training_time += epoch_time
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "epoch_time_s": epoch_time,
+            "lr": lr,
+        }
+        if splits.val_y is not None:
+            val = evaluate(
+                model,
+                splits.val_x,
+                splits.val_y,
+                device=device,
+                precision=precision,
+                batch_size=eval_bs,
+            )
+            metrics.update(val_loss=val.loss, val_accuracy=val.accuracy, val_f1_macro=val.f1_macro)
+        if splits.test_y is not None:
+            test = evaluate(
+                model,
+                splits.test_x,
+                splits.test_y,
+                device=device,
+                precision=precision,
+                batch_size=eval_bs,
+            )
+            metrics.update(
+                test_loss=test.loss, test_accuracy=test.accuracy, test_f1_macro=test.f1_macro
+            )
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    final = dict(history[-1])
+    final.update(
+        training_time_s=training_time,
+        total_time_s=time.perf_counter() - start,
+        train_throughput_img_s=len(splits.train_y) * config.epochs / training_time,
+    )
+    return FitResult(
+        history=history,
+        final=final,
+        test_predictions=None if test is None else test.predictions,
+        test_labels=None if splits.test_y is None else splits.test_y.numpy(),
+        device=str(device),
+        precision=precision,
+    )

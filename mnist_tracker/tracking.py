@@ -1,0 +1,304 @@
+"""The MLflow side of a run: start or attach, log config, epochs, model and artifacts.
+
+Contracts:
+- ``tracked_run`` starts a run (or attaches to ``$MLFLOW_RUN_ID`` under ``mlflow run``) and
+  always ends it: FINISHED on success, KILLED on Ctrl-C / SIGTERM, FAILED on any other error.
+- ``log_params`` never tries to change a param MLflow already holds (``mlflow run`` logs the
+  entry point's parameters first); equal values are skipped.
+- ``EpochLogger`` sends one ``log_batch`` call per epoch.
+- Tracking URIs are printed and tagged only through ``redact``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import platform
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from . import __version__
+from .config import TrainConfig, params_equal
+
+DEFAULT_EXPERIMENT = "mnist"
+MODEL_ARTIFACT = "model"
+
+
+class EndRun(Exception):
+    """Raised inside ``tracked_run`` to end the run early with ``status`` and ``tags``.
+
+    The tuner raises it to end a pruned trial KILLED with ``optuna.state=PRUNED``.
+    """
+
+    def __init__(self, status: str, tags: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status = status
+        self.tags = tags or {}
+
+
+class Interrupted(BaseException):
+    """Raised by the SIGTERM handler so that the run ends KILLED like on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def redact(uri: str | None) -> str:
+    """``uri`` with any password replaced by ``***`` (safe to print, log or tag)."""
+    if not uri:
+        return ""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scrub(text: str, uri: str | None) -> str:
+    """``text`` with ``uri``'s password (and ``uri`` itself) replaced by their redacted forms."""
+    if not uri:
+        return text
+    text = text.replace(uri, redact(uri))
+    password = urlsplit(uri).password
+    return text.replace(password, "***") if password else text
+
+
+def set_tracking_uri(uri: str | None) -> str:
+    """Use ``uri`` if given (else ``$MLFLOW_TRACKING_URI``, else MLflow's default); return it."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.get_tracking_uri()
+
+
+def attached_run_id() -> str | None:
+    """The run ``mlflow run`` created for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def git_commit() -> str | None:
+    """The commit of the mnist_tracker source tree, when it is a git checkout."""
+    with contextlib.suppress(Exception):
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+def device_name(device: str) -> str:
+    """A human name for the device the run used (GPU model or CPU model)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def run_tags(device: str) -> dict[str, str]:
+    tags = {
+        "mnist_tracker.version": __version__,
+        "torch.version": torch.__version__,
+        "mlflow.version": mlflow.__version__,
+        "device": device,
+        "device_name": device_name(device),
+        "cpu_threads": str(torch.get_num_threads()),
+    }
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    attach: bool = True,
+    status_tags: dict[str, dict[str, str]] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run and guarantee it ends with the right status.
+
+    With ``attach`` (the default) and ``$MLFLOW_RUN_ID`` set, the run ``mlflow run`` created is
+    used instead. With ``parent_run_id`` the new run is nested under that run, in its
+    experiment. ``EndRun`` raised inside ends the run with its status, then propagates.
+    ``status_tags`` maps a final status (FINISHED, FAILED, KILLED) to tags set just before.
+    """
+    status_tags = status_tags or {}
+
+    def end(status: str, extra: dict[str, str] | None = None) -> None:
+        with contextlib.suppress(Exception):
+            tags_now = status_tags.get(status, {}) | (extra or {})
+            if tags_now:
+                mlflow.set_tags(tags_now)
+        mlflow.end_run(status)
+
+    client = MlflowClient()
+    run_id = attached_run_id() if attach else None
+    if run_id is None:
+        # Created through the client: ``mlflow.start_run()`` without a run id would pick up
+        # ``$MLFLOW_RUN_ID`` even when this run must be a new one (a trial under ``mlflow run``).
+        all_tags = dict(tags or {})
+        if parent_run_id is not None:
+            experiment_id = client.get_run(parent_run_id).info.experiment_id
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        else:
+            experiment_id = experiment_id_for(experiment)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        tags = None
+    elif run_name:
+        client.set_tag(run_id, MLFLOW_RUN_NAME, run_name)
+    run = mlflow.start_run(run_id=run_id, tags=tags, nested=mlflow.active_run() is not None)
+    try:
+        yield run
+    except EndRun as stop:
+        end(stop.status, stop.tags)
+        raise
+    except (KeyboardInterrupt, Interrupted):
+        end("KILLED")
+        raise
+    except BaseException as exc:
+        end("FAILED", {"error": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
+    else:
+        end("FINISHED")
+
+
+def experiment_id_for(name: str) -> str:
+    """The id of experiment ``name``, created if absent; the process's own (``mlflow run``'s
+    ``$MLFLOW_EXPERIMENT_ID``) is not switched globally."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        # Another worker created it between the two calls.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def log_params(run_id: str, params: dict[str, str]) -> None:
+    """Log ``params``, skipping those the run already has with an equal value.
+
+    A param already present with a different value (``mlflow run -P device=auto`` when the run
+    resolved ``cpu``) keeps MLflow's value; the resolved one goes to tag ``resolved.<key>``.
+    """
+    client = MlflowClient()
+    existing = client.get_run(run_id).data.params
+    new, tags = [], []
+    for key, value in params.items():
+        if key not in existing:
+            new.append(Param(key, value))
+        elif not params_equal(key, existing[key], value):
+            tags.append(RunTag(f"resolved.{key}", value))
+    for start in range(0, len(new), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=new[start : start + 100])
+    if tags:
+        client.log_batch(run_id, tags=tags)
+
+
+class EpochLogger:
+    """An ``on_epoch`` hook: one ``log_batch`` per epoch, step = epoch."""
+
+    def __init__(self, run_id: str, echo=None):
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self.echo = echo
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        batch = [Metric(key, float(value), ts, epoch) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+        if self.echo is not None:
+            self.echo(epoch, metrics)
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    ts = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()]
+    )
+
+
+def log_datasets(splits) -> None:
+    """Record the train / val / test data as MLflow dataset inputs."""
+    from mlflow.data import from_numpy
+
+    contexts = [
+        ("training", splits.train_x, splits.train_y),
+        ("testing", splits.test_x, splits.test_y),
+        ("validation", splits.val_x, splits.val_y),
+    ]
+    for context, x, y in contexts:
+        if y is None:
+            continue
+        with warnings.catch_warnings():
+            # MLflow registers the local-file source twice and warns that it had to pick one.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_numpy(
+                features=x.numpy(),
+                targets=y.numpy(),
+                source=str(Path(splits.source).resolve()),
+                name=f"mnist-{context}",
+            )
+        mlflow.log_input(dataset, context=context)
+
+
+def pip_requirements() -> list[str]:
+    """What a loaded model needs; given explicitly so logging skips requirement inference."""
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor, register: str | None = None):
+    """Log ``model`` as the ``model`` artifact: [0, 1] pixels (N, 1, 28, 28) -> logits (N, 10).
+
+    Saved as ``pt2`` (torch.export, no pickle). The input example has two images so that the
+    exported program keeps the batch dimension dynamic.
+    """
+    from mlflow.models import infer_signature
+
+    cpu_model = copy.deepcopy(model).to("cpu").float().eval()
+    example = example[:2].to("cpu").float()
+    with torch.inference_mode():
+        logits = cpu_model(example)
+    signature = infer_signature(example.numpy(), logits.numpy())
+    return mlflow.pytorch.log_model(
+        cpu_model,
+        name=MODEL_ARTIFACT,
+        serialization_format="pt2",
+        input_example=example.numpy(),
+        signature=signature,
+        pip_requirements=pip_requirements(),
+        registered_model_name=register,
+    )
+
+
+def log_config_artifact(config: TrainConfig) -> None:
+    """The full config as JSON, so a run can be rebuilt from its artifacts alone."""
+    mlflow.log_dict(config.to_dict(), "config.json")

@@ -1,0 +1,205 @@
+"""Training runs logged to a real `mlflow server` (SQLite backend, served artifacts)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mnist_tracker import runner, tracking
+from mnist_tracker.config import resolve_config
+
+from .conftest import BIN, SUBSET
+
+pytestmark = pytest.mark.slow
+
+EPOCH_METRICS = [
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "test_f1_macro",
+    "epoch_time_s",
+    "lr",
+    "val_loss",
+    "val_accuracy",
+    "val_f1_macro",
+]
+RUN_METRICS = ["training_time_s", "total_time_s", "train_throughput_img_s"]
+
+
+def _runs(experiment_name: str):
+    exp = MlflowClient().get_experiment_by_name(experiment_name)
+    return [] if exp is None else MlflowClient().search_runs([exp.experiment_id])
+
+
+def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_env):
+    proc = subprocess.run(
+        [
+            str(BIN / "mnist-tracker"),
+            "train",
+            "--model",
+            "cnn",
+            "--epochs",
+            "2",
+            "--limit-train",
+            "300",
+            "--limit-test",
+            "100",
+            "--val-size",
+            "100",
+            "--data-dir",
+            str(SUBSET),
+            "--tracking-uri",
+            server_uri,
+            "--experiment",
+            experiment_name,
+            "--run-name",
+            "cli-run",
+            "--register",
+            experiment_name,
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 2/2" in proc.stderr and "test accuracy" in proc.stdout
+    (run,) = _runs(experiment_name)
+    client = MlflowClient()
+    assert run.info.status == "FINISHED" and run.info.run_name == "cli-run"
+
+    params = run.data.params
+    expected = resolve_config(
+        "cnn",
+        epochs=2,
+        limit_train=300,
+        limit_test=100,
+        val_size=100,
+        device="cpu",
+        precision="fp32",
+    ).to_params()
+    for key, value in expected.items():
+        assert params[key] == value, key
+    assert params["n_params"] == "422474" and params["n_trainable_params"] == "422474"
+    assert params["train_size"] == "300" and params["test_size"] == "100"
+
+    for key in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2], key
+    for key in RUN_METRICS:
+        assert run.data.metrics[key] > 0
+    for key in ("train_accuracy", "test_accuracy", "test_f1_macro", "val_accuracy"):
+        assert 0 <= run.data.metrics[key] <= 1
+
+    for tag in ("mnist_tracker.version", "torch.version", "mlflow.version", "device_name"):
+        assert run.data.tags[tag]
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert contexts == {"training", "testing", "validation"}
+
+    local = client.download_artifacts(run.info.run_id, "")
+    import pathlib
+
+    root = pathlib.Path(local)
+    for name in (
+        "plots/learning_curves.html",
+        "plots/confusion_matrix.html",
+        "reports/classification_report.json",
+        "config.json",
+    ):
+        assert (root / name).is_file(), name
+    report = json.loads((root / "reports/classification_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert "<div" in (root / "plots/learning_curves.html").read_text()
+
+    versions = client.search_model_versions(f"name='{experiment_name}'")
+    assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides"),
+    [
+        ("cnn", {}),
+        ("vit", {}),
+        ("alexnet", {"pretrained": False, "image_size": 63}),
+    ],
+)
+def test_logged_model_predicts_like_the_trained_one(server_uri, experiment_name, model, overrides):
+    config = resolve_config(model, epochs=1, limit_train=128, limit_test=64, **overrides)
+    outcome = runner.train(config, data_dir=SUBSET, experiment=experiment_name)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    images = torch.from_numpy(np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32))
+    trained = outcome.model.to("cpu").eval()
+    for n in (1, 7):
+        batch = images[:n]
+        logits = np.asarray(loaded.predict(batch.numpy()))
+        assert logits.shape == (n, 10)
+        with torch.inference_mode():
+            expected = trained(batch).numpy()
+        np.testing.assert_array_equal(logits.argmax(1), expected.argmax(1))
+        np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_failure_marks_the_run_failed(server_uri, experiment_name):
+    config = resolve_config("cnn", epochs=3, limit_train=64, limit_test=32)
+
+    def explode(line):
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        runner.train(config, data_dir=SUBSET, experiment=experiment_name, echo=explode)
+    (run,) = _runs(experiment_name)
+    assert run.info.status == "FAILED"
+    assert "disk on fire" in run.data.tags["error"]
+    assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_marks_the_run_killed(server_uri, experiment_name, cli_env, sig, code):
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mnist-tracker"),
+            "train",
+            "--model",
+            "cnn",
+            "--epochs",
+            "200",
+            "--limit-train",
+            "200",
+            "--limit-test",
+            "50",
+            "--data-dir",
+            str(SUBSET),
+            "--tracking-uri",
+            server_uri,
+            "--experiment",
+            experiment_name,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env,
+    )
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if line.startswith("epoch 1/200") or time.monotonic() > deadline:
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "KILLED" in err and "Traceback" not in err
+    (run,) = _runs(experiment_name)
+    assert run.info.status == "KILLED"
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")) >= 1
+
+
+def test_redact_hides_passwords():
+    assert tracking.redact("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
