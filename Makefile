@@ -1,0 +1,37 @@
+# Two entry points for a fresh clone (Python 3.11 and pip are all it needs):
+#   make run    create .venv, install, train the lab's cnn, tracked in ./mlflow.db
+#   make test   create .venv, install with test extras, lint, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: install run test lint format ui clean
+
+$(BIN)/mnist-tracker: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/mnist-tracker
+
+run: install
+	$(BIN)/mnist-tracker train --model cnn $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""`mlflow run . --env-manager local` end to end: one complete run, no second one."""
+
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .conftest import BIN, REPO, SUBSET
+
+pytestmark = pytest.mark.slow
+
+
+def test_mlflow_run_alexnet(server_uri, experiment_name, cli_env, tmp_path):
+    cli_env["MLFLOW_TRACKING_URI"] = server_uri
+    cli_env["MNIST_DATA_DIR"] = str(SUBSET)
+    proc = subprocess.run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            experiment_name,
+            "-P",
+            "model=alexnet",
+            "-P",
+            "epochs=1",
+            "-P",
+            "limit_train=512",
+            "-P",
+            "limit_test=256",
+            "-P",
+            "image_size=64",
+            "-P",
+            "pretrained=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, "the command logs into the run `mlflow run` created"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    params = run.data.params
+    expected = {
+        "model": "alexnet",
+        "epochs": "1",
+        "limit_train": "512",
+        "limit_test": "256",
+        "image_size": "64",
+        "pretrained": "false",
+        "freeze": "false",
+        "lr": "0.0001",
+        "optimizer": "adam",
+        "train_size": "512",
+        "test_size": "256",
+    }
+    for key, value in expected.items():
+        assert params[key] == value, key
+    assert float(params["batch_size"]) == 64
+    history = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [m.step for m in history] == [1]
+    assert run.data.metrics["training_time_s"] > 0
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert [m.source_run_id for m in models] == [run.info.run_id]
