@@ -288,3 +288,99 @@ def data_check(data_dir, download) -> None:
     for split, y in (("train", mnist.train_y), ("test", mnist.test_y)):
         counts = " ".join(str(c) for c in label_counts(y))
         click.echo(f"  {split:<5} {len(y):>6} images; per digit 0-9: {counts}")
+
+
+@main.command()
+@click.option(
+    "--model", "model_name", required=True, help="Model name; see `mnist-tracker models`."
+)
+@_opt(
+    "--trials", type=int, default=20, show_default=True, help="Trials in the study (all workers)."
+)
+@_opt("--timeout", type=float, default=None, help="Stop this worker after S seconds.")
+@_opt("--epochs", type=int, default=None, help="Epochs per trial [default: the model's recipe].")
+@_opt("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
+@_opt(
+    "--pruner",
+    type=click.Choice(["median", "hyperband", "none"]),
+    default="median",
+    show_default=True,
+    help="Stops hopeless trials early, judged on validation accuracy per epoch.",
+)
+@_opt("--val-size", type=int, default=5000, show_default=True, help="Validation hold-out.")
+@_opt(
+    "--storage",
+    default=None,
+    help="Shared study storage: postgresql://..., sqlite:///..., or journal:PATH (one machine). "
+    "Default: in memory, this process only.",
+)
+@_opt("--study-name", default=None, help="Workers with the same name share the study.")
+@_opt("--seed", type=int, default=42, show_default=True)
+@_flag("final", "Train the best config on the full training set and test it [default: yes].")
+@_opt("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
+@_opt("--limit-test", type=int, default=None, help="Test images for the final run.")
+@_opt("--image-size", type=int, default=None, help="Input side for vgg16/alexnet.")
+@_opt("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@_opt("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
+@_opt(
+    "--heartbeat-interval",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Seconds between a running trial's heartbeats (database storages).",
+)
+@_opt(
+    "--grace-period",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds without heartbeat after which a trial is failed and retried.",
+)
+@_opt("--data-dir", default=None, help="Folder with the MNIST IDX files.")
+@_tracking_options
+def tune(model_name, final, no_final, data_dir, tracking_uri, **options) -> None:
+    """Search hyper-parameters with Optuna on a validation split; one MLflow child run a trial.
+
+    Several processes (or machines) given the same --storage and --study-name share one
+    study: --trials is the study's total, and the child runs of all workers nest under one
+    parent run.
+    """
+    import optuna
+
+    from . import tracking
+    from .config import ConfigError
+    from .data import DataError
+    from .tune import TuneError, TuneSettings
+    from .tune import tune as run_tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial suffices
+    uri = tracking.set_tracking_uri(tracking_uri)
+    final = _tri(final, no_final, "final")
+    settings = TuneSettings(model=model_name, final=final is not False, **options)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    echo(
+        f"mnist-tracker {__version__}: tuning {model_name}, {settings.trials} trial(s), "
+        f"storage {tracking.redact(settings.storage) or 'in memory'}, "
+        f"tracking to {tracking.redact(uri)}"
+    )
+    try:
+        outcome = run_tune(settings, data_dir=data_dir, echo=echo)
+    except (TuneError, ConfigError, DataError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
+    if outcome.best_value is None:
+        click.echo(f"study {outcome.study.study_name}: no trial completed ({counts})")
+        return
+    params = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in outcome.best_params.items()
+    )
+    click.echo(
+        f"study {outcome.study.study_name}: best val_accuracy {outcome.best_value:.4f} "
+        f"({counts}); best params: {params}"
+    )
+    if outcome.final_run_id:
+        click.echo(f"final run {outcome.final_run_id} (parent run {outcome.parent_run_id})")
