@@ -78,6 +78,7 @@ def train(
     attach: bool = True,
     log_artifacts: bool = True,
     status_tags: dict[str, dict[str, str]] | None = None,
+    on_run_start: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
     """Train ``config`` and log the run to the current MLflow tracking URI.
 
@@ -87,7 +88,8 @@ def train(
     ``tracking.EndRun`` (the tuner's pruning). ``parent_run_id`` nests the run; ``attach``
     lets it join ``mlflow run``'s run. Without ``log_artifacts`` only params, metrics and
     tags are logged (search trials): no datasets, plots, report or model. ``status_tags``
-    maps the run's final status to tags set as it ends.
+    maps the run's final status to tags set as it ends; ``on_run_start(run_id)`` is called
+    as soon as the run exists.
     """
     config = resolve_runtime(config)
     if splits is None:
@@ -108,6 +110,8 @@ def train(
         experiment, run_name, tags, parent_run_id, attach, status_tags
     ) as run:
         run_id = run.info.run_id
+        if on_run_start is not None:
+            on_run_start(run_id)
         params = config.to_params() | {k: str(v) for k, v in counts.items()}
         tracking.log_params(run_id, params)
         if log_artifacts:

@@ -483,6 +483,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     heartbeat = heartbeat_enabled(study)
+    closed: set[str] = set()
     while deadline is None or time.monotonic() < deadline:
         lock.acquire()
         try:
@@ -490,6 +491,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)  # may enqueue retries
+                _close_dead_trial_runs(study, say, closed)
             state = study_state(study)
             if state.waiting == 0 and state.counted >= settings.trials:
                 if not state.running:
@@ -511,6 +513,22 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     return False
 
 
+def _close_dead_trial_runs(study: optuna.Study, say, closed: set[str]) -> None:
+    """End FAILED the MLflow runs of trials whose worker died (their state went FAIL by
+    heartbeat while the run still says RUNNING). ``closed`` remembers runs already checked."""
+    client = MlflowClient()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id or run_id in closed:
+            continue
+        closed.add(run_id)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_tag(run_id, "error", "worker stopped sending heartbeats; trial retried")
+            client.set_terminated(run_id, "FAILED")
+            say(f"trial {trial.number}: its worker died; run {run_id} marked FAILED, retried")
+
+
 class _Objective:
     """One trial: suggest a config, train it as a child run, report val accuracy per epoch."""
 
@@ -522,6 +540,7 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.lock.release()
         config = suggest_config(trial, self.base)
+        self.say(f"trial {trial.number}: started")
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         tags = {
             "optuna.study_name": self.study_name,
@@ -553,6 +572,7 @@ class _Objective:
                     "FINISHED": {"optuna.state": "COMPLETE"},
                     "FAILED": {"optuna.state": "FAIL"},
                 },
+                on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             )
         except tracking.EndRun:
             self.say(f"trial {trial.number}: pruned")
@@ -560,7 +580,6 @@ class _Objective:
         except Exception as exc:
             self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
             raise
-        trial.set_user_attr("mlflow_run_id", outcome.run_id)
         value = outcome.result.final["val_accuracy"]
         self.say(f"trial {trial.number}: val_accuracy {value:.4f}  {trial.params}")
         return value

@@ -242,3 +242,43 @@ def test_mlflow_run_tune_entry_point(server_uri, experiment_name, cli_env, tmp_p
     assert len(finals) == 1 and finals[0].info.status == "FINISHED"
     assert parent.data.metrics["n_complete"] + parent.data.metrics["n_pruned"] == 2
     assert tracking.attached_run_id() is None
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
+    server_uri, experiment_name, cli_env, tmp_path
+):
+    """SIGKILL one worker mid-trial: its trial goes FAIL by heartbeat, another worker retries
+    it, the study still ends with its total, and no MLflow run is left RUNNING."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [
+        str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", "3", "--epochs", "2",
+        "--limit-train", "400", "--val-size", "100", "--pruner", "none", "--no-final",
+        "--storage", storage, "--study-name", "hb", "--heartbeat-interval", "1",
+        "--grace-period", "3", "--data-dir", str(SUBSET), "--tracking-uri", server_uri,
+        "--experiment", experiment_name,
+    ]  # fmt: skip
+    victim = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=cli_env)
+    deadline = time.monotonic() + 120
+    for line in victim.stderr:
+        if line.startswith("trial 0: started") or time.monotonic() > deadline:
+            break
+    time.sleep(1.5)  # mid-trial: its run exists and heartbeats have been sent
+    victim.kill()
+    victim.wait(timeout=30)
+    survivor = subprocess.run(command, capture_output=True, text=True, env=cli_env, timeout=600)
+    assert survivor.returncode == 0, survivor.stderr[-3000:]
+    assert "its worker died" in survivor.stderr
+
+    study = optuna.load_study(study_name="hb", storage=storage)
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert [t.number for t in failed] == [0]
+    assert len(complete) == 3, "the total is reached without counting the dead attempt"
+    retries = [t for t in complete if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].params == failed[0].params
+
+    children = _children(study.user_attrs["mlflow_parent_run_id"])
+    assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    dead = next(r for r in children if r.info.status == "FAILED")
+    assert dead.data.tags["optuna.trial_number"] == "0" and dead.data.tags["optuna.state"] == "FAIL"
