@@ -311,10 +311,16 @@ def data_check(data_dir, download) -> None:
 @_opt(
     "--storage",
     default=None,
+    envvar="MNIST_TRACKER_STORAGE",
     help="Shared study storage: postgresql://..., sqlite:///..., or journal:PATH (one machine). "
-    "Default: in memory, this process only.",
+    "Default: $MNIST_TRACKER_STORAGE, else in memory (this process only).",
 )
-@_opt("--study-name", default=None, help="Workers with the same name share the study.")
+@_opt(
+    "--study-name",
+    default=None,
+    envvar="MNIST_TRACKER_STUDY",
+    help="Workers with the same name share the study [$MNIST_TRACKER_STUDY].",
+)
 @_opt("--seed", type=int, default=42, show_default=True)
 @_flag("final", "Train the best config on the full training set and test it [default: yes].")
 @_opt("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")

@@ -195,8 +195,6 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
         if journal is not None:
             from optuna.storages.journal import JournalFileBackend
 
-            if not journal.parent.is_dir():
-                raise TuneError(f"storage {shown}: folder {journal.parent} does not exist")
             return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
         engine_kwargs: dict = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
@@ -252,6 +250,27 @@ class StudyLock:
                 self._pg = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         if path is not None:
             self._file = open(path, "a+")  # noqa: SIM115 - held for the worker's lifetime
+
+    @classmethod
+    def open(cls, storage_url: str | None, study_name: str) -> StudyLock:
+        """A lock for the study, or TuneError (password redacted) if its storage is out of
+        reach: within CONNECT_TIMEOUT_S for PostgreSQL."""
+        if storage_url:
+            journal = _journal_path(storage_url)
+            if journal is not None and not journal.parent.is_dir():
+                raise TuneError(
+                    f"storage {tracking.redact(storage_url)}: folder {journal.parent} does not "
+                    "exist; create it or pass another journal path"
+                )
+        try:
+            return cls(storage_url, study_name)
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise TuneError(
+                f"cannot open storage {tracking.redact(storage_url)} "
+                f"({tracking.scrub(reason, storage_url)}); check the URL and that the database "
+                "is running"
+            ) from exc
 
     def acquire(self) -> None:
         self._thread_lock.acquire()
@@ -425,16 +444,18 @@ def tune(
     settings.validate()
     base = settings.base_config()
     say = echo or (lambda _line: None)
-    storage = open_storage(settings)
-    mnist = data_mod.load_mnist(data_dir, include_test=False)  # the search never reads test
-    splits = data_mod.split_data(
-        mnist, seed=base.seed, limit_train=base.limit_train, val_size=base.val_size
-    )
     study_name = settings.resolved_study_name()
-    seed = settings.seed if storage is None else None  # shared studies: each worker its own
-    lock = StudyLock(settings.storage, study_name)
+    lock = StudyLock.open(settings.storage, study_name)  # also proves the database answers
     try:
+        mnist = data_mod.load_mnist(data_dir, include_test=False)  # the search never reads test
+        splits = data_mod.split_data(
+            mnist, seed=base.seed, limit_train=base.limit_train, val_size=base.val_size
+        )
+        seed = settings.seed if settings.storage is None else None  # shared: each worker its own
         with lock.held():
+            # Under the lock: the first workers to meet would otherwise race to create
+            # Optuna's tables, the study and the parent run.
+            storage = open_storage(settings)
             study = optuna.create_study(
                 study_name=study_name,
                 storage=storage,
@@ -483,7 +504,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     heartbeat = heartbeat_enabled(study)
-    closed: set[str] = set()
+    checked: set[int] = set()
     while deadline is None or time.monotonic() < deadline:
         lock.acquire()
         try:
@@ -491,7 +512,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)  # may enqueue retries
-                _close_dead_trial_runs(study, say, closed)
+                _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
             state = study_state(study)
             if state.waiting == 0 and state.counted >= settings.trials:
                 if not state.running:
@@ -513,16 +534,25 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     return False
 
 
-def _close_dead_trial_runs(study: optuna.Study, say, closed: set[str]) -> None:
-    """End FAILED the MLflow runs of trials whose worker died (their state went FAIL by
-    heartbeat while the run still says RUNNING). ``closed`` remembers runs already checked."""
+def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked: set[int]) -> None:
+    """End FAILED the MLflow runs of trials whose worker died (the trial went FAIL by
+    heartbeat while its run still says RUNNING). Runs are found by their tags, so a run the
+    worker created just before dying is found too. ``checked`` remembers trial numbers done."""
     client = MlflowClient()
+    experiment_id = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if not run_id or run_id in closed:
+        if trial.number in checked:
             continue
-        closed.add(run_id)
-        if client.get_run(run_id).info.status == "RUNNING":
+        checked.add(trial.number)
+        experiment_id = experiment_id or client.get_run(parent_run_id).info.experiment_id
+        runs = client.search_runs(
+            [experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' "
+            f"and tags.`optuna.trial_number` = '{trial.number}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            run_id = run.info.run_id
             client.set_tag(run_id, "optuna.state", "FAIL")
             client.set_tag(run_id, "error", "worker stopped sending heartbeats; trial retried")
             client.set_terminated(run_id, "FAILED")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -96,40 +97,36 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, served artifacts) on a free loopback port."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-    )
+    command = [
+        str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with running_server(command, root, port, dict(os.environ)) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], root: Path, port: int, env: dict[str, str]):
+    """Run ``command`` (a server on ``port``) until the block ends; yields its base URL once
+    ``/health`` answers. Its output goes to ``root/server.log``, quoted if it fails to start."""
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", timeout=120, proc=proc)
-    except Exception:
-        proc.kill()
-        raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        try:
+            wait_http(f"{uri}/health", timeout=180, proc=proc)
+        except Exception:
+            proc.kill()
+            raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 @pytest.fixture
@@ -176,3 +173,86 @@ def copy_subset(dest: Path, layout: str = "torchvision", gz: bool = True) -> Pat
     manifest = json.loads((SUBSET / data.MANIFEST_NAME).read_text())
     (folder / data.MANIFEST_NAME).write_text(json.dumps(manifest))
     return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL and the authenticated tracking server (the team stack, run natively)
+
+
+def _needs_service(reason: str):
+    """Fail under CI (which must provide it), skip elsewhere, with the reason."""
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL with the stack's databases: ``.ci/run``'s (TEST_POSTGRES_PORT), else one
+    started here with deploy/local-postgres.sh. Yields a dict of host, port, passwords."""
+    import tempfile
+
+    info = {
+        "host": "127.0.0.1",
+        "mlflow_password": os.environ.get("TEST_MLFLOW_DB_PASSWORD", "mlflow-test-pw"),
+        "optuna_password": os.environ.get("TEST_OPTUNA_DB_PASSWORD", "optuna-test-pw"),
+    }
+    if os.environ.get("TEST_POSTGRES_PORT"):
+        info["port"] = int(os.environ["TEST_POSTGRES_PORT"])
+        yield info
+        return
+    # Not under the pytest tmp dir: its parents are private to root and the server runs as
+    # the postgres user.
+    root = tempfile.mkdtemp(prefix="mnist-tracker-pg-")
+    os.chmod(root, 0o755)
+    data_dir = os.path.join(root, "data")
+    env = dict(os.environ, MLFLOW_DB_PASSWORD=info["mlflow_password"],
+               OPTUNA_DB_PASSWORD=info["optuna_password"])  # fmt: skip
+    info["port"] = free_port()
+    script = str(REPO / "deploy" / "local-postgres.sh")
+    proc = subprocess.run(["sh", script, "start", data_dir, str(info["port"])], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        _needs_service(f"PostgreSQL could not be started: {proc.stderr.strip()[-300:]}")
+    yield info
+    subprocess.run(["sh", script, "stop", data_dir], env=env, capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_url(postgres: dict, user: str, database: str) -> str:
+    password = postgres[f"{user}_password"]
+    return f"postgresql://{user}:{password}@{postgres['host']}:{postgres['port']}/{database}"
+
+
+@pytest.fixture(scope="session")
+def auth_server(postgres, tmp_path_factory):
+    """deploy/mlflow-server.sh (the compose command) on the PostgreSQL above: served artifacts,
+    basic auth. Yields dict(uri, username, password)."""
+    import uuid as _uuid
+
+    root = tmp_path_factory.mktemp("auth_server")
+
+    port = free_port()
+    # Fixed: the admin is created on the first start against an empty auth database only.
+    creds = {
+        "username": "admin",
+        "password": os.environ.get("TEST_MLFLOW_ADMIN_PASSWORD", "admin-test-pw-1234"),
+    }
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_BACKEND_STORE_URI=pg_url(postgres, "mlflow", "mlflow"),
+        MLFLOW_AUTH_DATABASE_URI=pg_url(postgres, "mlflow", "mlflow_auth"),
+        MLFLOW_ARTIFACTS_DESTINATION=str(root / "artifacts"),
+        MLFLOW_AUTH_ADMIN_USERNAME=creds["username"],
+        MLFLOW_AUTH_ADMIN_PASSWORD=creds["password"],
+        MLFLOW_FLASK_SERVER_SECRET_KEY=_uuid.uuid4().hex,
+        MLFLOW_HOST="127.0.0.1",
+        MLFLOW_PORT=str(port),
+        MLFLOW_WORKERS="2",
+    )
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(var, None)
+    command = ["sh", str(REPO / "deploy" / "mlflow-server.sh")]
+    with running_server(command, root, port, env) as uri:
+        yield {"uri": uri, **creds}
