@@ -189,7 +189,7 @@ def _run_training(config, data_dir, experiment, run_name, tracking_uri, register
     from .data import DataError
     from .models import ModelError
 
-    uri = tracking.set_tracking_uri(tracking_uri)
+    uri = _tracking_or_fail(tracking_uri)
     click.echo(
         f"mnist-tracker {__version__}: training {config.model} for {config.epochs} epoch(s); "
         f"tracking to {tracking.redact(uri)}",
@@ -228,6 +228,19 @@ def _run_training(config, data_dir, experiment, run_name, tracking_uri, register
         f"{outcome.result.precision})"
     )
     click.echo(_ui_hint(uri, outcome.experiment_id, outcome.run_id), err=True)
+
+
+def _tracking_or_fail(tracking_uri: str | None) -> str:
+    """Set the tracking URI and check, within seconds, that its server answers (exit 2 if
+    not): a run must not train for hours and then find nowhere to log."""
+    from . import tracking
+
+    uri = tracking.set_tracking_uri(tracking_uri)
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingUnavailable as exc:
+        fail(str(exc))
+    return uri
 
 
 def _ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
@@ -360,7 +373,7 @@ def tune(model_name, final, no_final, data_dir, tracking_uri, **options) -> None
     from .tune import tune as run_tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial suffices
-    uri = tracking.set_tracking_uri(tracking_uri)
+    uri = _tracking_or_fail(tracking_uri)
     final = _tri(final, no_final, "final")
     settings = TuneSettings(model=model_name, final=final is not False, **options)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731

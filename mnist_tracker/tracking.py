@@ -302,3 +302,63 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, register: str | Non
 def log_config_artifact(config: TrainConfig) -> None:
     """The full config as JSON, so a run can be rebuilt from its artifacts alone."""
     mlflow.log_dict(config.to_dict(), "config.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outages: fail fast at the start, keep training and keep what could not be sent
+
+
+class TrackingUnavailable(Exception):
+    """The tracking server does not answer (or refuses the credentials) at the start."""
+
+
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Failed to establish a new connection",
+    "Connection refused",
+    "Connection aborted",
+    "Read timed out",
+    "RemoteDisconnected",
+    "NameResolutionError",
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server could not be reached (not that it refused a call)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    return isinstance(exc, mlflow.exceptions.MlflowException) and any(
+        marker in str(exc) for marker in _UNREACHABLE
+    )
+
+
+def check_reachable(uri: str, timeout_s: int = 5) -> None:
+    """Raise TrackingUnavailable within about ``timeout_s`` when an HTTP tracking server does
+    not answer or refuses the credentials. Local stores always pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        reason = scrub(" ".join(str(exc).split())[:200], uri)
+        if is_unreachable(exc):
+            raise TrackingUnavailable(
+                f"tracking server {redact(uri)} is not reachable ({reason}); start it, or pass "
+                "another --tracking-uri"
+            ) from exc
+        raise TrackingUnavailable(
+            f"tracking server {redact(uri)} refused the request ({reason}); check "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        ) from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

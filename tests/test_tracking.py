@@ -203,3 +203,29 @@ def test_signal_marks_the_run_killed(server_uri, experiment_name, cli_env, sig, 
 def test_redact_hides_passwords():
     assert tracking.redact("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_unreachable_server_fails_fast_before_training(command, cli_env, tmp_path):
+    uri = "http://trainer:pw-123@127.0.0.1:9"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "mnist-tracker"), command, "--model", "cnn", "--tracking-uri", uri,
+         "--data-dir", str(SUBSET)],
+        capture_output=True, text=True, env=cli_env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(
+        "Error: tracking server http://trainer:***@127.0.0.1:9 is not reachable"
+    )
+    assert "pw-123" not in proc.stderr and "epoch" not in proc.stderr
+    assert elapsed < 30, f"{elapsed:.1f}s including the interpreter's start"
+
+
+def test_reachability_check_answers_within_10_seconds():
+    start = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailable, match="not reachable"):
+        tracking.check_reachable("http://127.0.0.1:9")
+    assert time.monotonic() - start < 10
