@@ -403,3 +403,11 @@ def tune(model_name, final, no_final, data_dir, tracking_uri, **options) -> None
     )
     if outcome.final_run_id:
         click.echo(f"final run {outcome.final_run_id} (parent run {outcome.parent_run_id})")
+
+
+# The lab's results table and the multi-model suite live in their own module (it imports only
+# click at start-up); added here so `mnist-tracker compare` / `mnist-tracker suite` exist.
+from .cli_compare import compare_cmd, suite_cmd  # noqa: E402
+
+main.add_command(compare_cmd)
+main.add_command(suite_cmd)

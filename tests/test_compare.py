@@ -1,0 +1,573 @@
+"""`compare`: the lab's results table from runs logged to a real MLflow server.
+
+Rows, order and values are checked against what the runs logged; every format is parsed
+back (csv module, json, the Markdown header); each bad input is one line with exit code 2.
+The 10,000-run case checks correctness at that size (its time is recorded by
+benchmarks/compare_scale.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from mnist_tracker import compare, runner
+from mnist_tracker.cli import main
+from mnist_tracker.cli_compare import compare_cmd
+from mnist_tracker.config import resolve_config
+
+from .conftest import BIN, REPO, SUBSET, free_port
+
+main.add_command(compare_cmd)  # what cli.py does; a no-op once it does
+
+LAB_HEADER = "| Model | Accuracy (%) | F1 | Training Time (s) |"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["compare", *args])
+
+
+def log_synthetic(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    *,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    status: str = "FINISHED",
+    history: dict[str, list[float]] | None = None,
+) -> str:
+    """A run logged through the client: params, final metrics (step = epochs), history."""
+    run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    ts = int(time.time() * 1000)
+    steps = int(params.get("epochs", "1"))
+    batch = [Metric(k, v, ts, steps) for k, v in metrics.items() if k not in (history or {})]
+    for key, values in (history or {}).items():
+        batch += [Metric(key, v, ts + step, step) for step, v in enumerate(values, start=1)]
+    client.log_batch(run_id, metrics=batch, params=[Param(k, v) for k, v in params.items()])
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+def vit_params(epochs: int = 3) -> dict[str, str]:
+    return {
+        "model": "vit",
+        "epochs": str(epochs),
+        "batch_size": "32",
+        "lr": "0.002",
+        "precision": "bf16",
+        "device": "cpu",
+    }
+
+
+@pytest.fixture(scope="module")
+def lab(mlflow_server):
+    """Experiment ``main``: two real tiny training runs (cnn, deep_cnn) and runs logged through
+    the client (a newer cnn, a finished vit, a RUNNING vit and a FAILED cnn that beat
+    everything, a run without a ``model`` param); experiment ``other``: one alexnet run that
+    ranks last; experiment ``empty``: nothing."""
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    tag = uuid.uuid4().hex[:8]
+    names = SimpleNamespace(main=f"cmp-{tag}", other=f"cmp-other-{tag}", empty=f"cmp-empty-{tag}")
+    runs = {}
+    for key, model, epochs in (("cnn_a", "cnn", 2), ("deep", "deep_cnn", 1)):
+        config = resolve_config(model, epochs=epochs, limit_train=128, limit_test=100)
+        outcome = runner.train(config, data_dir=SUBSET, experiment=names.main, run_name=key)
+        runs[key] = outcome.run_id
+    main_id = client.get_experiment_by_name(names.main).experiment_id
+    runs["cnn_b"] = log_synthetic(  # a newer cnn run
+        client,
+        main_id,
+        "cnn-b",
+        params={**vit_params(2), "model": "cnn"},
+        metrics={"test_accuracy": 0.0625, "test_f1_macro": 0.05, "training_time_s": 3.25},
+    )
+    vit_metrics = {"test_accuracy": 0.4321, "test_f1_macro": 0.41234567, "training_time_s": 12.5}
+    runs["vit"] = log_synthetic(
+        client,
+        main_id,
+        "vit-done",
+        params=vit_params(),
+        metrics=vit_metrics,
+        history={
+            "train_loss": [2.1, 1.7, 1.4],
+            "test_loss": [2.2, 1.9, 1.6],
+            "train_accuracy": [0.2, 0.35, 0.45],
+            "test_accuracy": [0.25, 0.38, 0.4321],
+        },
+    )
+    runs["vit_running"] = log_synthetic(
+        client,
+        main_id,
+        "vit-running",
+        params=vit_params(),
+        metrics={**vit_metrics, "test_accuracy": 0.99},
+        status="RUNNING",
+    )
+    runs["cnn_failed"] = log_synthetic(
+        client,
+        main_id,
+        "cnn-failed",
+        params={**vit_params(), "model": "cnn"},
+        metrics={**vit_metrics, "test_accuracy": 1.0},
+        status="FAILED",
+    )
+    runs["no_model"] = log_synthetic(
+        client, main_id, "parent", params={"trials": "3"}, metrics={"test_accuracy": 1.0}
+    )
+    other_id = client.create_experiment(names.other)
+    runs["alexnet"] = log_synthetic(
+        client,
+        other_id,
+        "alexnet-other",
+        params={**vit_params(1), "model": "alexnet"},
+        metrics={"test_accuracy": 0.0, "test_f1_macro": 0.0, "training_time_s": 99.0},
+    )
+    client.create_experiment(names.empty)
+    return SimpleNamespace(names=names, runs=runs, client=client)
+
+
+def best_per_model(client: MlflowClient, run_ids, metric="test_accuracy", lower=False):
+    """The expected rows, computed from the runs themselves: best value, ties to the newest."""
+    best = {}
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        model = run.data.params["model"]
+        key = (
+            -run.data.metrics[metric] if not lower else run.data.metrics[metric],
+            -run.info.start_time,
+        )
+        if model not in best or key < best[model][0]:
+            best[model] = (key, run_id)
+    return [run_id for _, run_id in sorted(best.values())]
+
+
+def finished_training_runs(lab) -> list[str]:
+    return [lab.runs[k] for k in ("cnn_a", "cnn_b", "deep", "vit")]
+
+
+def check_row_against_run(row: dict, run) -> None:
+    """Every value of a JSON row equals what the run logged (full precision)."""
+    params, metrics = run.data.params, run.data.metrics
+    assert row["run_id"] == run.info.run_id
+    assert row["model"] == compare.display_name(params["model"])
+    assert row["accuracy_pct"] == metrics["test_accuracy"] * 100
+    assert row["f1_macro"] == metrics["test_f1_macro"]
+    assert row["training_time_s"] == metrics["training_time_s"]
+    assert row["epochs"] == int(params["epochs"])
+    assert row["batch_size"] == int(params["batch_size"])
+    assert row["lr"] == float(params["lr"])
+    assert row["precision"] == params["precision"] and row["device"] == params["device"]
+    assert row["run_name"] == run.info.run_name
+    start = datetime.fromtimestamp(run.info.start_time // 1000, tz=timezone.utc)
+    assert row["start_time"] == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert row["status"] == run.info.status
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the server: rows, order, values; every format parsed back
+
+
+@pytest.mark.slow
+def test_json_rows_order_and_values(server_uri, lab):
+    result = invoke("--experiment", lab.names.main, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    expected = best_per_model(lab.client, finished_training_runs(lab))
+    assert [r["run_id"] for r in rows] == expected
+    assert {r["model"] for r in rows} == {"CNN", "Deep CNN", "ViT"}
+    accuracies = [r["accuracy_pct"] for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    for row in rows:
+        check_row_against_run(row, lab.client.get_run(row["run_id"]))
+    assert list(rows[0]) == list(compare.HEADERS)  # the lab's columns first
+
+
+@pytest.mark.slow
+def test_csv_parses_to_the_same_values(server_uri, lab):
+    as_json = json.loads(invoke("--experiment", lab.names.main, "--format", "json").stdout)
+    result = invoke("--experiment", lab.names.main, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    reader = csv.DictReader(io.StringIO(result.stdout))
+    assert reader.fieldnames == list(compare.HEADERS)
+    rows = list(reader)
+    assert len(rows) == len(as_json)
+    for row, expected in zip(rows, as_json, strict=True):
+        for key, value in expected.items():
+            if isinstance(value, float):
+                assert float(row[key]) == value, key  # full precision survives
+            else:
+                assert row[key] == str(value), key
+
+
+@pytest.mark.slow
+def test_markdown_table_has_the_lab_header(server_uri, lab):
+    as_json = json.loads(invoke("--experiment", lab.names.main, "--format", "json").stdout)
+    result = invoke("--experiment", lab.names.main, "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith(LAB_HEADER)
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == list(compare.HEADERS.values())
+    assert set(lines[1].strip("|").split("|")) <= {"---", "---:"}
+    assert len(lines) == 2 + len(as_json)
+    for line, row in zip(lines[2:], as_json, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:4] == [
+            row["model"],
+            f"{row['accuracy_pct']:.2f}",
+            f"{row['f1_macro']:.4f}",
+            f"{row['training_time_s']:.2f}",
+        ]
+        assert cells[10] == row["run_id"]
+
+
+@pytest.mark.slow
+def test_table_is_aligned(server_uri, lab):
+    as_json = json.loads(invoke("--experiment", lab.names.main, "--format", "json").stdout)
+    result = invoke("--experiment", lab.names.main)
+    assert result.exit_code == 0, result.output
+    header, rule, *rows = result.stdout.rstrip("\n").splitlines()
+    assert header.split()[:4] == ["Model", "Accuracy", "(%)", "F1"]
+    assert set(rule) == {"-", " "}
+    column = header.index("Run ID")
+    for line, row in zip(rows, as_json, strict=True):
+        assert line.startswith(row["model"])
+        assert line[column : column + 32] == row["run_id"]
+        assert f"{row['accuracy_pct']:.2f}" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--runs", "all"], "all_finished"),
+        (["--runs", "latest"], "latest"),
+        (["--include-unfinished"], "unfinished"),
+        (["--filter", "params.model = 'cnn'"], "cnn_only"),
+        (["--metric", "training_time_s"], "fastest"),
+    ],
+    ids=["all", "latest", "include-unfinished", "filter", "metric"],
+)
+def test_selection_options(server_uri, lab, args, expected):
+    result = invoke("--experiment", lab.names.main, "--format", "json", *args)
+    assert result.exit_code == 0, result.output
+    got = [r["run_id"] for r in json.loads(result.stdout)]
+    runs, client = lab.runs, lab.client
+    finished = finished_training_runs(lab)
+    by_accuracy = sorted(
+        finished,
+        key=lambda r: (
+            -client.get_run(r).data.metrics["test_accuracy"],
+            -client.get_run(r).info.start_time,
+        ),
+    )
+    want = {
+        "all_finished": by_accuracy,
+        "latest": [r for r in by_accuracy if r != runs["cnn_a"]],  # cnn_b is the newer cnn
+        "unfinished": [runs["cnn_failed"], runs["vit_running"], runs["deep"]],
+        "cnn_only": best_per_model(client, [runs["cnn_a"], runs["cnn_b"]]),
+        "fastest": best_per_model(client, finished, "training_time_s", lower=True),
+    }[expected]
+    assert got == want
+
+
+@pytest.mark.slow
+def test_several_experiments(server_uri, lab):
+    result = invoke(
+        "--experiment", lab.names.main, "--experiment", lab.names.other, "--format", "json"
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows[-1]["run_id"] == lab.runs["alexnet"] and rows[-1]["model"] == "AlexNet"
+    assert len(rows) == 4
+
+
+@pytest.mark.slow
+def test_output_file_holds_what_stdout_shows(server_uri, lab, tmp_path):
+    shown = invoke("--experiment", lab.names.main, "--format", "markdown").stdout
+    out = tmp_path / "table.md"
+    result = invoke("--experiment", lab.names.main, "--format", "markdown", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == shown and result.stdout == ""
+    assert f"wrote {out}" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiment", "no-such-exp"], "experiment 'no-such-exp' not found"),
+        (["--experiment", "{empty}"], "no finished training runs in experiment"),
+        (["--experiment", "{main}", "--filter", "metrics.x >> 1"], "MLflow rejected --filter"),
+        (["--experiment", "{main}", "--filter", "colour = 'red'"], "MLflow rejected --filter"),
+        (["--experiment", "{main}", "--metric", "nope"], "runs logged the metric 'nope'"),
+        (["--experiment", "{main}", "--all-experiments"], "contradict"),
+        (["--experiment", "{main}", "--runs", "best2"], "'best2' is not one of"),
+        (["--experiment", "{main}", "--format", "xml"], "'xml' is not one of"),
+        (["--experiment", "{main}", "--output", "/no/such/dir/t.csv"], "cannot write --output"),
+        (["--experiment", "{main}", "--report", "/no/such/dir/r.html"], "cannot write --report"),
+    ],
+    ids=[
+        "unknown-experiment",
+        "empty-experiment",
+        "bad-comparator",
+        "bad-attribute",
+        "unknown-metric",
+        "contradiction",
+        "bad-runs",
+        "bad-format",
+        "unwritable-output",
+        "unwritable-report",
+    ],
+)
+def test_bad_input_is_one_line_exit_2(server_uri, lab, args, message):
+    args = [a.format(main=lab.names.main, empty=lab.names.empty) for a in args]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_unreachable_server_is_one_line_exit_2():
+    result = invoke("--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: cannot query the tracking store")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_mlflow_run_compare_entry_point(server_uri, lab, cli_env, tmp_path):
+    """Inside the run `mlflow run` creates: the table as usual, the file logged to that run."""
+    cli_env["MLFLOW_TRACKING_URI"] = server_uri
+    project_experiment = f"{lab.names.main}-project"
+    out = tmp_path / "table.json"
+    proc = subprocess.run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            "compare",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            project_experiment,
+            "-P",
+            f"experiment={lab.names.main}",
+            "-P",
+            "format=json",
+            "-P",
+            f"output={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["run_id"] for r in rows] == best_per_model(lab.client, finished_training_runs(lab))
+    experiment = lab.client.get_experiment_by_name(project_experiment)
+    (run,) = lab.client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "compare"
+    assert [a.path for a in lab.client.list_artifacts(run.info.run_id)] == ["table.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A local SQLite store: every experiment; 10,000 runs
+
+
+def test_all_experiments_reads_every_experiment(sqlite_uri):
+    client = MlflowClient(sqlite_uri)
+    first, second = client.create_experiment("one"), client.create_experiment("two")
+    done = {"test_accuracy": 0.5, "test_f1_macro": 0.5, "training_time_s": 1.0}
+    a = log_synthetic(client, first, "a", params=vit_params(), metrics=done)
+    b = log_synthetic(
+        client,
+        second,
+        "b",
+        params={**vit_params(), "model": "cnn"},
+        metrics={**done, "test_accuracy": 0.6},
+    )
+    result = invoke("--all-experiments", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [r["run_id"] for r in json.loads(result.stdout)] == [b, a]
+    result = invoke("--format", "json")  # the default experiment `mnist` does not exist
+    assert result.exit_code == 2 and "experiment 'mnist' not found" in result.stderr
+
+
+def load_benchmark(monkeypatch):
+    """benchmarks/compare_scale.py as a module its worker processes can import too."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("compare_scale")
+
+
+@pytest.fixture
+def scale_store(tmp_path):
+    """(SQLite URI, processes creating the runs): on tmpfs when the machine has one (commits
+    are cheap there and two writers help), else in the test's tmp dir with one writer."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        with tempfile.TemporaryDirectory(dir=shm, prefix="mnist-tracker-") as folder:
+            yield f"sqlite:///{folder}/mlflow.db", 2
+    else:
+        yield f"sqlite:///{tmp_path / 'mlflow.db'}", 1
+
+
+@pytest.fixture
+def ten_thousand_runs(scale_store, monkeypatch):
+    """10,000 runs created through MLflow's client (create_run + one log_batch each)."""
+    bench = load_benchmark(monkeypatch)
+    uri, workers = scale_store
+    specs = bench.synthetic_specs(10_000, seed=7, full=False)
+    start = time.perf_counter()
+    run_ids = bench.populate(uri, "scale", specs, workers=workers)
+    print(f"created 10,000 runs in {time.perf_counter() - start:.0f} s ({workers} process(es))")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return SimpleNamespace(uri=uri, specs=specs, run_ids=run_ids)
+
+
+@pytest.mark.slow
+def test_ten_thousand_runs(ten_thousand_runs, tmp_path, monkeypatch):
+    """Right rows at 10,000 runs; histories and artifacts fetched for the shown runs only."""
+    specs, run_ids = ten_thousand_runs.specs, ten_thousand_runs.run_ids
+    finished = [(s, r) for s, r in zip(specs, run_ids, strict=True) if s["status"] == "FINISHED"]
+    best = {}
+    for spec, run_id in finished:  # later specs start later: >= keeps the newest of a tie
+        key = (spec["metrics"]["test_accuracy"], spec["start_time"], run_id)
+        if spec["model"] not in best or key[0] >= best[spec["model"]][0]:
+            best[spec["model"]] = key
+    expected = [r for _, _, r in sorted(best.values(), reverse=True)]
+
+    fetched: list[tuple[str, str]] = []
+    for name in ("get_metric_history", "download_artifacts"):
+        original = getattr(MlflowClient, name)
+
+        def spy(self, run_id, *args, _original=original, _name=name, **kwargs):
+            fetched.append((_name, run_id))
+            return _original(self, run_id, *args, **kwargs)
+
+        monkeypatch.setattr(MlflowClient, name, spy)
+    report = tmp_path / "report.html"
+    start = time.perf_counter()
+    result = invoke("--experiment", "scale", "--format", "json", "--report", str(report))
+    print(f"compare with --report on 10,000 runs: {time.perf_counter() - start:.1f} s")
+    assert result.exit_code == 0, result.output
+    assert [r["run_id"] for r in json.loads(result.stdout)] == expected
+    assert {run_id for _, run_id in fetched} == set(expected)
+    assert report.is_file()
+
+    result = invoke("--experiment", "scale", "--runs", "all", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == len(finished) > 9000
+    assert {r["run_id"] for r in rows} == {r for _, r in finished}
+    accuracies = [float(r["accuracy_pct"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+
+    result = invoke(
+        "--experiment", "scale", "--runs", "all", "--include-unfinished", "--format", "json"
+    )
+    assert len(json.loads(result.stdout)) == 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection and rendering, without a store
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    """A ``runs_frame``-like DataFrame from (model, run_id, start, accuracy, time) tuples."""
+    records = [
+        {
+            "model_key": m,
+            "run_id": r,
+            "run_name": r,
+            "status": "FINISHED",
+            "start_time": s,
+            "epochs": 1,
+            "batch_size": 64,
+            "lr": 0.001,
+            "precision": "fp32",
+            "device": "cpu",
+            "test_accuracy": a,
+            "test_f1_macro": a,
+            "training_time_s": t,
+        }
+        for m, r, s, a, t in rows
+    ]
+    return pd.DataFrame(records)
+
+
+@pytest.mark.parametrize(
+    ("mode", "metric", "expected"),
+    [
+        ("best", "test_accuracy", ["v1", "c2", "d1"]),  # c2 beats c1 on the tie: newer
+        ("latest", "test_accuracy", ["v1", "d1", "c3"]),  # c3 has no accuracy: last
+        ("all", "test_accuracy", ["v1", "c2", "c1", "d1", "c3"]),  # NaN last
+        ("best", "training_time_s", ["c2", "d1", "v1"]),  # lower is better for times
+    ],
+)
+def test_select_rows(mode, metric, expected):
+    runs = frame(
+        [
+            ("cnn", "c1", 1, 0.9, 30.0),
+            ("cnn", "c2", 2, 0.9, 10.0),
+            ("cnn", "c3", 3, math.nan, 50.0),
+            ("deep_cnn", "d1", 1, 0.8, 20.0),
+            ("vit", "v1", 1, 0.95, 40.0),
+        ]
+    )
+    assert list(compare.select_rows(runs, mode, metric)["run_id"]) == expected
+
+
+def test_missing_values_render_empty_and_null():
+    runs = frame([("resnet", "r1", 0, 0.5, math.nan)])
+    table = compare.results_table(runs, "test_accuracy")
+    assert table.loc[0, "model"] == "resnet"  # unknown models keep their name
+    assert json.loads(compare.render(table, "json"))[0]["training_time_s"] is None
+    assert next(csv.DictReader(io.StringIO(compare.render(table, "csv"))))["training_time_s"] == ""
+    assert "| resnet | 50.00 | 0.5000 |  |" in compare.render(table, "markdown")
+
+
+def test_markdown_escapes_pipes():
+    runs = frame([("cnn", "a|b", 0, 0.5, 1.0)])
+    line = compare.render(compare.results_table(runs, "test_accuracy"), "markdown").splitlines()[2]
+    assert "a\\|b" in line and line.count(" | ") == len(compare.HEADERS) - 1
+
+
+def test_the_commands_module_stays_light():
+    """Registering the commands costs every `mnist-tracker` start nothing heavy."""
+    from mnist_tracker import cli_compare
+
+    assert cli_compare.RUN_MODES == compare.MODES and cli_compare.FORMATS == compare.FORMATS
+    code = (
+        "import sys, mnist_tracker.cli_compare; "
+        "print(sorted(m for m in ('mlflow', 'torch', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -1,0 +1,314 @@
+"""The HTML report: the figures it embeds hold the runs' numbers, and it renders offline in a
+real headless browser (Debian's chromium) with no console errors."""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import confusion_matrix
+
+from mnist_tracker import plots, report, runner
+from mnist_tracker.cli import main
+from mnist_tracker.cli_compare import compare_cmd
+from mnist_tracker.config import resolve_config
+from mnist_tracker.data import load_mnist
+
+from .conftest import IN_CI, SUBSET
+
+main.add_command(compare_cmd)  # what cli.py does; a no-op once it does
+
+VIT_HISTORY = {
+    "train_loss": [2.1, 1.7, 1.4],
+    "test_loss": [2.2, 1.9, 1.6],
+    "train_accuracy": [0.2, 0.35, 0.45],
+    "test_accuracy": [0.25, 0.38, 0.4321],
+}
+VIT_MATRIX = (np.eye(10, dtype=int) * 40 + 1).tolist()
+
+
+@pytest.fixture(scope="module")
+def report_runs(mlflow_server):
+    """A real tiny cnn run (artifacts from the runner) and a synthetic vit run with a known
+    history and a ``reports/confusion_matrix.json`` artifact."""
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    experiment = f"report-{uuid.uuid4().hex[:8]}"
+    config = resolve_config("cnn", epochs=2, limit_train=200, limit_test=100)
+    cnn = runner.train(config, data_dir=SUBSET, experiment=experiment, run_name="cnn-real")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    vit = client.create_run(experiment_id, run_name="vit-synthetic").info.run_id
+    ts = int(time.time() * 1000)
+    metrics = [
+        Metric(key, value, ts + step, step)
+        for key, values in VIT_HISTORY.items()
+        for step, value in enumerate(values, start=1)
+    ]
+    metrics += [Metric("test_f1_macro", 0.42, ts, 3), Metric("training_time_s", 123.4, ts, 0)]
+    params = {"model": "vit", "epochs": "3", "batch_size": "64", "lr": "0.001"}
+    client.log_batch(vit, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    client.log_dict(vit, {"labels": list(range(10)), "matrix": VIT_MATRIX}, report.CONFUSION_JSON)
+    client.set_terminated(vit)
+    return SimpleNamespace(experiment=experiment, cnn=cnn.run_id, vit=vit, client=client)
+
+
+def write_report(experiment: str, path: Path, *extra: str):
+    result = CliRunner().invoke(
+        main, ["compare", "--experiment", experiment, "--report", str(path), *extra]
+    )
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def embedded_figures(page: str) -> dict[str, dict]:
+    """Every ``Plotly.newPlot(id, data, layout, ...)`` call in the page: id -> data, layout."""
+    decoder = json.JSONDecoder()
+    figures = {}
+    for match in re.finditer(r"Plotly\.newPlot\(\s*", page):
+        values, pos = [], match.end()
+        for _ in range(3):
+            value, pos = decoder.raw_decode(page, pos)
+            values.append(value)
+            pos = re.compile(r"\s*,\s*").match(page, pos).end()
+        div_id, data, layout = values
+        figures[div_id] = {"data": data, "layout": layout}
+    return figures
+
+
+def traces(figure: dict) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for trace in figure["data"]:
+        found.setdefault(trace["name"], []).append(trace)
+    return found
+
+
+@pytest.mark.slow
+def test_report_figures_hold_the_runs_numbers(server_uri, report_runs, tmp_path):
+    path = tmp_path / "report.html"
+    result = write_report(report_runs.experiment, path, "--data-dir", str(SUBSET))
+    page = path.read_text(encoding="utf-8")
+    client = report_runs.client
+    cnn, vit = client.get_run(report_runs.cnn), client.get_run(report_runs.vit)
+    order = sorted([("CNN", cnn), ("ViT", vit)], key=lambda p: -p[1].data.metrics["test_accuracy"])
+    labels = [label for label, _ in order]
+
+    # Self-contained: plotly.js once, inline; nothing loaded from the network.
+    assert page.count("<script") == page.count("Plotly.newPlot(") + 1
+    assert not re.search(r"<script[^>]*\ssrc=", page)  # no script loaded from elsewhere
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1
+
+    figures = embedded_figures(page)
+    assert set(figures) == {
+        "fig-comparison",
+        "fig-curves",
+        "fig-cost",
+        "fig-samples",
+        "fig-confusion",
+    }
+
+    bars = traces(figures["fig-comparison"])
+    for name, key, scale in (
+        ("Accuracy (%)", "test_accuracy", 100.0),
+        ("F1", "test_f1_macro", 1.0),
+        ("Training Time (s)", "training_time_s", 1.0),
+    ):
+        (trace,) = bars[name]
+        assert trace["type"] == "bar" and trace["x"] == labels
+        assert trace["y"] == [run.data.metrics[key] * scale for _, run in order]
+
+    curves = traces(figures["fig-curves"])
+    for label, run in order:
+        for split in ("train", "test"):
+            loss, accuracy = curves[f"{label} {split}"]  # the loss panel, then accuracy
+            for trace, key, scale in ((loss, "loss", 1.0), (accuracy, "accuracy", 100.0)):
+                history = client.get_metric_history(run.info.run_id, f"{split}_{key}")
+                assert trace["x"] == [m.step for m in history]
+                assert trace["y"] == pytest.approx([m.value * scale for m in history], rel=1e-12)
+    assert curves["ViT test"][1]["y"] == pytest.approx([25.0, 38.0, 43.21])
+
+    cost = traces(figures["fig-cost"])
+    for label, run in order:
+        (trace,) = cost[label]
+        assert trace["x"] == [run.data.metrics["training_time_s"]]
+        assert trace["y"] == [run.data.metrics["test_accuracy"] * 100]
+
+    mnist = load_mnist(SUBSET)
+    digits = figures["fig-samples"]["data"]
+    assert [t["name"] for t in digits] == [f"label {y}" for y in mnist.train_y[:20].tolist()]
+    assert digits[0]["z"] == mnist.train_x[0].tolist()
+
+    matrices = traces(figures["fig-confusion"])
+    assert matrices["ViT"][0]["z"] == VIT_MATRIX
+    cnn_matrix = np.array(matrices["CNN"][0]["z"])
+    logged = json.loads(
+        Path(
+            client.download_artifacts(
+                report_runs.cnn, "reports/classification_report.json", str(tmp_path)
+            )
+        ).read_text()
+    )
+    for digit in range(10):  # rows are the true digits: support and recall as logged
+        assert cnn_matrix[digit].sum() == logged[str(digit)]["support"]
+        assert cnn_matrix[digit, digit] / cnn_matrix[digit].sum() == pytest.approx(
+            logged[str(digit)]["recall"]
+        )
+    assert cnn_matrix.trace() / cnn_matrix.sum() == pytest.approx(cnn.data.metrics["test_accuracy"])
+
+    assert "The lab&#x27;s own results" in page or "The lab's own results" in page
+    assert "99.38" in page and "996.34" in page  # the lab's reference values
+    png = path.with_suffix(".png")
+    if importlib.util.find_spec("kaleido") is None:
+        assert "pip install kaleido" in result.stderr and not png.exists()
+    else:
+        assert png.is_file() or "static-image engine failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_report_without_mnist_leaves_the_digits_out(server_uri, report_runs, tmp_path):
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    path = tmp_path / "report.html"
+    result = write_report(report_runs.experiment, path, "--data-dir", str(empty))
+    assert "Sample digits left out" in result.stderr
+    page = path.read_text(encoding="utf-8")
+    assert "fig-samples" not in embedded_figures(page)
+    assert "Sample digits left out" in page
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# Runs first in the page: records uncaught errors, failed resource loads, rejected promises
+# and console.error calls; after load, writes them and each plot's rendered SVG count into
+# the DOM, which --dump-dom prints.
+PROBE = """<script>
+window.__problems = [];
+window.addEventListener('error', function (e) {
+  window.__problems.push('error: ' + (e.message || (e.target && (e.target.src || e.target.href))));
+}, true);
+window.addEventListener('unhandledrejection', function (e) {
+  window.__problems.push('unhandled rejection: ' + e.reason);
+});
+var __consoleError = console.error;
+console.error = function () {
+  window.__problems.push('console.error: ' + Array.prototype.join.call(arguments, ' '));
+  __consoleError.apply(console, arguments);
+};
+window.addEventListener('load', function () { setTimeout(function () {
+  var plots = Array.prototype.map.call(document.querySelectorAll('.plotly-graph-div'),
+    function (d) { return {id: d.id, svg: d.querySelectorAll('.main-svg').length,
+                           traces: (d.data || []).length}; });
+  var out = document.createElement('pre');
+  out.id = 'probe';
+  out.textContent = JSON.stringify({problems: window.__problems, plots: plots});
+  document.body.appendChild(out);
+}, 500); });
+</script>"""
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(server_uri, report_runs, tmp_path):
+    browser = chromium()
+    if browser is None:
+        reason = "chromium not installed (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    path = tmp_path / "report.html"
+    write_report(report_runs.experiment, path, "--data-dir", str(SUBSET))
+    page = path.read_text(encoding="utf-8")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--proxy-server=127.0.0.1:9",  # offline: any network request would fail
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"the page did not finish loading: {proc.stderr[-2000:]}"
+    probe = json.loads(html.unescape(match.group(1)))
+    assert probe["problems"] == []
+    assert "Uncaught" not in proc.stderr
+    rendered = {p["id"]: p for p in probe["plots"]}
+    expected = set(embedded_figures(page))
+    assert set(rendered) == expected
+    for plot in rendered.values():
+        assert plot["svg"] >= 1 and plot["traces"] >= 1, plot
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run's confusion matrix back from the artifact every run has
+
+
+def test_confusion_from_the_runners_html():
+    rng = np.random.default_rng(0)
+    labels, predictions = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
+    page = plots.confusion_matrix_figure(labels, predictions).to_html(include_plotlyjs="cdn")
+    assert report.confusion_from_html(page) == confusion_matrix(labels, predictions).tolist()
+    assert report.confusion_from_html("<html>no figure</html>") is None
+
+
+def test_decode_plotly_array():
+    array = np.arange(12, dtype=np.int16).reshape(3, 4)
+    encoded = {"dtype": "i2", "bdata": base64.b64encode(array.tobytes()).decode(), "shape": "3, 4"}
+    assert report.decode_plotly_array(encoded).tolist() == array.tolist()
+    assert report.decode_plotly_array([[1, 2]]).tolist() == [[1, 2]]
+
+
+def test_report_reads_details_of_the_best_runs_only(sqlite_uri, tmp_path, monkeypatch):
+    client = MlflowClient(sqlite_uri)
+    experiment_id = client.create_experiment("many")
+    for i in range(report.MAX_DETAILED_RUNS + 3):
+        run_id = client.create_run(experiment_id, run_name=f"r{i}").info.run_id
+        metrics = {"test_accuracy": i / 100, "test_f1_macro": 0.1, "training_time_s": 1.0}
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()])
+        client.log_batch(run_id, params=[Param("model", "cnn")])
+        client.set_terminated(run_id)
+    read: list[str] = []
+    original = MlflowClient.get_metric_history
+
+    def spy(self, run_id, key):
+        read.append(run_id)
+        return original(self, run_id, key)
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", spy)
+    result = write_report("many", tmp_path / "r.html", "--runs", "all", "--format", "json")
+    rows = json.loads(result.stdout)
+    assert len(rows) == report.MAX_DETAILED_RUNS + 3
+    assert set(read) == {r["run_id"] for r in rows[: report.MAX_DETAILED_RUNS]}
+    assert "of the first 12 of 15 shown runs only" in result.stderr

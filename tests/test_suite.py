@@ -1,0 +1,162 @@
+"""`suite`: models trained one after another, one failing for real (ImageNet weights offline)
+while the other is still logged; bad input stops it before anything trains."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from mnist_tracker import suite
+from mnist_tracker.cli import main
+from mnist_tracker.cli_compare import suite_cmd
+from mnist_tracker.config import ConfigError
+
+from .conftest import BIN, REPO, SUBSET
+
+main.add_command(suite_cmd)  # what cli.py does; a no-op once it does
+
+TINY = ["--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--data-dir", str(SUBSET)]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["suite", *args])
+
+
+def offline(monkeypatch) -> None:
+    """HTTPS downloads fail at once: a proxy on a closed port (TORCH_HOME is an empty tmp dir).
+
+    The MLflow server is plain HTTP on loopback, so it stays reachable."""
+    for var in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+
+
+def runs_of(experiment: str):
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id])
+
+
+@pytest.mark.slow
+def test_a_failing_model_does_not_stop_the_others(server_uri, experiment_name, monkeypatch):
+    offline(monkeypatch)
+    result = invoke(
+        "--models",
+        "alexnet,cnn",
+        "--image-size",
+        "63",
+        *TINY,
+        "--experiment",
+        experiment_name,
+        "--tracking-uri",
+        server_uri,
+    )
+    assert result.exit_code == 1, result.output
+    (run,) = runs_of(experiment_name)  # alexnet failed before creating a run
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "cnn"
+    suite_id = run.data.tags[suite.SUITE_TAG]
+    assert run.info.run_name == f"cnn-suite-{suite_id[:8]}"
+
+    lines = result.stdout.splitlines()
+    alexnet_line = next(line for line in lines if line.startswith("alexnet"))
+    assert "FAILED" in alexnet_line and "ModelError" in alexnet_line
+    assert "alexnet-owt-7be5be79.pth" in alexnet_line
+    assert f"cnn       finished  run {run.info.run_id}" in lines
+    assert f"suite {suite_id}: 1 of 2 model(s) finished, 1 failed" in lines
+
+    table = lines[lines.index("") + 1 :]  # the compare table of this suite
+    assert table[0].startswith("Model") and len(table) == 3
+    assert table[2].startswith("CNN") and run.info.run_id in table[2]
+    accuracy = run.data.metrics["test_accuracy"] * 100
+    assert f"{accuracy:.2f}" in table[2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "cnn,resnet"], "unknown model 'resnet'"),
+        (["--models", " , "], "--models is empty"),
+        (["--models", "cnn,alexnet", "--image-size", "40"], "alexnet: image size 40"),
+        (["--models", "cnn", "--epochs", "0"], "cnn: epochs must be at least 1"),
+        (["--models", "cnn", "--limit-train", "0"], "--limit-train must be at least 1"),
+        (["--models", "cnn", "--data-dir", "/no/such/dir"], "data dir /no/such/dir does not"),
+        (["--models", "vgg16", "--pretrained", "--no-pretrained"], "contradict"),
+        (["--models", "cnn", "--precision", "fp8"], "'fp8' is not one of"),
+    ],
+    ids=[
+        "unknown-model",
+        "no-models",
+        "image-size",
+        "epochs",
+        "limit",
+        "data-dir",
+        "contradiction",
+        "precision",
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_trains_nothing(args, message, sqlite_uri):
+    result = invoke(*args, "--tracking-uri", sqlite_uri, "--experiment", "suite-bad")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ")
+    assert message in result.stderr
+    assert runs_of("suite-bad") == []
+
+
+def test_options_go_to_the_models_they_fit():
+    cnn, alexnet = suite.suite_configs(
+        ["cnn", "alexnet"], image_size=64, pretrained=False, epochs=2, batch_size=None
+    )
+    assert (cnn.image_size, cnn.pretrained, cnn.epochs, cnn.batch_size) == (28, False, 2, 64)
+    assert (alexnet.image_size, alexnet.pretrained, alexnet.freeze) == (64, False, False)
+    assert alexnet.lr == 1e-4  # the recipe where nothing overrides it
+    assert suite.suite_filter("abc") == "tags.`mnist_tracker.suite_id` = 'abc'"
+    assert suite.parse_models("vit, cnn,vit") == ["vit", "cnn"]
+    with pytest.raises(ConfigError, match="vgg16: image size 16"):
+        suite.suite_configs(["vgg16"], image_size=16)
+
+
+@pytest.mark.slow
+def test_mlflow_run_suite_nests_the_models(server_uri, experiment_name, cli_env, tmp_path):
+    """Under `mlflow run`, each model is a child run of the run it created."""
+    cli_env["MLFLOW_TRACKING_URI"] = server_uri
+    proc = subprocess.run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            "suite",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            experiment_name,
+            "-P",
+            "models=cnn",
+            "-P",
+            "epochs=1",
+            "-P",
+            "limit_train=128",
+            "-P",
+            "limit_test=64",
+            "-P",
+            f"data_dir={SUBSET}",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {
+        r.data.tags.get("mlflow.project.entryPoint", "child"): r for r in runs_of(experiment_name)
+    }
+    assert set(runs) == {"suite", "child"}
+    parent, child = runs["suite"], runs["child"]
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.params["model"] == "cnn" and child.data.params["epochs"] == "1"
+    assert suite.SUITE_TAG in child.data.tags
+    assert child.info.run_id in proc.stdout and "1 of 1 model(s) finished" in proc.stdout
