@@ -29,6 +29,23 @@ def _children(parent_run_id: str):
     )
 
 
+def _wait_for_running_trial(storage: str, study_name: str, proc, deadline: float) -> int:
+    """Number of the trial ``proc`` is running once its MLflow run exists and an epoch is
+    under way; fails the test if ``proc`` exits or ``deadline`` passes first."""
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker ended before it could be killed mid-trial"
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # the study is not created yet
+            time.sleep(0.05)
+            continue
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if "mlflow_run_id" in trial.user_attrs:
+                return trial.number
+        time.sleep(0.05)
+    raise AssertionError("no trial started in time")
+
+
 def test_four_trial_study(server_uri, experiment_name):
     settings = TuneSettings(
         "cnn", trials=4, pruner="none", sampler="random", experiment=experiment_name, **TINY
@@ -259,14 +276,17 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
         "--grace-period", "3", "--data-dir", str(SUBSET), "--tracking-uri", server_uri,
         "--experiment", experiment_name,
     ]  # fmt: skip
-    victim = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=cli_env)
-    deadline = time.monotonic() + 120
-    for line in victim.stderr:
-        if line.startswith("trial 0: started") or time.monotonic() > deadline:
-            break
-    time.sleep(1.5)  # mid-trial: its run exists and heartbeats have been sent
+    with open(tmp_path / "victim.log", "w") as log:
+        victim = subprocess.Popen(command, stderr=log, stdout=log, env=cli_env)
+    # Kill the victim while a trial of its own is mid-flight, found from the study itself
+    # (RUNNING with its MLflow run created) rather than by a sleep: on a fast machine a
+    # fixed delay can land after the first trial has already finished.
+    dead_number = _wait_for_running_trial(storage, "hb", victim, deadline=time.monotonic() + 180)
     victim.kill()
     victim.wait(timeout=30)
+    study = optuna.load_study(study_name="hb", storage=storage)
+    running = [t.number for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert running == [dead_number], "the victim was killed inside the trial it was running"
     survivor = subprocess.run(command, capture_output=True, text=True, env=cli_env, timeout=600)
     assert survivor.returncode == 0, survivor.stderr[-3000:]
     assert "its worker died" in survivor.stderr
@@ -275,12 +295,13 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
     trials = study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert [t.number for t in failed] == [0]
+    assert [t.number for t in failed] == [dead_number]
     assert len(complete) == 3, "the total is reached without counting the dead attempt"
-    retries = [t for t in complete if t.system_attrs.get("failed_trial") == 0]
+    retries = [t for t in complete if t.system_attrs.get("failed_trial") == dead_number]
     assert len(retries) == 1 and retries[0].params == failed[0].params
 
     children = _children(study.user_attrs["mlflow_parent_run_id"])
     assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
     dead = next(r for r in children if r.info.status == "FAILED")
-    assert dead.data.tags["optuna.trial_number"] == "0" and dead.data.tags["optuna.state"] == "FAIL"
+    assert dead.data.tags["optuna.trial_number"] == str(dead_number)
+    assert dead.data.tags["optuna.state"] == "FAIL"
