@@ -44,6 +44,27 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def wait_for_running_trial(storage: str, study_name: str, proc, deadline: float) -> int:
+    """The number of a RUNNING trial of the study whose MLflow run exists, polled from the
+    storage (the caller makes sure ``proc`` is the only worker so far); fails the test if
+    ``proc`` exits or ``deadline`` passes first."""
+    import optuna
+    from optuna.trial import TrialState
+
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker ended before it could be killed mid-trial"
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # the study is not created yet
+            time.sleep(0.05)
+            continue
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if "mlflow_run_id" in trial.user_attrs:
+                return trial.number
+        time.sleep(0.05)
+    raise AssertionError("no trial started in time")
+
+
 @pytest.fixture(scope="session")
 def subset_dir() -> Path:
     return SUBSET
@@ -62,7 +83,8 @@ def full_data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    """No test reads the developer's MLflow store, MNIST folder or torch hub cache."""
+    """No test reads the developer's MLflow store, MNIST folder, torch hub cache or run
+    folders (checkpoints, outboxes)."""
     for var in (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_RUN_ID",
@@ -72,6 +94,7 @@ def _isolated_env(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MNIST_DATA_DIR", str(SUBSET))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("MNIST_TRACKER_HOME", str(tmp_path / "mnist_tracker_home"))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.chdir(tmp_path)
     import mlflow

@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from .conftest import BIN, REPO, SUBSET, pg_url
+from .conftest import BIN, REPO, SUBSET, pg_url, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
 
@@ -121,14 +121,13 @@ def test_killed_worker_on_postgres(postgres, logged_in, experiment_name, cli_env
     study_name = f"pg-kill-{experiment_name}"
     extra = ("--heartbeat-interval", "1", "--grace-period", "4", "--epochs", "2")
     command = _tune_command(postgres, experiment_name, study_name, 4, extra)
-    victim = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=cli_env)
+    victim = subprocess.Popen(command, stderr=subprocess.DEVNULL, text=True, env=cli_env)
+    # Kill the victim inside a trial of its own, found from the study rather than by a sleep;
+    # the survivor starts then, so that it cannot own that trial.
+    storage = pg_url(postgres, "optuna", "optuna")
+    dead = wait_for_running_trial(storage, study_name, victim, time.monotonic() + 180)
     survivor = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True, env=cli_env)  # fmt: skip
-    deadline = time.monotonic() + 180
-    for line in victim.stderr:
-        if re.match(r"trial \d+: started", line) or time.monotonic() > deadline:
-            break
-    time.sleep(1.5)
     victim.kill()
     victim.wait(timeout=30)
     _, err = survivor.communicate(timeout=900)
@@ -137,8 +136,8 @@ def test_killed_worker_on_postgres(postgres, logged_in, experiment_name, cli_env
     trials = study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(failed) == 1 and len(complete) == 4
-    assert any(t.system_attrs.get("failed_trial") == failed[0].number for t in complete)
+    assert [t.number for t in failed] == [dead] and len(complete) == 4
+    assert any(t.system_attrs.get("failed_trial") == dead for t in complete)
     children = _children(study.user_attrs["mlflow_parent_run_id"])
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert sorted(r.info.status for r in children).count("FAILED") == 1

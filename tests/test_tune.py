@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from mnist_tracker import data, tracking
 from mnist_tracker.tune import TuneSettings, tune
 
-from .conftest import BIN, REPO, SUBSET
+from .conftest import BIN, REPO, SUBSET, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +27,6 @@ def _children(parent_run_id: str):
     return client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
     )
-
-
-def _wait_for_running_trial(storage: str, study_name: str, proc, deadline: float) -> int:
-    """Number of the trial ``proc`` is running once its MLflow run exists and an epoch is
-    under way; fails the test if ``proc`` exits or ``deadline`` passes first."""
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the worker ended before it could be killed mid-trial"
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        except KeyError:  # the study is not created yet
-            time.sleep(0.05)
-            continue
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if "mlflow_run_id" in trial.user_attrs:
-                return trial.number
-        time.sleep(0.05)
-    raise AssertionError("no trial started in time")
 
 
 def test_four_trial_study(server_uri, experiment_name):
@@ -281,7 +264,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
     # Kill the victim while a trial of its own is mid-flight, found from the study itself
     # (RUNNING with its MLflow run created) rather than by a sleep: on a fast machine a
     # fixed delay can land after the first trial has already finished.
-    dead_number = _wait_for_running_trial(storage, "hb", victim, deadline=time.monotonic() + 180)
+    dead_number = wait_for_running_trial(storage, "hb", victim, deadline=time.monotonic() + 180)
     victim.kill()
     victim.wait(timeout=30)
     study = optuna.load_study(study_name="hb", storage=storage)
