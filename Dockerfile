@@ -6,7 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mnist_tracker ./mnist_tracker
 RUN pip install --no-cache-dir . "boto3>=1.34"
-RUN useradd --create-home trainer && mkdir -p /data /torch && chown trainer /data /torch
+RUN useradd --create-home trainer && mkdir -p /data /torch /runs && chown trainer /data /torch /runs
 USER trainer
-ENV MNIST_DATA_DIR=/data/mnist TORCH_HOME=/torch PYTHONUNBUFFERED=1
+ENV MNIST_DATA_DIR=/data/mnist TORCH_HOME=/torch MNIST_TRACKER_HOME=/runs PYTHONUNBUFFERED=1
 CMD ["mnist-tracker", "--help"]

@@ -2,7 +2,8 @@
 
 Bad input (unknown model, out-of-range numbers, missing or corrupt data, unavailable weights)
 prints one line, ``Error: <what> ; <how to fix>``, and exits with code 2 before any MLflow run
-exists. Ctrl-C exits 130, SIGTERM 143, with the run marked KILLED.
+exists. Ctrl-C exits 130, SIGTERM 143, with the run marked KILLED and its checkpoint kept for
+``train --resume``; a diverged run (loss NaN / inf) exits 1, marked FAILED.
 """
 
 from __future__ import annotations
@@ -117,8 +118,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--model", "model_name", required=True, help="Model name; see `mnist-tracker models`."
+@click.option("--model", "model_name", default=None, help="Model name; see `mnist-tracker models`.")
+@_opt(
+    "--resume",
+    "resume_run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue a stopped run from its last finished epoch, with its own settings.",
 )
 @_opt("--epochs", type=int, default=None, help="Epochs [default: the model's recipe].")
 @_opt("--batch-size", type=int, default=None, help="Batch size [default: 64].")
@@ -160,6 +166,7 @@ def main() -> None:
 @_tracking_options
 def train(
     model_name,
+    resume_run_id,
     pretrained,
     no_pretrained,
     freeze,
@@ -171,11 +178,28 @@ def train(
     register,
     **options,
 ) -> None:
-    """Train one model and log the run (params, curves, model, plots) to MLflow."""
+    """Train one model and log the run (params, curves, model, plots) to MLflow.
+
+    After each epoch a checkpoint is kept: a run stopped by Ctrl-C, SIGTERM or a crash goes on
+    with `--resume RUN_ID`, in the same run. If the tracking server goes away mid-run,
+    training goes on and what could not be sent waits in a local outbox for `sync`.
+    """
     from .config import ConfigError, resolve_config
 
     pretrained = _tri(pretrained, no_pretrained, "pretrained")
     freeze = _tri(freeze, no_freeze, "freeze")
+    if resume_run_id is not None:
+        given = [k for k, v in options.items() if v is not None]
+        given += [n for n, v in (("model", model_name), ("pretrained", pretrained),
+                                 ("freeze", freeze), ("run-name", run_name),
+                                 ("register", register)) if v is not None]  # fmt: skip
+        if given:
+            names = ", ".join("--" + n.replace("_", "-") for n in given)
+            fail(f"--resume continues a run with its own settings; drop {names}")
+        _run_training(None, data_dir, experiment, None, tracking_uri, None, resume_run_id)
+        return
+    if model_name is None:
+        fail("missing --model; pass one of `mnist-tracker models`, or --resume RUN_ID")
     try:
         config = resolve_config(model_name, pretrained=pretrained, freeze=freeze, **options)
     except ConfigError as exc:
@@ -183,41 +207,61 @@ def train(
     _run_training(config, data_dir, experiment, run_name, tracking_uri, register)
 
 
-def _run_training(config, data_dir, experiment, run_name, tracking_uri, register) -> None:
-    from . import runner, tracking
+def _run_training(
+    config, data_dir, experiment, run_name, tracking_uri, register, resume_run_id=None
+) -> None:
+    """Train ``config`` (or resume ``resume_run_id``) and report; exits as the module says."""
+    from . import checkpoint, engine, runner, tracking
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
 
     uri = _tracking_or_fail(tracking_uri)
-    click.echo(
-        f"mnist-tracker {__version__}: training {config.model} for {config.epochs} epoch(s); "
-        f"tracking to {tracking.redact(uri)}",
-        err=True,
-    )
+    what = f"resuming run {resume_run_id}" if config is None else (
+        f"training {config.model} for {config.epochs} epoch(s)")  # fmt: skip
+    click.echo(f"mnist-tracker {__version__}: {what}; tracking to {tracking.redact(uri)}", err=True)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    started: list[str] = [resume_run_id] if resume_run_id else []
 
     def on_sigterm(signum, _frame):
         raise tracking.Interrupted(signum)
 
+    def stopped(how: str, code: int) -> None:
+        message = f"{how}: the run was marked KILLED."
+        if started and (checkpoint.run_dir(started[0]) / checkpoint.FILENAME).is_file():
+            message += f" Continue it with: mnist-tracker train --resume {started[0]}"
+        click.echo(message, err=True)
+        sys.exit(code)
+
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    progress = sys.stderr.isatty()
     try:
-        outcome = runner.train(
-            config,
-            data_dir=data_dir,
-            experiment=experiment,
-            run_name=run_name,
-            register=register,
-            progress=sys.stderr.isatty(),
-            echo=lambda line: click.echo(line, err=True),
+        if config is None:
+            outcome = runner.resume(resume_run_id, data_dir=data_dir, progress=progress, echo=echo)
+        else:
+            outcome = runner.train(
+                config,
+                data_dir=data_dir,
+                experiment=experiment,
+                run_name=run_name,
+                register=register,
+                progress=progress,
+                echo=echo,
+                on_run_start=started.append,
+            )
+    except engine.Diverged as exc:
+        click.echo(
+            f"Error: training diverged in epoch {exc.epoch} ({exc.reason}); the run was marked "
+            "FAILED and its last good epoch's checkpoint kept. Try a lower --lr.",
+            err=True,
         )
+        sys.exit(1)
     except (ConfigError, DataError, ModelError, ValueError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        click.echo("Interrupted: the run was marked KILLED.", err=True)
-        sys.exit(130)
+        stopped("Interrupted", 130)
     except tracking.Interrupted as exc:
-        click.echo(f"Stopped by signal {exc.signum}: the run was marked KILLED.", err=True)
-        sys.exit(128 + exc.signum)
+        stopped(f"Stopped by signal {exc.signum}", 128 + exc.signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
     final = outcome.result.final
@@ -227,7 +271,61 @@ def _run_training(config, data_dir, experiment, run_name, tracking_uri, register
         f"({final['train_throughput_img_s']:.0f} img/s on {outcome.result.device}, "
         f"{outcome.result.precision})"
     )
+    if outcome.offline_reason:
+        click.echo(
+            f"The tracking server went away during the run ({outcome.offline_reason}). Training "
+            f"finished; what could not be sent is kept in {outcome.outbox}. When the server is "
+            f"back, send it with: mnist-tracker sync {outcome.outbox.parent}",
+            err=True,
+        )
+        return
     click.echo(_ui_hint(uri, outcome.experiment_id, outcome.run_id), err=True)
+
+
+@main.command("sync")
+@click.argument("path", required=False)
+@click.option(
+    "--tracking-uri",
+    "--tracking_uri",
+    default=None,
+    help="Server to send to [default: $MLFLOW_TRACKING_URI, else the URI the run used].",
+)
+def sync_cmd(path, tracking_uri) -> None:
+    """Send what runs kept in their outbox while the tracking server was away.
+
+    PATH is a run's folder (as `train` printed it) or a folder of runs [default: every run
+    under $MNIST_TRACKER_HOME, else ~/.mnist-tracker]. Safe to run again: what was sent is
+    not sent twice.
+    """
+    import os
+
+    from . import outbox as outbox_mod
+    from . import tracking
+
+    boxes = outbox_mod.find(path)
+    if path and not boxes:
+        fail(f"no outbox under {path}; pass the folder `train` printed, or no PATH for all runs")
+    pending = [box for box in boxes if box.pending()]
+    if not pending:
+        click.echo(f"nothing to send: {len(boxes)} outbox(es), all sent")
+        return
+    for box in pending:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or box.meta()["tracking_uri"]
+        if "***" in uri:
+            fail(f"the run was logged to {uri}; pass --tracking-uri (credentials from "
+                 "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")  # fmt: skip
+        uri = _tracking_or_fail(uri)
+        run_id = box.meta().get("run_id", box.folder.parent.name)
+        try:
+            result = outbox_mod.replay(box)
+        except Exception as exc:
+            reason = tracking.scrub(" ".join(str(exc).split())[:300], uri)
+            fail(f"run {run_id}: the server did not take an operation ({reason}); what was sent "
+                 "is recorded, run sync again once that is fixed")  # fmt: skip
+        click.echo(
+            f"run {run_id}: sent {result.sent} operation(s) to {tracking.redact(uri)}"
+            + (f" ({result.already_done} sent before)" if result.already_done else "")
+        )
 
 
 def _tracking_or_fail(tracking_uri: str | None) -> str:

@@ -18,10 +18,24 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from . import checkpoint
 from .config import TrainConfig
 from .data import Splits, iterate_batches
 
 EpochHook = Callable[[int, dict[str, float]], None]
+CheckpointHook = Callable[[dict], None]
+
+# How often (in batches) a training pass checks its running loss for NaN / inf: often enough to
+# stop a diverged run early, rarely enough that the host sync it costs does not show.
+DIVERGENCE_CHECK_EVERY = 50
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; ``epoch`` is the epoch it happened in."""
+
+    def __init__(self, reason: str, epoch: int = 0):
+        super().__init__(reason)
+        self.reason, self.epoch = reason, epoch
 
 
 @dataclass
@@ -127,12 +141,16 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``(x, y)`` in a seeded order; returns (mean loss, accuracy)."""
+    """One pass over ``(x, y)`` in a seeded order; returns (mean loss, accuracy).
+
+    Raises Diverged as soon as a periodic check (and the final one) finds the loss not finite.
+    """
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for xb, yb in iterate_batches(x, y, batch_size, generator=generator, device=device):
+    batches = iterate_batches(x, y, batch_size, generator=generator, device=device)
+    for step, (xb, yb) in enumerate(batches, start=1):
         with autocast(device, precision):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
@@ -152,7 +170,12 @@ def train_one_epoch(
         seen += len(yb)
         if progress is not None:
             progress(len(yb), float(loss), 0.0)
-    return float(total_loss) / seen, int(correct) / seen
+        if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(total_loss):
+            raise Diverged(f"train loss is {float(total_loss / seen)} after {seen} images")
+    mean_loss = float(total_loss) / seen
+    if not math.isfinite(mean_loss):
+        raise Diverged(f"train loss is {mean_loss} after {seen} images")
+    return mean_loss, int(correct) / seen
 
 
 @torch.inference_mode()
@@ -216,12 +239,19 @@ def fit(
     on_epoch: EpochHook | None = None,
     *,
     progress: bool = False,
+    resume: dict | None = None,
+    on_checkpoint: CheckpointHook | None = None,
 ) -> FitResult:
     """Train ``model`` per ``config`` on ``splits``; evaluate on test (and val) every epoch.
 
     Seeded: the same config, data and device give the same numbers. ``training_time_s`` is the
     wall time of the training passes (the lab's "Training Time"); evaluation is not in it but
     is in ``total_time_s``.
+
+    After each epoch, ``on_checkpoint(state)`` gets ``checkpoint.capture``'s state (before
+    ``on_epoch``, so a logged epoch always has a checkpoint). ``resume`` (such a state)
+    continues from the epoch after it, with the same results as a run never stopped. Raises
+    Diverged (with its epoch) when the training loss is NaN or infinite.
     """
     start = time.perf_counter()
     device = select_device(config.device)
@@ -235,9 +265,26 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     eval_bs = eval_batch_size(config)
     history: list[dict[str, float]] = []
-    training_time = 0.0
+    training_time = earlier_time = 0.0
+    first_epoch = 1
+    if resume is not None:
+        checkpoint.restore(
+            resume,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            generator=generator,
+        )
+        history = [dict(m) for m in resume["history"]]
+        training_time, earlier_time = resume["training_time_s"], resume["total_time_s"]
+        first_epoch = resume["epoch"] + 1
     test = None
-    for epoch in range(1, config.epochs + 1):
+
+    def evaluate_split(x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+        return evaluate(model, x, y, device=device, precision=precision, batch_size=eval_bs)
+
+    for epoch in range(first_epoch, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         bar = _Progress(progress, len(splits.train_y), epoch, config.epochs)
         t0 = time.perf_counter()
@@ -257,6 +304,9 @@ def fit(
             )
             if device.type == "cuda":
                 torch.cuda.synchronize()
+        except Diverged as exc:
+            exc.epoch = epoch
+            raise
         finally:
             bar.close()
         epoch_time = time.perf_counter() - t0
@@ -270,34 +320,36 @@ def fit(
             "lr": lr,
         }
         if splits.val_y is not None:
-            val = evaluate(
-                model,
-                splits.val_x,
-                splits.val_y,
-                device=device,
-                precision=precision,
-                batch_size=eval_bs,
-            )
+            val = evaluate_split(splits.val_x, splits.val_y)
             metrics.update(val_loss=val.loss, val_accuracy=val.accuracy, val_f1_macro=val.f1_macro)
         if splits.test_y is not None:
-            test = evaluate(
-                model,
-                splits.test_x,
-                splits.test_y,
-                device=device,
-                precision=precision,
-                batch_size=eval_bs,
-            )
+            test = evaluate_split(splits.test_x, splits.test_y)
             metrics.update(
                 test_loss=test.loss, test_accuracy=test.accuracy, test_f1_macro=test.f1_macro
             )
         history.append(metrics)
+        if on_checkpoint is not None:
+            state = checkpoint.capture(
+                epoch=epoch,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                generator=generator,
+                history=history,
+                training_time_s=training_time,
+                total_time_s=earlier_time + time.perf_counter() - start,
+            )
+            on_checkpoint(state)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    if test is None and splits.test_y is not None:
+        # Resumed after its last epoch: the predictions for the plots come from one more pass.
+        test = evaluate_split(splits.test_x, splits.test_y)
     final = dict(history[-1])
     final.update(
         training_time_s=training_time,
-        total_time_s=time.perf_counter() - start,
+        total_time_s=earlier_time + time.perf_counter() - start,
         train_throughput_img_s=len(splits.train_y) * config.epochs / training_time,
     )
     return FitResult(

@@ -1,24 +1,42 @@
-"""One tracked training run: ``train(config, ...) -> TrainOutcome``.
+"""One tracked training run: ``train(config, ...) -> TrainOutcome``, and ``resume(run_id)``.
 
-Called by the CLI, the tests and (later) the tuner alike. Everything that can reject the input
-(data files, model weights, config) happens before the MLflow run is created, so bad input
-leaves nothing in the tracking store.
+Called by the CLI, the tests and the tuner alike. Everything that can reject the input (data
+files, model weights, config) happens before the MLflow run is created, so bad input leaves
+nothing in the tracking store.
+
+No finished epoch is lost: after each one a checkpoint is written to the run's local folder
+(``checkpoint.run_dir``) and, when small, uploaded as the artifact ``checkpoints/checkpoint.pt``;
+a run that stops early (Ctrl-C, SIGTERM, divergence, an error) uploads its newest one as it
+ends. ``resume(run_id)`` continues such a run from it. A run that finishes removes its local
+checkpoint (its outbox, if the server went away, stays for ``sync``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import torch
 from sklearn.metrics import classification_report
 
+from . import checkpoint, engine, plots, tracking
 from . import data as data_mod
-from . import engine, plots, tracking
 from .config import TrainConfig
 from .models import count_params, create_model
+
+# Checkpoints up to this size are uploaded after every epoch (insurance against a machine
+# that dies without a chance to upload); bigger ones (vgg16: about 1.5 GB with Adam's state)
+# only when the run stops early, so that they do not slow every epoch down.
+UPLOAD_EVERY_EPOCH_MAX_BYTES = 64 * 2**20
+
+
+class ResumeError(ValueError):
+    """The run cannot be resumed; the message says why and what to do instead."""
 
 
 @dataclass
@@ -28,6 +46,46 @@ class TrainOutcome:
     config: TrainConfig
     result: engine.FitResult
     model: torch.nn.Module
+    offline_reason: str | None = None  # set when the server went away: see ``outbox``
+    outbox: Path | None = None
+
+
+@dataclass
+class Resume:
+    """A stopped run to continue: its id and the checkpoint of its last finished epoch."""
+
+    run_id: str
+    state: dict
+
+
+class _Checkpoints:
+    """The ``on_checkpoint`` hook of one run: keep the newest locally, upload it when due."""
+
+    def __init__(self, sink, config: TrainConfig, register: str | None):
+        self.sink, self.config, self.register = sink, config, register
+        self.path = checkpoint.run_dir(sink.run_id) / checkpoint.FILENAME
+        self.epoch = self.uploaded = 0
+
+    def __call__(self, state: dict) -> None:
+        state["config"] = self.config.to_dict()
+        state["register"] = self.register  # a resumed run registers its model as asked
+        checkpoint.save(state, self.path)
+        self.epoch = state["epoch"]
+        small = self.path.stat().st_size <= UPLOAD_EVERY_EPOCH_MAX_BYTES
+        if small and not self.sink.offline:
+            self.upload()
+
+    def upload(self) -> None:
+        """Send the newest checkpoint, unless it was sent already (or none was written)."""
+        if self.epoch and self.uploaded != self.epoch:
+            self.sink.log_artifact(self.path, checkpoint.ARTIFACT_DIR)
+            self.uploaded = self.epoch
+
+    def discard(self) -> None:
+        """The run finished: its local checkpoint is no longer needed."""
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # kept when it holds an outbox
+            self.path.parent.rmdir()
 
 
 def prepare_data(config: TrainConfig, data_dir: str | os.PathLike | None) -> data_mod.Splits:
@@ -79,6 +137,8 @@ def train(
     log_artifacts: bool = True,
     status_tags: dict[str, dict[str, str]] | None = None,
     on_run_start: Callable[[str], None] | None = None,
+    checkpoints: bool = True,
+    resume_from: Resume | None = None,
 ) -> TrainOutcome:
     """Train ``config`` and log the run to the current MLflow tracking URI.
 
@@ -89,13 +149,16 @@ def train(
     lets it join ``mlflow run``'s run. Without ``log_artifacts`` only params, metrics and
     tags are logged (search trials): no datasets, plots, report or model. ``status_tags``
     maps the run's final status to tags set as it ends; ``on_run_start(run_id)`` is called
-    as soon as the run exists.
+    as soon as the run exists. ``checkpoints`` keeps one per epoch (see the module's doc);
+    ``resume_from`` continues a stopped run (use ``resume``). Raises engine.Diverged after
+    ending the run FAILED with tags ``diverged_epoch`` and ``diverged_reason``.
     """
     config = resolve_runtime(config)
     if splits is None:
         splits = prepare_data(config, data_dir)
     torch.manual_seed(config.seed)  # the same seed gives the same initial weights
     model = create_model(config)
+    resume_state = None if resume_from is None else resume_from.state
     n_params, n_trainable = count_params(model)
     counts = {
         "n_params": n_params,
@@ -107,16 +170,24 @@ def train(
     tags = tracking.run_tags(config.device)
     tags.update(extra_tags or {})
     with tracking.tracked_run(
-        experiment, run_name, tags, parent_run_id, attach, status_tags
-    ) as run:
-        run_id = run.info.run_id
+        experiment,
+        run_name,
+        tags,
+        parent_run_id,
+        attach,
+        status_tags,
+        resume_run_id=None if resume_from is None else resume_from.run_id,
+    ) as sink:
+        run, run_id = sink.run, sink.run_id
         if on_run_start is not None:
             on_run_start(run_id)
-        params = config.to_params() | {k: str(v) for k, v in counts.items()}
-        tracking.log_params(run_id, params)
-        if log_artifacts:
-            tracking.log_config_artifact(config)
-            tracking.log_datasets(splits)
+        if resume_state is None:
+            sink.log_params(config.to_params() | {k: str(v) for k, v in counts.items()})
+            if log_artifacts:
+                tracking.log_config_artifact(config, sink)
+                tracking.log_datasets(splits, sink)
+        else:
+            _log_missing_epochs(sink, resume_state["history"])
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if echo is not None:
@@ -124,37 +195,144 @@ def train(
             if epoch_hook is not None:
                 epoch_hook(epoch, metrics)
 
-        result = engine.fit(
-            config, splits, model, tracking.EpochLogger(run_id, on_epoch), progress=progress
-        )
+        keeper = _Checkpoints(sink, config, register) if checkpoints else None
+        try:
+            result = engine.fit(
+                config,
+                splits,
+                model,
+                tracking.EpochLogger(sink, on_epoch),
+                progress=progress,
+                resume=resume_state,
+                on_checkpoint=keeper,
+            )
+        except BaseException as exc:
+            # Best effort: the run must still end (KILLED / FAILED) if the server refuses these;
+            # the local checkpoint stays either way.
+            with contextlib.suppress(Exception):
+                if isinstance(exc, engine.Diverged):
+                    reason = f"epoch {exc.epoch}: {exc.reason}"
+                    sink.set_tags({"diverged_epoch": str(exc.epoch), "diverged_reason": reason})
+                if keeper is not None:
+                    keeper.upload()  # the newest finished epoch, for --resume
+            raise
         run_level = {
             k: result.final[k]
             for k in ("training_time_s", "total_time_s", "train_throughput_img_s")
         }
-        tracking.log_run_metrics(run_id, run_level)
+        sink.log_metrics(run_level)
         experiment_id = run.info.experiment_id
-        if not log_artifacts or result.test_labels is None:
-            return TrainOutcome(run_id, experiment_id, config, result, model)
-        title = f"{config.model} ({run.info.run_name})"
-        mlflow.log_text(
-            plots.learning_curves(result.history, title).to_html(include_plotlyjs="cdn"),
-            "plots/learning_curves.html",
-        )
-        mlflow.log_text(
-            plots.confusion_matrix_figure(
-                result.test_labels, result.test_predictions, title
-            ).to_html(include_plotlyjs="cdn"),
-            "plots/confusion_matrix.html",
-        )
-        report = classification_report(
-            result.test_labels,
-            result.test_predictions,
-            labels=list(range(10)),
-            target_names=plots.DIGITS,
-            output_dict=True,
-            zero_division=0,
-        )
-        mlflow.log_dict(report, "reports/classification_report.json")
-        example = splits.test_x[:2].unsqueeze(1).float().div(255.0)
-        tracking.log_model(model, example, register=register)
-    return TrainOutcome(run_id, experiment_id, config, result, model)
+        outcome = TrainOutcome(run_id, experiment_id, config, result, model)
+        if log_artifacts and result.test_labels is not None:
+            _log_artifacts(sink, config, run.info.run_name, result, splits, model, register)
+        if keeper is not None:
+            keeper.discard()
+    if sink.offline:
+        outcome.offline_reason, outcome.outbox = sink.offline_reason, sink.outbox.folder
+    return outcome
+
+
+def _log_missing_epochs(sink, history: list[dict[str, float]]) -> None:
+    """Send the checkpoint's epochs the server does not have (a run stopped between its
+    checkpoint and its metrics, or whose metrics sat in an outbox), so none is missing."""
+    logged = {m.step for m in sink.client.get_metric_history(sink.run_id, "train_loss")}
+    for epoch, metrics in enumerate(history, start=1):
+        if epoch not in logged:
+            sink.log_metrics(metrics, step=epoch)
+
+
+def _log_artifacts(sink, config, run_name, result, splits, model, register) -> None:
+    """Plots, the classification report and the model of a finished run."""
+    title = f"{config.model} ({run_name})"
+    sink.log_text(
+        plots.learning_curves(result.history, title).to_html(include_plotlyjs="cdn"),
+        "plots/learning_curves.html",
+    )
+    sink.log_text(
+        plots.confusion_matrix_figure(result.test_labels, result.test_predictions, title).to_html(
+            include_plotlyjs="cdn"
+        ),
+        "plots/confusion_matrix.html",
+    )
+    report = classification_report(
+        result.test_labels,
+        result.test_predictions,
+        labels=list(range(10)),
+        target_names=plots.DIGITS,
+        output_dict=True,
+        zero_division=0,
+    )
+    sink.log_dict(report, "reports/classification_report.json")
+    example = splits.test_x[:2].unsqueeze(1).float().div(255.0)
+    sink.log_model(model, example, config, register=register)
+
+
+def find_checkpoint(run_id: str) -> dict:
+    """The newest checkpoint of ``run_id``: the local copy, else the run's artifact.
+
+    Raises ResumeError when the run is unknown, finished, or has no checkpoint.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ResumeError(
+            f"run {run_id} is not in this tracking store; pass the --tracking-uri it was logged to"
+        ) from None
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} already FINISHED; there is nothing to resume")
+    local = checkpoint.run_dir(run_id) / checkpoint.FILENAME
+    if local.is_file():
+        return checkpoint.load(local)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(
+                run_id, f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}", tmp
+            )
+        except Exception:
+            raise ResumeError(
+                f"run {run_id} has no checkpoint (it stopped before its first epoch ended, or "
+                "was a search trial); start a new run instead"
+            ) from None
+        state = checkpoint.load(Path(path))
+    # Keep it locally while the run lives again.
+    checkpoint.save(state, local)
+    return state
+
+
+def resume(
+    run_id: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    """Continue stopped run ``run_id`` from its newest checkpoint, in the same run: metric
+    steps go on from the next epoch, and the results equal those of a run never stopped.
+
+    A pending outbox of the run is sent first. Raises ResumeError (and the errors of
+    ``train``) before the run is touched when it cannot be resumed.
+    """
+    from . import outbox as outbox_mod
+
+    pending = outbox_mod.Outbox(checkpoint.run_dir(run_id) / "outbox")
+    if pending.pending():
+        outbox_mod.replay(pending)
+    state = find_checkpoint(run_id)
+    config = TrainConfig(**state["config"]).replace()  # validated
+    splits = prepare_data(config, data_dir)
+    if state["epoch"] >= config.epochs and echo is not None:
+        echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run")
+    elif echo is not None:
+        echo(f"run {run_id}: resuming after epoch {state['epoch']} of {config.epochs}")
+    return train(
+        config,
+        splits=splits,
+        progress=progress,
+        echo=echo,
+        attach=False,
+        register=state.get("register"),
+        resume_from=Resume(run_id, state),
+    )

@@ -1,11 +1,13 @@
 """The MLflow side of a run: start or attach, log config, epochs, model and artifacts.
 
 Contracts:
-- ``tracked_run`` starts a run (or attaches to ``$MLFLOW_RUN_ID`` under ``mlflow run``) and
-  always ends it: FINISHED on success, KILLED on Ctrl-C / SIGTERM, FAILED on any other error.
+- ``tracked_run`` starts a run (or attaches to ``$MLFLOW_RUN_ID`` under ``mlflow run``, or
+  resumes a given run) and always ends it: FINISHED on success, KILLED on Ctrl-C / SIGTERM,
+  FAILED on any other error. It yields the run's ``RunSink`` (sink.py), through which every
+  later call goes, so that a server that goes away mid-run costs no data.
 - ``log_params`` never tries to change a param MLflow already holds (``mlflow run`` logs the
   entry point's parameters first); equal values are skipped.
-- ``EpochLogger`` sends one ``log_batch`` call per epoch.
+- ``EpochLogger`` sends one ``log_batch`` call per epoch (through the sink).
 - Tracking URIs are printed and tagged only through ``redact``.
 """
 
@@ -18,7 +20,6 @@ import platform
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -137,25 +138,29 @@ def tracked_run(
     parent_run_id: str | None = None,
     attach: bool = True,
     status_tags: dict[str, dict[str, str]] | None = None,
-) -> Iterator[mlflow.ActiveRun]:
-    """Start a run and guarantee it ends with the right status.
+    resume_run_id: str | None = None,
+):
+    """Start a run and guarantee it ends with the right status; yield its ``RunSink``.
 
     With ``attach`` (the default) and ``$MLFLOW_RUN_ID`` set, the run ``mlflow run`` created is
-    used instead. With ``parent_run_id`` the new run is nested under that run, in its
-    experiment. ``EndRun`` raised inside ends the run with its status, then propagates.
-    ``status_tags`` maps a final status (FINISHED, FAILED, KILLED) to tags set just before.
+    used instead; ``resume_run_id`` continues that (stopped) run. With ``parent_run_id`` the
+    new run is nested under that run, in its experiment. ``EndRun`` raised inside ends the run
+    with its status, then propagates. ``status_tags`` maps a final status (FINISHED, FAILED,
+    KILLED) to tags set just before.
     """
+    from .sink import RunSink
+
     status_tags = status_tags or {}
 
     def end(status: str, extra: dict[str, str] | None = None) -> None:
+        tags_now = status_tags.get(status, {}) | (extra or {})
         with contextlib.suppress(Exception):
-            tags_now = status_tags.get(status, {}) | (extra or {})
             if tags_now:
-                mlflow.set_tags(tags_now)
-        mlflow.end_run(status)
+                sink.set_tags(tags_now)
+        sink.end(status)
 
     client = MlflowClient()
-    run_id = attached_run_id() if attach else None
+    run_id = resume_run_id or (attached_run_id() if attach else None)
     if run_id is None:
         # Created through the client: ``mlflow.start_run()`` without a run id would pick up
         # ``$MLFLOW_RUN_ID`` even when this run must be a new one (a trial under ``mlflow run``).
@@ -170,8 +175,10 @@ def tracked_run(
     elif run_name:
         client.set_tag(run_id, MLFLOW_RUN_NAME, run_name)
     run = mlflow.start_run(run_id=run_id, tags=tags, nested=mlflow.active_run() is not None)
+    sink = RunSink(run.info.run_id, mlflow.get_tracking_uri())
+    sink.run = run
     try:
-        yield run
+        yield sink
     except EndRun as stop:
         end(stop.status, stop.tags)
         raise
@@ -199,13 +206,13 @@ def experiment_id_for(name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def log_params(run_id: str, params: dict[str, str]) -> None:
+def log_params(run_id: str, params: dict[str, str], client: MlflowClient | None = None) -> None:
     """Log ``params``, skipping those the run already has with an equal value.
 
     A param already present with a different value (``mlflow run -P device=auto`` when the run
     resolved ``cpu``) keeps MLflow's value; the resolved one goes to tag ``resolved.<key>``.
     """
-    client = MlflowClient()
+    client = client or MlflowClient()
     existing = client.get_run(run_id).data.params
     new, tags = [], []
     for key, value in params.items():
@@ -220,17 +227,14 @@ def log_params(run_id: str, params: dict[str, str]) -> None:
 
 
 class EpochLogger:
-    """An ``on_epoch`` hook: one ``log_batch`` per epoch, step = epoch."""
+    """An ``on_epoch`` hook: one ``log_batch`` per epoch through ``sink``, step = epoch."""
 
-    def __init__(self, run_id: str, echo=None):
-        self.run_id = run_id
-        self.client = MlflowClient()
+    def __init__(self, sink, echo=None):
+        self.sink = sink
         self.echo = echo
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        ts = int(time.time() * 1000)
-        batch = [Metric(key, float(value), ts, epoch) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self.sink.log_metrics(metrics, step=epoch)
         if self.echo is not None:
             self.echo(epoch, metrics)
 
@@ -242,15 +246,18 @@ def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
     )
 
 
-def log_datasets(splits) -> None:
-    """Record the train / val / test data as MLflow dataset inputs."""
+def log_datasets(splits, sink) -> None:
+    """Record the train / val / test data as MLflow dataset inputs, in one call."""
     from mlflow.data import from_numpy
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     contexts = [
         ("training", splits.train_x, splits.train_y),
         ("testing", splits.test_x, splits.test_y),
         ("validation", splits.val_x, splits.val_y),
     ]
+    inputs = []
     for context, x, y in contexts:
         if y is None:
             continue
@@ -263,7 +270,9 @@ def log_datasets(splits) -> None:
                 source=str(Path(splits.source).resolve()),
                 name=f"mnist-{context}",
             )
-        mlflow.log_input(dataset, context=context)
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
+    sink.log_inputs(inputs)
 
 
 def pip_requirements() -> list[str]:
@@ -275,8 +284,14 @@ def pip_requirements() -> list[str]:
     ]
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor, register: str | None = None):
-    """Log ``model`` as the ``model`` artifact: [0, 1] pixels (N, 1, 28, 28) -> logits (N, 10).
+def log_model(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    register: str | None = None,
+    run_id: str | None = None,
+):
+    """Log ``model`` as the ``model`` artifact of ``run_id`` (default: the active run):
+    [0, 1] pixels (N, 1, 28, 28) -> logits (N, 10).
 
     Saved as ``pt2`` (torch.export, no pickle). The input example has two images so that the
     exported program keeps the batch dimension dynamic.
@@ -296,12 +311,13 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, register: str | Non
         signature=signature,
         pip_requirements=pip_requirements(),
         registered_model_name=register,
+        run_id=run_id,
     )
 
 
-def log_config_artifact(config: TrainConfig) -> None:
+def log_config_artifact(config: TrainConfig, sink) -> None:
     """The full config as JSON, so a run can be rebuilt from its artifacts alone."""
-    mlflow.log_dict(config.to_dict(), "config.json")
+    sink.log_dict(config.to_dict(), "config.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,12 +355,10 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
     not answer or refuses the credentials. Local stores always pass."""
     if not uri.startswith(("http://", "https://")):
         return
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with env_vars(quick):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = scrub(" ".join(str(exc).split())[:200], uri)
         if is_unreachable(exc):
@@ -356,6 +370,19 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
             f"tracking server {redact(uri)} refused the request ({reason}); check "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
         ) from exc
+
+
+@contextlib.contextmanager
+def env_vars(env: dict[str, str], override: bool = True):
+    """Environment variables set to ``env`` inside the block, restored after; with
+    ``override=False`` those the user set are left alone. MLflow reads its settings (e.g.
+    ``MLFLOW_HTTP_REQUEST_*``) at each call, so this scopes them to a few calls."""
+    saved = {k: os.environ.get(k) for k in env}
+    for key, value in env.items():
+        if override or key not in os.environ:
+            os.environ[key] = value
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:

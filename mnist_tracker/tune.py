@@ -598,6 +598,7 @@ class _Objective:
                 parent_run_id=self.parent_run_id,
                 attach=False,
                 log_artifacts=False,
+                checkpoints=False,  # a trial that stops is retried or pruned, never resumed
                 status_tags={
                     "FINISHED": {"optuna.state": "COMPLETE"},
                     "FAILED": {"optuna.state": "FAIL"},

@@ -1,0 +1,118 @@
+"""Checkpoints of the last finished epoch: everything needed to continue a run exactly.
+
+Contracts:
+- A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts. ``save`` writes
+  it to a temporary file and renames it, so a crash mid-write leaves the previous checkpoint
+  whole, and only the newest one exists. ``load`` reads it with ``weights_only=True``.
+- Keys: ``epoch`` (last finished, from 1), ``model``, ``optimizer``, ``scheduler`` and
+  ``scaler`` (state dicts or None), ``rng`` (the RNG states that decide dropout and batch
+  order), ``history`` (per-epoch metrics so far), ``training_time_s``, ``total_time_s``, and,
+  added by the runner, ``config`` (``TrainConfig.to_dict()``) and ``register`` (a model
+  registry name or None).
+- ``capture`` and ``restore`` are inverses: a run restored from ``capture(epoch=k)`` computes
+  the same epochs k+1.. as the uninterrupted run (on the CPU, bit for bit in practice).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FILENAME = "checkpoint.pt"
+ARTIFACT_DIR = "checkpoints"
+ENV_HOME = "MNIST_TRACKER_HOME"
+
+
+def home() -> Path:
+    """Where runs keep their local files: ``$MNIST_TRACKER_HOME``, else ``~/.mnist-tracker``."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".mnist-tracker")
+
+
+def run_dir(run_id: str) -> Path:
+    """The local folder of one run: its newest checkpoint and, after an outage, its outbox."""
+    return home() / "runs" / run_id
+
+
+def save(state: dict, path: Path) -> Path:
+    """Write ``state`` to ``path`` atomically; return ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: Path) -> dict:
+    """Read a checkpoint written by ``save``, tensors on the CPU."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def capture(
+    *,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler,
+    generator: torch.Generator,
+    history: list[dict[str, float]],
+    training_time_s: float,
+    total_time_s: float,
+) -> dict:
+    """The state after ``epoch`` finished (tensors copied to the CPU)."""
+    return {
+        "epoch": epoch,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "batches": generator.get_state(),
+        },
+        "history": [dict(m) for m in history],
+        "training_time_s": training_time_s,
+        "total_time_s": total_time_s,
+    }
+
+
+def restore(
+    state: dict,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler,
+    generator: torch.Generator,
+) -> None:
+    """Put ``model``, optimiser, scheduler, scaler and RNGs back as ``capture`` saw them.
+
+    ``model`` must already be on its device: the optimiser state follows its parameters.
+    """
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    generator.set_state(rng["batches"])
+
+
+def _to_cpu(obj):
+    """A copy of a (nested) state dict with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

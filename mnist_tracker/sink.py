@@ -1,0 +1,190 @@
+"""Where one run's tracking calls go: the server while it answers, else the run's outbox.
+
+Contracts:
+- Every call a run makes after it was created goes through its ``RunSink``.
+- A call that finds the server unreachable (``tracking.is_unreachable``) does not raise: the
+  sink turns offline and that call, and every later one, is appended to the run's outbox in
+  order, for ``mnist-tracker sync`` to replay. Any other error (a refused call) raises.
+- While offline, the sink probes the server at most every ``RECONNECT_EVERY_S`` seconds; when
+  it answers again, the outbox is replayed and the sink goes back online.
+- Calls use few HTTP retries (``SINK_HTTP``) so that a dead server costs seconds, not MLflow's
+  default minutes; variables the user set in the environment win.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from . import outbox as outbox_mod
+from . import tracking
+from .checkpoint import run_dir
+
+RECONNECT_EVERY_S = 30.0
+SINK_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+class RunSink:
+    """The tracking calls of run ``run_id`` on tracking URI ``uri``."""
+
+    def __init__(self, run_id: str, uri: str):
+        self.run_id, self.uri = run_id, uri
+        self.client = MlflowClient(uri)
+        self.outbox = outbox_mod.Outbox(run_dir(run_id) / "outbox")
+        self.offline_reason: str | None = None
+        self.run: mlflow.ActiveRun | None = None  # set by ``tracking.tracked_run``
+        self._last_probe = 0.0
+
+    @property
+    def offline(self) -> bool:
+        return self.offline_reason is not None
+
+    def _send(self, send) -> bool:
+        """``send()`` to the server; False (and the sink offline) when it is unreachable."""
+        if self.offline:
+            self._try_reconnect()
+        if self.offline:
+            return False
+        try:
+            with tracking.env_vars(SINK_HTTP, override=False):
+                send()
+            return True
+        except Exception as exc:
+            if not tracking.is_unreachable(exc):
+                raise
+            self.offline_reason = tracking.scrub(" ".join(str(exc).split())[:200], self.uri)
+            self._last_probe = time.monotonic()
+            return False
+
+    def _keep(self, op: dict, files: dict[str, Path] | None = None) -> None:
+        """Append ``op`` (and ``files``) to the outbox."""
+        meta = {"run_id": self.run_id, "tracking_uri": tracking.redact(self.uri)}
+        self.outbox.add({**op, "run_id": self.run_id}, files, meta)
+
+    def _call(self, op: dict, send, files: dict[str, Path] | None = None) -> None:
+        if not self._send(send):
+            self._keep(op, files)
+
+    def _try_reconnect(self) -> None:
+        if time.monotonic() - self._last_probe < RECONNECT_EVERY_S:
+            return
+        self._last_probe = time.monotonic()
+        try:
+            tracking.check_reachable(self.uri, timeout_s=2)
+            with tracking.env_vars(SINK_HTTP, override=False):
+                outbox_mod.replay(self.outbox, self.client)
+        except Exception:  # still away (or refusing): stay offline, try again later
+            return
+        self.offline_reason = None
+
+    # -- metrics, params, tags ------------------------------------------------------------
+
+    def log_batch(self, metrics=(), params=None, tags=None) -> None:
+        metrics, params, tags = list(metrics), dict(params or {}), dict(tags or {})
+        op = {
+            "op": "log_batch",
+            "metrics": [
+                {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                for m in metrics
+            ],
+            "params": params,
+            "tags": tags,
+        }
+
+        def send():
+            self.client.log_batch(
+                self.run_id,
+                metrics=metrics,
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in tags.items()],
+            )
+
+        self._call(op, send)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """One batch of metrics at ``step``, all with the same timestamp."""
+        ts = int(time.time() * 1000)
+        self.log_batch(metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.log_batch(tags=tags)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """``tracking.log_params`` online; offline every param is kept (MLflow accepts an
+        equal value logged twice)."""
+
+        def send():
+            tracking.log_params(self.run_id, params, client=self.client)
+
+        self._call({"op": "log_batch", "metrics": [], "params": params, "tags": {}}, send)
+
+    # -- artifacts and the model ----------------------------------------------------------
+
+    def log_inputs(self, inputs: list[DatasetInput]) -> None:
+        self._call(
+            {"op": "log_inputs", "datasets": outbox_mod.encode_inputs(inputs)},
+            lambda: self.client.log_inputs(self.run_id, datasets=inputs),
+        )
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        self._call(
+            {"op": "log_artifact", "name": path.name, "artifact_path": artifact_path},
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+            files={path.name: path},
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``text`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(text)
+            folder = str(Path(artifact_file).parent)
+            self.log_artifact(path, None if folder == "." else folder)
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        self.log_text(json.dumps(obj, indent=2), artifact_file)
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor, config, register=None):
+        """``tracking.log_model`` online; offline the weights, the example and the config are
+        kept so that ``sync`` rebuilds and logs the same model."""
+
+        def send():
+            tracking.log_model(model, example, register=register, run_id=self.run_id)
+
+        if self._send(send):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {name: Path(tmp) / name for name in ("model.pt", "example.pt", "config.json")}
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, files["model.pt"])
+            torch.save(example[:2].cpu(), files["example.pt"])
+            files["config.json"].write_text(json.dumps(config.to_dict()))
+            self._keep({"op": "log_model", "register": register}, files)
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def end(self, status: str) -> None:
+        """End the run with ``status`` and leave MLflow's active-run stack clean."""
+        end_time = int(time.time() * 1000)
+        if self._send(lambda: mlflow.end_run(status)):
+            return
+        # ``end_run`` pops the run off the stack before it calls the server; when the sink was
+        # already offline it was not called: pop it now, failing fast on the dead server.
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+            with tracking.env_vars(quick), contextlib.suppress(Exception):
+                mlflow.end_run(status)
+        self._keep({"op": "set_terminated", "status": status, "end_time": end_time})

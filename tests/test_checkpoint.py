@@ -1,0 +1,96 @@
+"""Checkpoints and divergence in the training loop itself (in process, no tracking)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_tracker import checkpoint, data, engine
+from mnist_tracker.config import resolve_config
+from mnist_tracker.models import create_model
+
+from .conftest import SUBSET
+
+# The lr schedule on the CPU is deterministic: a resumed run must match to float rounding.
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load_mnist(SUBSET, download_missing=False)
+
+
+def _setup(mnist, model_name, **overrides):
+    config = resolve_config(model_name, limit_train=200, limit_test=100, device="cpu", **overrides)
+    splits = data.split_data(mnist, seed=config.seed, limit_train=200, limit_test=100)
+    return config, splits
+
+
+@pytest.mark.parametrize(
+    "model_name, overrides",
+    [
+        ("cnn", {"epochs": 3}),  # dropout: the torch RNG must be restored
+        ("vit", {"epochs": 3, "scheduler": "cosine"}),  # an epoch-wise schedule
+        ("cnn", {"epochs": 3, "scheduler": "onecycle", "optimizer": "sgd"}),  # per-batch one
+    ],
+)
+def test_resumed_fit_equals_the_uninterrupted_one(mnist, tmp_path, model_name, overrides):
+    config, splits = _setup(mnist, model_name, **overrides)
+    states = {}
+
+    def keep(state):
+        states[state["epoch"]] = checkpoint.save(state, tmp_path / f"e{state['epoch']}.pt")
+
+    torch.manual_seed(config.seed)
+    full = engine.fit(config, splits, create_model(config), on_checkpoint=keep)
+    assert sorted(states) == [1, 2, 3]
+
+    # A fresh process would start from other weights and RNG states: the checkpoint must win.
+    torch.manual_seed(12345)
+    resumed_epochs = []
+    state = checkpoint.load(states[1])
+    resumed = engine.fit(
+        config,
+        splits,
+        create_model(config),
+        lambda epoch, metrics: resumed_epochs.append(epoch),
+        resume=state,
+    )
+    assert resumed_epochs == [2, 3]
+    assert len(resumed.history) == 3
+    for a, b in zip(full.history, resumed.history, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=TOLERANCE), key
+    assert (full.test_predictions == resumed.test_predictions).all()
+    assert resumed.final["training_time_s"] > state["training_time_s"]
+
+
+def test_resume_after_the_last_epoch_only_evaluates(mnist, tmp_path):
+    config, splits = _setup(mnist, "cnn", epochs=1)
+    states = []
+    torch.manual_seed(config.seed)
+    full = engine.fit(config, splits, create_model(config), on_checkpoint=states.append)
+    again = engine.fit(config, splits, create_model(config), resume=states[-1])
+    assert again.history == full.history
+    assert (again.test_predictions == full.test_predictions).all()
+
+
+def test_checkpoint_save_is_atomic_and_keeps_only_the_newest(tmp_path):
+    path = tmp_path / "run" / checkpoint.FILENAME
+    checkpoint.save({"epoch": 1, "w": torch.ones(3)}, path)
+    checkpoint.save({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert [p.name for p in path.parent.iterdir()] == [checkpoint.FILENAME]
+    assert checkpoint.load(path)["epoch"] == 2
+
+
+def test_divergence_stops_with_the_epoch_and_keeps_the_last_good_state(mnist):
+    """SGD at lr 5 on a one-cycle schedule: epoch 1 is fine, epoch 2 blows up (measured)."""
+    config, splits = _setup(mnist, "cnn", epochs=6, optimizer="sgd", lr=5.0, scheduler="onecycle")
+    states = []
+    torch.manual_seed(config.seed)
+    with pytest.raises(engine.Diverged) as info:
+        engine.fit(config, splits, create_model(config), on_checkpoint=states.append)
+    assert info.value.epoch == 2
+    assert "train loss is nan" in info.value.reason
+    assert [s["epoch"] for s in states] == [1]
+    assert all(torch.isfinite(t).all() for t in states[0]["model"].values())

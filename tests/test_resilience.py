@@ -1,0 +1,247 @@
+"""Never lose a run: signals and --resume, divergence, a tracking server that goes away.
+
+Everything here runs `mnist-tracker` as a subprocess against real `mlflow server` processes,
+which the tests start, kill and restart on the same store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mnist_tracker import checkpoint
+
+from .conftest import BIN, SUBSET, free_port, wait_http
+
+pytestmark = pytest.mark.slow
+
+# A run small enough for CI, big enough that an epoch takes a noticeable time.
+RUN = ["train", "--model", "cnn", "--epochs", "3", "--limit-train", "300", "--limit-test", "200",
+       "--data-dir", str(SUBSET)]  # fmt: skip
+EPOCH_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_f1_macro")
+# Same seed, same CPU: a resumed or replayed run computes the very same numbers.
+TOLERANCE = 1e-6
+
+
+class Cli:
+    """A `mnist-tracker` subprocess whose stderr is read as it comes (so it never blocks)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            [str(BIN / "mnist-tracker"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, prefix: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith(prefix) for line in self.lines):
+            assert self.proc.poll() is None, f"exited before {prefix!r}:\n{self.text[-3000:]}"
+            assert time.monotonic() < deadline, f"no {prefix!r} in time:\n{self.text[-3000:]}"
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> Cli:
+    cli = Cli(args, env)
+    cli.wait()
+    return cli
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def assert_same_epochs(client, run_id: str, reference: dict[str, list[tuple[int, float]]]):
+    """One point per epoch 1..3 for every epoch metric, equal to the reference run's."""
+    for key in EPOCH_KEYS:
+        got = history(client, run_id, key)
+        assert [step for step, _ in got] == [1, 2, 3], (key, got)
+        for (_, value), (_, expected) in zip(got, reference[key], strict=True):
+            assert value == pytest.approx(expected, abs=TOLERANCE), key
+
+
+@pytest.fixture(scope="module")
+def reference(mlflow_server, tmp_path_factory):
+    """The metric histories of the same run never interrupted."""
+    env = dict(os.environ, MNIST_TRACKER_HOME=str(tmp_path_factory.mktemp("home")))
+    cli = run_cli([*RUN, "--tracking-uri", mlflow_server, "--experiment", "reference"], env)
+    assert cli.proc.returncode == 0, cli.text[-3000:]
+    run_id = re.search(r"^run (\w+):", cli.text, re.M).group(1)
+    client = MlflowClient(mlflow_server)
+    return {key: history(client, run_id, key) for key in EPOCH_KEYS}
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_then_resume_gives_the_uninterrupted_run(
+    server_uri, experiment_name, cli_env, reference, signum, code
+):
+    cli = Cli([*RUN, "--tracking-uri", server_uri, "--experiment", experiment_name], cli_env)
+    cli.wait_for("epoch 1/3")
+    cli.proc.send_signal(signum)
+    assert cli.wait() == code, cli.text[-3000:]
+    assert "the run was marked KILLED" in cli.text
+    run_id = re.search(r"train --resume (\w+)", cli.text).group(1)
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    steps = [step for step, _ in history(client, run_id, "train_loss")]
+    assert steps and steps == list(range(1, len(steps) + 1)) and len(steps) < 3
+    artifacts = [a.path for a in client.list_artifacts(run_id, checkpoint.ARTIFACT_DIR)]
+    assert artifacts == [f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}"]
+    local = checkpoint.run_dir(run_id) / checkpoint.FILENAME
+    assert checkpoint.load(local)["epoch"] == len(steps)
+
+    resumed = run_cli(["train", "--resume", run_id, "--tracking-uri", server_uri], cli_env)
+    assert resumed.proc.returncode == 0, resumed.text[-3000:]
+    assert f"resuming after epoch {len(steps)} of 3" in resumed.text
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert_same_epochs(client, run_id, reference)
+    assert not local.exists(), "a finished run drops its local checkpoint"
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert loaded.predict(torch.zeros(2, 1, 28, 28).numpy()).shape == (2, 10)
+
+
+def test_resume_refuses_a_finished_run_and_settings(server_uri, experiment_name, cli_env):
+    cli = run_cli(["train", "--model", "cnn", "--epochs", "1", "--limit-train", "100",
+                   "--limit-test", "100", "--data-dir", str(SUBSET), "--tracking-uri", server_uri,
+                   "--experiment", experiment_name], cli_env)  # fmt: skip
+    assert cli.proc.returncode == 0, cli.text[-3000:]
+    run_id = re.search(r"^run (\w+):", cli.text, re.M).group(1)
+    again = run_cli(["train", "--resume", run_id, "--tracking-uri", server_uri], cli_env)
+    assert again.proc.returncode == 2
+    assert again.text.strip().splitlines()[-1] == (
+        f"Error: run {run_id} already FINISHED; there is nothing to resume"
+    )
+    mixed = run_cli(["train", "--resume", run_id, "--epochs", "5"], cli_env)
+    assert mixed.proc.returncode == 2
+    assert "--resume continues a run with its own settings; drop --epochs" in mixed.text
+
+
+def test_divergence_fails_the_run_with_a_tag_and_keeps_the_last_good_checkpoint(
+    server_uri, experiment_name, cli_env, tmp_path
+):
+    """SGD at lr 5 on a one-cycle schedule: epoch 1 is fine, epoch 2 blows up (measured)."""
+    cli = run_cli(["train", "--model", "cnn", "--epochs", "6", "--optimizer", "sgd", "--lr", "5",
+                   "--scheduler", "onecycle", "--limit-train", "200", "--limit-test", "100",
+                   "--data-dir", str(SUBSET), "--tracking-uri", server_uri,
+                   "--experiment", experiment_name], cli_env)  # fmt: skip
+    assert cli.proc.returncode == 1, cli.text[-3000:]
+    assert "Error: training diverged in epoch 2 (train loss is nan" in cli.text
+    assert "Traceback" not in cli.text
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["diverged_epoch"] == "2"
+    assert run.data.tags["diverged_reason"].startswith("epoch 2: train loss is nan")
+    assert [step for step, _ in history(client, run.info.run_id, "train_loss")] == [1]
+    path = client.download_artifacts(
+        run.info.run_id, f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}", str(tmp_path)
+    )
+    assert checkpoint.load(Path(path))["epoch"] == 1
+
+
+class KillableServer:
+    """`mlflow server` on a fixed store and port, killed with SIGKILL (all its processes)."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.proc = None
+
+    def start(self) -> None:
+        command = [
+            str(BIN / "mlflow"), "server", "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination",
+            str(self.root / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+            "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        log = open(self.root / "server.log", "a")  # noqa: SIM115 - the server owns it
+        self.proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True
+        )
+        wait_http(f"{self.uri}/health", timeout=180, proc=self.proc)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def test_server_outage_mid_run_then_sync(tmp_path, cli_env, reference, monkeypatch):
+    server = KillableServer(tmp_path, free_port())
+    server.start()
+    try:
+        cli = Cli([*RUN, "--tracking-uri", server.uri, "--experiment", "outage"], cli_env)
+        cli.wait_for("epoch 1/3")
+        server.kill()
+        assert cli.wait() == 0, cli.text[-3000:]
+        assert "The tracking server went away during the run" in cli.text
+        run_id = re.search(r"^run (\w+):", cli.text, re.M).group(1)
+        folder = checkpoint.run_dir(run_id)
+        assert f"mnist-tracker sync {folder}" in cli.text
+        kept = (folder / "outbox" / "ops.jsonl").read_text()
+        assert '"op": "log_model"' in kept and '"op": "set_terminated"' in kept
+
+        server.start()  # the same store, the same port
+        client = MlflowClient(server.uri)
+        assert client.get_run(run_id).info.status == "RUNNING"
+        assert len(history(client, run_id, "train_loss")) < 3
+
+        synced = run_cli(["sync", str(folder), "--tracking-uri", server.uri], cli_env)
+        assert synced.proc.returncode == 0, synced.text[-3000:]
+        assert re.search(rf"run {run_id}: sent \d+ operation", synced.text)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert_same_epochs(client, run_id, reference)
+        paths = {a.path for a in client.list_artifacts(run_id, "plots")}
+        assert paths == {"plots/learning_curves.html", "plots/confusion_matrix.html"}
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        mlflow.set_tracking_uri(server.uri)
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        assert loaded.predict(torch.zeros(2, 1, 28, 28).numpy()).shape == (2, 10)
+
+        before = {key: history(client, run_id, key) for key in EPOCH_KEYS}
+        models = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id], output_format="list"
+        )
+        again = run_cli(["sync", str(folder), "--tracking-uri", server.uri], cli_env)
+        assert again.proc.returncode == 0, again.text[-3000:]
+        assert "nothing to send" in again.text
+        assert {key: history(client, run_id, key) for key in EPOCH_KEYS} == before
+        assert len(
+            mlflow.search_logged_models(
+                experiment_ids=[run.info.experiment_id], output_format="list"
+            )
+        ) == len(models)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
