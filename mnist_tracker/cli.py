@@ -127,7 +127,7 @@ def main() -> None:
     help="Continue a stopped run from its last finished epoch, with its own settings.",
 )
 @_opt("--epochs", type=int, default=None, help="Epochs [default: the model's recipe].")
-@_opt("--batch-size", type=int, default=None, help="Batch size [default: 64].")
+@_opt("--batch-size", type=int, default=None, help="Batch size [default: recipe; lab: 64].")
 @_opt("--lr", type=float, default=None, help="Learning rate [default: the model's recipe].")
 @_opt("--weight-decay", type=float, default=None, help="Weight decay [default: recipe].")
 @_opt(
@@ -146,10 +146,24 @@ def main() -> None:
 @_flag("pretrained", "Start from ImageNet weights (vgg16, alexnet) [default: yes for those].")
 @_flag("freeze", "Freeze the pretrained features (vgg16, alexnet) [default: yes for those].")
 @_opt(
+    "--recipe",
+    type=click.Choice(["lab", "fast"]),
+    default=None,
+    help="Defaults to start from: the lab's, or the model's fast one (cnn) [default: lab].",
+)
+@_opt(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
     default=None,
-    help="Numeric precision; auto = bf16 where the hardware is fast at it [default: fp32].",
+    help="Numeric precision; auto = bf16 where the hardware is fast at it "
+    "[default: the recipe's: fp32 for lab, auto for fast].",
+)
+@_opt(
+    "--feature-cache",
+    type=click.Choice(["auto", "on", "off"]),
+    default=None,
+    help="Compute a frozen backbone's features once and train the head on them (vgg16, "
+    "alexnet); auto = when they fit in memory [default: auto].",
 )
 @_opt("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
 @_opt("--limit-test", type=int, default=None, help="Use N test images (class-balanced).")

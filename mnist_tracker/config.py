@@ -2,7 +2,8 @@
 
 Contracts:
 - ``resolve_config(model, **overrides)`` returns a complete, validated ``TrainConfig``; any
-  override left as ``None`` takes the model's recipe value (GUIDE.md section 2).
+  override left as ``None`` takes the value of the model's recipe: ``lab`` (the default, GUIDE.md
+  section 2) or ``fast`` (the model's quicker recipe, for the models that declare one).
 - ``TrainConfig.to_params()`` is what gets logged as MLflow params: every field, as strings that
   ``parse_param`` reads back to an equal value.
 - Invalid values raise ``ConfigError`` whose message names the option and how to fix it.
@@ -18,6 +19,8 @@ from typing import Any
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECIPES = ("lab", "fast")
+FEATURE_CACHE = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -29,7 +32,10 @@ class TrainConfig:
     """Everything that decides what a training run computes.
 
     ``image_size`` is the side the network sees (28 for the MNIST-native models; the transfer
-    models resize inside the model). ``limit_*`` of None means the whole split.
+    models resize inside the model). ``limit_*`` of None means the whole split. ``recipe`` names
+    the recipe the defaults came from. ``feature_cache``: ``auto`` caches a frozen backbone's
+    features when it can (``features.plan_cache``), ``on`` requires it, ``off`` never; a run
+    logs ``on`` or ``off``, the path that ran.
     """
 
     model: str
@@ -48,6 +54,8 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     val_size: int = 0
+    recipe: str = "lab"
+    feature_cache: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # model kwargs, e.g. from a search
 
     def to_params(self) -> dict[str, str]:
@@ -140,6 +148,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"unknown scheduler {config.scheduler!r}; choose from {SCHEDULERS}")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {config.precision!r}; choose from {PRECISIONS}")
+    if config.recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {config.recipe!r}; choose from {RECIPES}")
+    if config.feature_cache not in FEATURE_CACHE:
+        raise ConfigError(
+            f"unknown feature cache setting {config.feature_cache!r}; choose from {FEATURE_CACHE}"
+        )
     if spec.resizable:
         if config.image_size < spec.min_image_size:
             raise ConfigError(
@@ -158,6 +172,12 @@ def validate(config: TrainConfig) -> None:
         )
     if config.freeze and not spec.has_pretrained:
         raise ConfigError(f"{config.model} has no backbone to freeze; leave --freeze out")
+    if config.feature_cache == "on" and (spec.split is None or not config.freeze):
+        raise ConfigError(
+            f"the feature cache needs a frozen backbone ({config.model} "
+            f"{'has none' if spec.split is None else 'is not frozen'}); pass --feature-cache "
+            "auto or off"
+        )
     for name in ("limit_train", "limit_test"):
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -169,14 +189,24 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"unknown device {config.device!r}; pass auto, cpu, cuda, cuda:N or mps")
 
 
-def resolve_config(model: str, **overrides: Any) -> TrainConfig:
-    """The model's recipe with every non-None override applied, validated.
+def resolve_config(model: str, recipe: str | None = None, **overrides: Any) -> TrainConfig:
+    """The model's recipe (``lab`` unless ``recipe`` says ``fast``) with every non-None override
+    applied, validated.
 
-    Unknown override names raise TypeError (a programming error, not user input).
+    Unknown override names raise TypeError (a programming error, not user input); a model
+    without a fast recipe raises ConfigError.
     """
     from .models import get_spec
 
     spec = get_spec(model)  # raises ConfigError for an unknown model
+    recipe = recipe or "lab"
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose from {RECIPES}")
+    if recipe == "fast" and not spec.fast_recipe:
+        raise ConfigError(
+            f"{model} has no fast recipe; leave --recipe out (the lab's) or use a model that has "
+            "one (`mnist-tracker models` lists them)"
+        )
     values: dict[str, Any] = {
         "model": model,
         "pretrained": spec.has_pretrained,
@@ -185,6 +215,8 @@ def resolve_config(model: str, **overrides: Any) -> TrainConfig:
         "batch_size": 64,
         "scheduler": "none",
         **spec.recipe,
+        **(spec.fast_recipe if recipe == "fast" else {}),
+        "recipe": recipe,
     }
     known = {f.name for f in fields(TrainConfig)}
     for key, value in overrides.items():

@@ -383,11 +383,11 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(images, labels)`` batches: images float32 in [0, 1], shape (B, 1, 28, 28).
+    """Yield ``(inputs, labels)`` batches of ``to_input(x[...])`` on ``device``.
 
     With a ``generator`` the order is a fresh seeded permutation (training); without, the
-    stored order (evaluation). The uint8 slice moves to the device before conversion, so the
-    host copies a quarter of the bytes.
+    stored order (evaluation). The slice moves to the device before conversion, so the host
+    copies uint8 (or half-precision features), not float32.
     """
     n = len(y)
     order = torch.randperm(n, generator=generator) if generator is not None else None
@@ -398,8 +398,18 @@ def iterate_batches(
         else:
             idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
-        xb = xb.to(device, non_blocking=non_blocking).unsqueeze(1).float().div_(255.0)
-        yield xb, yb.to(device, non_blocking=non_blocking)
+        yield (
+            to_input(xb.to(device, non_blocking=non_blocking)),
+            yb.to(device, non_blocking=non_blocking),
+        )
+
+
+def to_input(x: torch.Tensor) -> torch.Tensor:
+    """What a model takes: uint8 images (B, 28, 28) become float32 (B, 1, 28, 28) in [0, 1];
+    anything else (cached features) becomes float32 as it is."""
+    if x.dtype == torch.uint8:
+        return x.unsqueeze(1).float().div_(255.0)
+    return x.float()
 
 
 def label_counts(labels: torch.Tensor) -> list[int]:

@@ -24,10 +24,12 @@ import mlflow
 import torch
 from sklearn.metrics import classification_report
 
-from . import checkpoint, engine, plots, tracking
+from . import checkpoint, engine, features, plots, tracking
 from . import data as data_mod
-from .config import TrainConfig
-from .models import count_params, create_model
+from .config import ConfigError, TrainConfig
+from .models import count_params, create_model, get_spec
+
+RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
 
 # Checkpoints up to this size are uploaded after every epoch (insurance against a machine
 # that dies without a chance to upload); bigger ones (vgg16: about 1.5 GB with Adam's state)
@@ -107,6 +109,21 @@ def resolve_runtime(config: TrainConfig) -> TrainConfig:
     return config.replace(device=str(device), precision=precision)
 
 
+def resolve_feature_cache(
+    config: TrainConfig, model: torch.nn.Module, splits: data_mod.Splits
+) -> tuple[TrainConfig, str]:
+    """``config`` with ``feature_cache`` as it will run (``on`` / ``off``), and why.
+
+    Raises ConfigError when the cache was required (``on``) and cannot run.
+    """
+    plan = features.plan_cache(config, model, splits, torch.device(config.device))
+    if config.feature_cache == "on" and not plan.enabled:
+        raise ConfigError(
+            f"the feature cache cannot run: {plan.reason}; pass --feature-cache auto or off"
+        )
+    return config.replace(feature_cache=plan.param), plan.reason
+
+
 def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
     """One log line per epoch, with whichever splits the run evaluates."""
     parts = [f"epoch {epoch}/{epochs}", f"train_loss {m['train_loss']:.4f}"]
@@ -159,6 +176,7 @@ def train(
     torch.manual_seed(config.seed)  # the same seed gives the same initial weights
     model = create_model(config)
     resume_state = None if resume_from is None else resume_from.state
+    config, cache_reason = resolve_feature_cache(config, model, splits)
     n_params, n_trainable = count_params(model)
     counts = {
         "n_params": n_params,
@@ -167,7 +185,7 @@ def train(
     }
     if splits.test_y is not None:
         counts["test_size"] = len(splits.test_y)
-    tags = tracking.run_tags(config.device)
+    tags = tracking.run_tags(config.device) | {"feature_cache_reason": cache_reason}
     tags.update(extra_tags or {})
     with tracking.tracked_run(
         experiment,
@@ -188,6 +206,8 @@ def train(
                 tracking.log_datasets(splits, sink)
         else:
             _log_missing_epochs(sink, resume_state["history"])
+        if echo is not None and get_spec(config.model).split is not None:
+            echo(f"feature cache {config.feature_cache}: {cache_reason}")
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if echo is not None:
@@ -216,10 +236,7 @@ def train(
                 if keeper is not None:
                     keeper.upload()  # the newest finished epoch, for --resume
             raise
-        run_level = {
-            k: result.final[k]
-            for k in ("training_time_s", "total_time_s", "train_throughput_img_s")
-        }
+        run_level = {k: result.final[k] for k in RUN_METRICS if k in result.final}
         sink.log_metrics(run_level)
         experiment_id = run.info.experiment_id
         outcome = TrainOutcome(run_id, experiment_id, config, result, model)

@@ -84,3 +84,41 @@ def test_param_equivalence():
     assert params_equal("batch_size", "64.0", "64")
     assert not params_equal("lr", "1e-3", "1e-4")
     assert not params_equal("device", "auto", "cpu")
+
+
+def test_lab_recipe_is_the_default_and_fast_recipe_changes_the_cnn():
+    lab = resolve_config("cnn")
+    assert (lab.recipe, lab.precision, lab.batch_size, lab.scheduler) == ("lab", "fp32", 64, "none")
+    fast = resolve_config("cnn", recipe="fast")
+    assert fast.recipe == "fast"
+    assert (fast.batch_size, fast.scheduler, fast.precision) == (512, "onecycle", "auto")
+    assert (fast.epochs, fast.lr, fast.optimizer) == (4, 1e-2, "adam")
+    assert fast.extra == {"dropout_conv": 0.1, "dropout_fc": 0.25}
+    # An explicit option still wins over the recipe it starts from.
+    assert resolve_config("cnn", recipe="fast", batch_size=128, epochs=2).batch_size == 128
+    assert resolve_config("cnn", recipe="lab") == lab
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "message"),
+    [
+        ("vit", {"recipe": "fast"}, "vit has no fast recipe"),
+        ("cnn", {"recipe": "quick"}, "unknown recipe 'quick'"),
+        ("cnn", {"feature_cache": "maybe"}, "unknown feature cache setting 'maybe'"),
+        ("cnn", {"feature_cache": "on"}, r"needs a frozen backbone \(cnn has none\)"),
+        ("alexnet", {"pretrained": False, "feature_cache": "on"}, "alexnet is not frozen"),
+    ],
+)
+def test_recipe_and_feature_cache_values_are_checked(model, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(model, **overrides)
+
+
+def test_recipe_and_feature_cache_are_logged_params():
+    config = resolve_config("cnn", recipe="fast", feature_cache="off")
+    params = config.to_params()
+    assert params["recipe"] == "fast" and params["feature_cache"] == "off"
+    assert params["model.dropout_conv"] == "0.1" and params["model.dropout_fc"] == "0.25"
+    for key, text in params.items():
+        if not key.startswith("model."):
+            assert parse_param(key, text) == getattr(config, key), key

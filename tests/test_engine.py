@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import pytest
 import torch
 
@@ -94,3 +97,58 @@ def test_precision_resolution():
     assert engine.resolve_precision("auto", cpu) in ("bf16", "fp32")
     with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
         engine.resolve_precision("fp16", cpu)
+
+
+@pytest.mark.slow
+def test_bf16_trains_the_cnn_to_the_fp32_accuracy_band(mnist):
+    """The learning test's budget in both precisions: both learn, within 3 points of each
+    other (the subset's 500 test images make one point 5 images)."""
+    settings = dict(
+        epochs=2, batch_size=16, lr=2e-3, extra={"dropout_conv": 0.1, "dropout_fc": 0.1}
+    )
+    fp32 = _fit(mnist, precision="fp32", **settings)
+    bf16 = _fit(mnist, precision="bf16", **settings)
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    assert fp32.final["test_accuracy"] >= 0.85 and bf16.final["test_accuracy"] >= 0.85
+    assert abs(bf16.final["test_accuracy"] - fp32.final["test_accuracy"]) <= 0.03
+    assert abs(bf16.final["test_f1_macro"] - fp32.final["test_f1_macro"]) <= 0.03
+
+
+def test_conv_nets_train_channels_last_and_come_back_contiguous(mnist):
+    assert engine.memory_format(resolve_config("cnn")) == torch.channels_last
+    assert engine.memory_format(resolve_config("alexnet", pretrained=False)) == (
+        torch.channels_last
+    )
+    assert engine.memory_format(resolve_config("vit")) == torch.contiguous_format
+    config = resolve_config("cnn", epochs=1, limit_train=64, limit_test=32, device="cpu")
+    model = create_model(config)
+    seen = []
+
+    def spy(epoch, metrics):
+        conv = model.net.features[5].weight  # 32 -> 64 channels
+        seen.append(conv.is_contiguous(memory_format=torch.channels_last) and conv.stride(1) == 1)
+
+    splits = data.split_data(mnist, seed=0, limit_train=64, limit_test=32)
+    engine.fit(config, splits, model, spy)
+    assert seen == [True]
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_adam_is_fused_on_cpu():
+    config = resolve_config("cnn")
+    optimizer = engine.build_optimizer(config, create_model(config))
+    assert optimizer.defaults["fused"] is True
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    assert engine.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    assert engine.resolve_precision("auto", cpu) == "fp32"
+    assert engine.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_freed_memory_is_kept_where_glibc_allows():
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert engine.keep_freed_memory() is expected

@@ -14,6 +14,7 @@ from .registry import (
     get_spec,
     list_specs,
     register,
+    split_model,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "get_spec",
     "list_specs",
     "register",
+    "split_model",
 ]

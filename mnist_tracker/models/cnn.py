@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from torch import nn
 
+from .layers import Dropout
 from .registry import InputSpec, ModelSpec, register
 
 LAB_ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10}
+# --recipe fast for the cnn (the lab's architecture): batches of 512 (more images a second on a
+# CPU), a one-cycle schedule peaking at 1e-2 so that 4 epochs reach 99.3-99.4 %, lighter dropout
+# (the lab's 0.25 / 0.5 slow a 4-epoch run down), bf16 where the hardware runs it fast.
+CNN_FAST = {
+    "batch_size": 512,
+    "scheduler": "onecycle",
+    "lr": 1e-2,
+    "epochs": 4,
+    "precision": "auto",
+    "extra": {"dropout_conv": 0.1, "dropout_fc": 0.25},
+}
 CONV_SEARCH = {
     "lr": ("float", 1e-4, 1e-2, True),
     "weight_decay": ("float", 1e-6, 1e-3, True),
@@ -22,7 +34,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 def _pool_drop(p: float) -> list[nn.Module]:
-    return [nn.MaxPool2d(2, 2), nn.Dropout(p)]
+    return [nn.MaxPool2d(2, 2), Dropout(p)]
 
 
 class CNN(nn.Module):
@@ -38,10 +50,10 @@ class CNN(nn.Module):
             nn.Flatten(),
             nn.Linear(128 * 3 * 3, 256),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout_fc),
+            Dropout(dropout_fc),
             nn.Linear(256, 128),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout_fc),
+            Dropout(dropout_fc),
             nn.Linear(128, 10),
         )
 
@@ -63,7 +75,7 @@ class DeepCNN(nn.Module):
             nn.Flatten(),
             nn.Linear(256 * 3 * 3, 512),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout_fc),
+            Dropout(dropout_fc),
             nn.Linear(512, 10),
         )
 
@@ -81,6 +93,8 @@ register(
         n_params=422_474,
         n_trainable=422_474,
         search_space=CONV_SEARCH,
+        channels_last=True,
+        fast_recipe=CNN_FAST,
     )
 )
 
@@ -94,5 +108,6 @@ register(
         n_params=2_331_338,
         n_trainable=2_331_338,
         search_space=CONV_SEARCH,
+        channels_last=True,
     )
 )

@@ -44,8 +44,12 @@ class ModelSpec:
     """A registered model.
 
     ``builder(config)`` returns the bare network for preprocessed input. ``recipe`` holds the
-    lab's defaults (optimizer, lr, weight_decay, epochs, scheduler, ...). ``n_params`` and
-    ``n_trainable`` are the GUIDE's counts for the default config, checked by the tests.
+    lab's defaults (optimizer, lr, weight_decay, epochs, scheduler, ...); ``fast_recipe``, when
+    not empty, the changes to it that make ``--recipe fast``. ``n_params`` and ``n_trainable``
+    are the GUIDE's counts for the default config, checked by the tests. ``channels_last``:
+    a conv net that trains faster in that memory format. ``split(net)``, when given, returns
+    ``(backbone, head)``: modules of ``net`` (shared, not copies) with ``head(backbone(x))``
+    equal to ``net(x)``, so a frozen backbone's output can be cached.
 
     ``search_space`` maps a name to ``("float", low, high, log)``, ``("int", low, high)`` or
     ``("categorical", choices)``. Names that are TrainConfig fields set the config; the
@@ -63,6 +67,9 @@ class ModelSpec:
     resizable: bool = False
     has_pretrained: bool = False
     search_space: dict[str, Any] = field(default_factory=dict)
+    fast_recipe: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -122,6 +129,15 @@ def create_model(config: TrainConfig) -> Classifier:
     """Build the model a config names, with pretrained weights and freezing as configured."""
     spec = get_spec(config.model)
     return Classifier(Preprocess(spec.input, config.image_size), spec.builder(config))
+
+
+def split_model(model: Classifier, spec: ModelSpec) -> tuple[nn.Module, nn.Module] | None:
+    """``(backbone, head)`` of a ``create_model`` result, the preprocessing inside the backbone:
+    ``head(backbone(x)) == model(x)`` for pixels ``x``. None when ``spec`` declares no split."""
+    if spec.split is None:
+        return None
+    backbone, head = spec.split(model.net)
+    return nn.Sequential(model.preprocess, backbone), head
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -87,6 +87,13 @@ def build_transfer(config: TrainConfig) -> nn.Module:
     return net
 
 
+def split_features(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(``features``, avgpool + flatten + ``classifier``): torchvision VGG / AlexNet's forward
+    in two parts. The backbone ends before the adaptive pool, whose output (7x7 for VGG, 6x6
+    for AlexNet) is larger than its input at small image sizes."""
+    return net.features, nn.Sequential(net.avgpool, nn.Flatten(1), net.classifier)
+
+
 TRANSFER_SEARCH = {
     "lr": ("float", 1e-5, 1e-3, True),
     "batch_size": ("categorical", [32, 64, 128]),
@@ -107,6 +114,8 @@ register(
         resizable=True,
         has_pretrained=True,
         search_space=TRANSFER_SEARCH,
+        channels_last=True,
+        split=split_features,
     )
 )
 
@@ -123,5 +132,7 @@ register(
         resizable=True,
         has_pretrained=True,
         search_space=TRANSFER_SEARCH,
+        channels_last=True,
+        split=split_features,
     )
 )

@@ -1,0 +1,196 @@
+"""Training images per second: the lab's pipeline against ours, same model and batch, one run.
+
+For every model (the transfer models at 224 px and at their smallest size) both pipelines
+train on the same N training images, alternating (the order flips every repeat), several
+times; the table gives the medians, and as ratio the median of the per-repeat ratios ours / lab
+(each pair ran back to back, so a slow spell on a shared machine cancels out).
+
+- lab: ``torchvision.datasets.MNIST`` with per-image transforms, a shuffling ``DataLoader``,
+  fp32, the bare network with ``torch.nn.Dropout``, Adam (its default implementation) as in
+  the lab's recipe.
+- ours: ``engine.fit`` as ``mnist-tracker train`` runs it: uint8 batches sliced in memory,
+  ``--precision auto`` (bf16 on CPUs with AVX512-bf16/AMX), channels_last for the conv nets,
+  fused Adam. For vgg16 and alexnet, ``ours`` is a real 5-epoch fit (the recipe's) with the
+  frozen backbone's features cached, the caching included in its time; the lab's 5 epochs
+  cost 5 times the one epoch timed, since it recomputes everything every epoch. ``ours, no
+  cache`` is one epoch of ours with ``--feature-cache off``. ``lab data alone`` is the lab's
+  input pipeline iterated with no model: how much of the lab's time is data.
+- Both run in one process, so with the same allocator settings: ``engine.keep_freed_memory``
+  (which ``fit`` applies on CPU) is applied before either runs.
+- ImageNet weights cannot be downloaded here, so the transfer models run with random frozen
+  features (``--no-pretrained --freeze``): the same operations and FLOPs.
+
+    python benchmarks/throughput.py --data-dir DIR [--models cnn,vgg16] [--repeats 3]
+    python benchmarks/throughput.py --smoke     # seconds, on the committed subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import common
+import torch
+
+from mnist_tracker import data, engine
+from mnist_tracker.config import TrainConfig, resolve_config
+from mnist_tracker.models import create_model, get_spec
+
+MODELS = ("cnn", "deep_cnn", "vgg16", "alexnet", "vit")
+# Training images per timed pass: about ten seconds of the lab's pipeline each on 2 CPU cores.
+IMAGES = {"cnn": 4096, "deep_cnn": 1024, "vit": 2048, "vgg16": 128, "alexnet": 512}
+SMALL_IMAGES = {"vgg16": 512, "alexnet": 1024}  # at the smallest image size
+# Targets of the issue, on the lab's batch size: ratio ours / lab.
+TARGETS = {("cnn", 28): 2.5, ("vgg16", 224): 4.0, ("alexnet", 224): 4.0}
+
+
+@dataclass
+class Row:
+    """The repeats of one (model, image size) case, images per second."""
+
+    model: str
+    image_size: int
+    images: int
+    batch_size: int
+    ours_epochs: int
+    lab: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    no_cache: list[float] = field(default_factory=list)
+    loader: list[float] = field(default_factory=list)
+    path: str = ""
+
+    def ratio(self, values: list[float]) -> float:
+        """The median of the per-repeat ratios ``values[i] / lab[i]``."""
+        return common.median([v / lab for v, lab in zip(values, self.lab, strict=True)])
+
+
+def cases(models: list[str], smoke: bool, batch_size: int) -> list[tuple[str, int, int]]:
+    """(model, image size, images) to measure; transfer models at 224 and their minimum."""
+    out = []
+    for name in models:
+        spec = get_spec(name)
+        if not spec.resizable:
+            out.append((name, spec.input.image_size, 64 if smoke else IMAGES[name]))
+            continue
+        if not smoke:
+            out.append((name, 224, IMAGES[name]))
+        out.append((name, spec.min_image_size, 64 if smoke else SMALL_IMAGES[name]))
+    return [(n, s, max(i, batch_size)) for n, s, i in out]
+
+
+def config_for(name: str, image_size: int, batch_size: int, **overrides) -> TrainConfig:
+    """The model's lab recipe at ``batch_size``, random frozen features for transfer models."""
+    spec = get_spec(name)
+    transfer = {"pretrained": False, "freeze": True} if spec.has_pretrained else {}
+    size = {"image_size": image_size} if spec.resizable else {}
+    return resolve_config(name, batch_size=batch_size, **transfer, **size, **overrides)
+
+
+def measure(
+    name: str, image_size: int, n: int, batch_size: int, mnist: data.MNIST, repeats: int
+) -> Row:
+    """Alternate lab and ours ``repeats`` times on the first ``n`` class-balanced images."""
+    splits = data.split_data(mnist, seed=0, limit_train=n)
+    x, y = splits.train_x, splits.train_y
+    ours_config = config_for(name, image_size, batch_size, precision="auto")
+    transfer = get_spec(name).split is not None
+    if not transfer:
+        ours_config = ours_config.replace(epochs=1)
+    row = Row(name, image_size, len(y), batch_size, ours_config.epochs)
+    device = engine.select_device(ours_config.device)
+    torch.manual_seed(0)
+    lab_config = config_for(name, image_size, batch_size)
+    lab_net = common.lab_network(lab_config).to(device)
+    lab_opt = torch.optim.Adam(
+        [p for p in lab_net.parameters() if p.requires_grad],
+        lr=lab_config.lr,
+        weight_decay=lab_config.weight_decay,
+    )
+    torch.manual_seed(0)
+    ours_model = create_model(ours_config)
+    train_only = data.Splits(train_x=x, train_y=y, test_x=None, test_y=None)
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-lab-") as root:
+        loader = common.lab_loader(x, y, get_spec(name), image_size, batch_size, Path(root))
+
+        def lab() -> None:
+            row.lab.append(common.lab_epoch(lab_net, loader, lab_opt, device))
+
+        def ours() -> None:
+            result = engine.fit(ours_config, train_only, ours_model)
+            row.ours.append(result.final["train_throughput_img_s"])
+            row.path = f"{result.precision}, feature cache {result.feature_cache}"
+
+        def ours_no_cache() -> None:
+            plain = ours_config.replace(epochs=1, feature_cache="off")
+            result = engine.fit(plain, train_only, ours_model)
+            row.no_cache.append(result.final["train_throughput_img_s"])
+
+        def lab_data_alone() -> None:
+            row.loader.append(common.loader_rate(loader))
+
+        runs = [lab, ours, ours_no_cache] if transfer else [lab, ours]
+        runs.append(lab_data_alone)
+        for i in range(repeats):
+            for run in runs if i % 2 == 0 else runs[::-1]:
+                run()
+    return row
+
+
+def table(rows: list[Row], smoke: bool) -> str:
+    lines = [
+        "| model | image size | images | batch | lab img/s | ours img/s | ours / lab "
+        "| ours, no cache img/s | no cache / lab | lab data alone img/s | ours ran | target "
+        "| met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r.ratio(r.ours)
+        target = TARGETS.get((r.model, r.image_size)) if r.batch_size == 64 else None
+        verdict = ("yes" if ratio >= target else "NO") if target else "-"
+        no_cache = (
+            (f"{common.median(r.no_cache):,.1f}", f"{r.ratio(r.no_cache):.2f}x")
+            if r.no_cache
+            else ("-", "-")
+        )
+        epochs = f"{r.ours_epochs} epochs" if r.ours_epochs > 1 else "1 epoch"
+        lines.append(
+            f"| {r.model} | {r.image_size} | {r.images:,} | {r.batch_size} "
+            f"| {common.median(r.lab):,.1f} | {common.median(r.ours):,.1f} | {ratio:.2f}x "
+            f"| {no_cache[0]} | {no_cache[1]} | {common.median(r.loader):,.0f} "
+            f"| {r.path}, {epochs} "
+            f"| {f'>= {target}x' if target else '-'} "
+            f"| {'n/a (smoke)' if smoke and target else verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="full MNIST folder [$MNIST_DATA_DIR]")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per pipeline")
+    parser.add_argument("--batch-size", type=int, default=64, help="both pipelines [64]")
+    parser.add_argument("--smoke", action="store_true", help="seconds, on the committed subset")
+    args = parser.parse_args()
+    repeats = 1 if args.smoke else args.repeats
+    print(common.header("Training throughput: the lab's pipeline vs ours"), flush=True)
+    print(f"freed memory kept for reuse, for both pipelines: {engine.keep_freed_memory()}")
+    mnist = data.load_mnist(common.data_dir(args.data_dir, args.smoke), download_missing=False)
+    rows = []
+    for name, size, n in cases(args.models.split(","), args.smoke, args.batch_size):
+        row = measure(name, size, n, args.batch_size, mnist, repeats)
+        print(
+            f"{name} {size}px: lab {[round(v, 1) for v in row.lab]} ours "
+            f"{[round(v, 1) for v in row.ours]} no cache {[round(v, 1) for v in row.no_cache]} "
+            f"lab data alone {[round(v) for v in row.loader]}",
+            flush=True,
+        )
+        rows.append(row)
+    print(f"\nmedians of {repeats} alternating repeats (ratios: median of the per-repeat ratios):")
+    print(table(rows, args.smoke))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""What tracking adds to a one-epoch ``cnn`` run on full MNIST, as a ratio in one process.
+
+The same one-epoch run twice per repeat, alternating which goes first: ``engine.fit`` alone
+(plain) and ``runner.train`` against a local ``mlflow server`` (tracked: run creation, params,
+datasets, one metrics call per epoch, plots, report, the model). Both start from the loaded
+splits and build the model. Target: tracked / plain - 1 <= 2 %.
+
+Timing noise on a shared 2-core machine is larger than 2 % of a run, so the script also sums
+the time spent inside each tracking call (``breakdown``): that sum over the plain run's time
+is the overhead without the noise. The first tracked run in a process also pays one-off
+imports (plotly, torch.export, MLflow's model code); it is reported apart as ``cold``.
+
+    python benchmarks/tracking_overhead.py --data-dir DIR [--recipe lab] [--repeats 3]
+    python benchmarks/tracking_overhead.py --smoke     # seconds, on the committed subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import common
+import mlflow
+import torch
+
+from mnist_tracker import data, engine, plots, runner, tracking
+from mnist_tracker.config import TrainConfig, resolve_config
+from mnist_tracker.models import create_model
+
+TARGET = 0.02
+# Where tracking time goes: (owner, attribute, label). runner calls each through its module.
+TIMED = [
+    (tracking, "log_params", "params"),
+    (tracking, "log_config_artifact", "config.json"),
+    (tracking, "log_datasets", "datasets"),
+    (tracking.EpochLogger, "__call__", "epoch metrics"),
+    (tracking, "log_run_metrics", "run metrics"),
+    (plots, "learning_curves", "plots"),
+    (plots, "confusion_matrix_figure", "plots"),
+    (mlflow, "log_text", "plots"),
+    (runner, "classification_report", "report"),
+    (mlflow, "log_dict", "report"),
+    (tracking, "log_model", "model"),
+]
+
+
+class Breakdown:
+    """Seconds spent in each tracking call, by label; a call made inside another timed call
+    (``log_config_artifact`` calls ``mlflow.log_dict``) counts once, for the outer one."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.depth = 0
+
+    def wrap(self, fn: Callable, label: str) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+                self.depth -= 1
+
+        return timed
+
+    def install(self) -> None:
+        for owner, name, label in TIMED:
+            setattr(owner, name, self.wrap(getattr(owner, name), label))
+        original = tracking.tracked_run
+
+        @contextlib.contextmanager
+        def timed_run(*args, **kwargs):
+            start = time.perf_counter()
+            manager = original(*args, **kwargs)
+            run = manager.__enter__()
+            self.seconds["run start/end"] += time.perf_counter() - start
+            try:
+                yield run
+            except BaseException as exc:
+                if not manager.__exit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                start = time.perf_counter()
+                manager.__exit__(None, None, None)
+                self.seconds["run start/end"] += time.perf_counter() - start
+
+        tracking.tracked_run = timed_run
+
+    def take(self) -> dict[str, float]:
+        taken = dict(self.seconds)
+        self.seconds.clear()
+        return taken
+
+
+def plain(config: TrainConfig, splits: data.Splits) -> float:
+    """Seconds for model + fit with no tracking at all."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    engine.fit(config, splits, create_model(config))
+    return time.perf_counter() - start
+
+
+def tracked(config: TrainConfig, splits: data.Splits) -> float:
+    """Seconds for the same run through ``runner.train`` (tracking to the current URI)."""
+    start = time.perf_counter()
+    runner.train(config, splits=splits, experiment="tracking-overhead")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="full MNIST folder [$MNIST_DATA_DIR]")
+    parser.add_argument("--recipe", choices=["lab", "fast"], default="lab")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating pairs [3]")
+    parser.add_argument("--smoke", action="store_true", help="seconds, on the committed subset")
+    args = parser.parse_args()
+    print(common.header("Tracking overhead: one-epoch cnn run, tracked vs plain"), flush=True)
+    mnist = data.load_mnist(common.data_dir(args.data_dir, args.smoke), download_missing=False)
+    config = runner.resolve_runtime(resolve_config("cnn", recipe=args.recipe, epochs=1))
+    splits = data.split_data(mnist, seed=config.seed)
+    breakdown = Breakdown()
+    breakdown.install()
+    times: dict[str, list[float]] = {"plain": [], "tracked": []}
+    with common.mlflow_server() as uri:
+        mlflow.set_tracking_uri(uri)
+        cold = tracked(config, splits)
+        cold_parts = breakdown.take()
+        parts: list[dict[str, float]] = []
+        for i in range(1 if args.smoke else args.repeats):
+            order = ("plain", "tracked") if i % 2 == 0 else ("tracked", "plain")
+            for kind in order:
+                times[kind].append((plain if kind == "plain" else tracked)(config, splits))
+            parts.append(breakdown.take())
+            print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    base, with_tracking = common.median(times["plain"]), common.median(times["tracked"])
+    labels = sorted({k for p in parts for k in p})
+    warm = {k: common.median([p.get(k, 0.0) for p in parts]) for k in labels}
+    print(f"\nconfig: {config.to_params()}")
+    print(f"train images {len(splits.train_y):,}, test images {len(splits.test_y):,}")
+    print("\n| measure | seconds | overhead vs plain |\n|---|---|---|")
+    print(f"| plain run (median) | {base:.2f} | - |")
+    print(f"| tracked run (median) | {with_tracking:.2f} | {with_tracking / base - 1:+.2%} |")
+    print(
+        f"| tracking calls, summed (median) | {sum(warm.values()):.2f} "
+        f"| {sum(warm.values()) / base:+.2%} |"
+    )
+    print(f"| cold: first tracked run | {cold:.2f} | {cold / base - 1:+.2%} |")
+    print(
+        f"| cold: its tracking calls, summed | {sum(cold_parts.values()):.2f} "
+        f"| {sum(cold_parts.values()) / base:+.2%} |"
+    )
+    print("\n| tracking call | warm (s) | cold, first run (s) |\n|---|---|---|")
+    for label in sorted(set(labels) | set(cold_parts)):
+        print(f"| {label} | {warm.get(label, 0.0):.3f} | {cold_parts.get(label, 0.0):.3f} |")
+    met = sum(warm.values()) / base <= TARGET
+    print(f"\ntarget: tracking adds <= {TARGET:.0%}: {'yes' if met else 'NO'} (summed calls, warm)")
+
+
+if __name__ == "__main__":
+    main()
