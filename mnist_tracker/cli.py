@@ -384,6 +384,12 @@ def models_cmd() -> None:
             f"{r['optimizer']:<6} {r['lr']:>7.0e} {r['weight_decay']:>7.0e} {r['epochs']:>6} "
             f"{r.get('scheduler', 'none'):<6}  {spec.description}"
         )
+    fast = [spec for spec in list_specs() if spec.fast_recipe]
+    if fast:
+        click.echo("\n--recipe fast (changes to the lab's recipe):")
+        for spec in fast:
+            changes = ", ".join(f"{k}={v}" for k, v in spec.fast_recipe.items())
+            click.echo(f"  {spec.name:<9} {changes}")
 
 
 @main.group("data")

@@ -93,6 +93,8 @@ def test_missing_weights_offline_is_exit_2_no_run(monkeypatch, sqlite_uri):
 def test_models_lists_recipes_and_counts():
     result = invoke("models")
     assert result.exit_code == 0
+    fast = result.output.split("--recipe fast", 1)[1]
+    assert "cnn" in fast and "scheduler=onecycle" in fast and "vit" not in fast
     for text in (
         "cnn",
         "deep_cnn",

@@ -86,6 +86,7 @@ def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_
         val_size=100,
         device="cpu",
         precision="fp32",
+        feature_cache="off",  # the path that ran: the cnn has no backbone to cache
     ).to_params()
     for key, value in expected.items():
         assert params[key] == value, key
