@@ -1,0 +1,59 @@
+"""models/layers.py: the cheaper dropout mask draws what ``nn.Dropout`` draws, laid out right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_tracker.models.layers import Dropout, keep_mask
+
+N = 1 << 20  # enough draws that 5 standard deviations of the keep rate are under 0.0025
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.75, 0.9])
+def test_keep_mask_keeps_each_element_with_the_given_probability(keep):
+    torch.manual_seed(0)
+    mask = keep_mask(torch.empty(N), keep)
+    assert mask.dtype == torch.bool and mask.shape == (N,)
+    assert float(mask.float().mean()) == pytest.approx(keep, abs=0.0025)
+    # The four elements cut from one 64-bit draw are independent: pairs of neighbours are both
+    # kept with probability keep**2, not keep.
+    pairs = mask.view(-1, 4)
+    both = (pairs[:, 0] & pairs[:, 1]).float().mean()
+    assert float(both) == pytest.approx(keep**2, abs=0.004)
+
+
+def test_keep_mask_follows_channels_last_layout_and_the_seed():
+    like = torch.empty(8, 16, 5, 5).to(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    mask = keep_mask(like, 0.5)
+    assert mask.shape == like.shape
+    assert mask.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    assert torch.equal(keep_mask(like, 0.5), mask)
+    torch.manual_seed(2)
+    assert not torch.equal(keep_mask(like, 0.5), mask)
+
+
+def test_dropout_matches_nn_dropout_in_expectation_and_in_eval():
+    layer = Dropout(0.25)
+    x = torch.ones(N)
+    torch.manual_seed(0)
+    y = layer.train()(x)
+    kept = y != 0
+    assert float(kept.float().mean()) == pytest.approx(0.75, abs=0.0025)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.005)
+    assert torch.equal(layer.eval()(x), x)
+    assert isinstance(layer, nn.Dropout) and layer.p == 0.25
+
+
+def test_dropout_keeps_the_dtype_and_passes_gradients_through_the_mask():
+    layer = Dropout(0.5).train()
+    x = torch.randn(64, 32, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.sum().backward()
+    expected = torch.where(y != 0, 2.0, 0.0).to(torch.bfloat16)
+    assert torch.equal(x.grad, expected)
