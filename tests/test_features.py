@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from mnist_tracker import data, engine, features, runner
+from mnist_tracker import engine, features, runner
 from mnist_tracker.config import ConfigError, resolve_config
 from mnist_tracker.models import InputSpec, ModelSpec, create_model, registry
 from mnist_tracker.models.transfer import split_features
@@ -41,26 +41,15 @@ METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_los
 METRICS += ("test_accuracy", "test_f1_macro")
 
 
-@pytest.fixture(scope="module")
-def mnist():
-    return data.load_mnist(SUBSET, download_missing=False)
+def _splits(config):
+    return runner.prepare_data(config, SUBSET)
 
 
-def _splits(mnist, config):
-    return data.split_data(
-        mnist,
-        seed=config.seed,
-        limit_train=config.limit_train,
-        limit_test=config.limit_test,
-        val_size=config.val_size,
-    )
-
-
-def _fit(mnist, model="alexnet", **overrides):
+def _fit(model="alexnet", **overrides):
     config = resolve_config(model, **(SMALL | overrides))
     torch.manual_seed(config.seed)
     net = create_model(config)
-    return engine.fit(config, _splits(mnist, config), net), net, config
+    return engine.fit(config, _splits(config), net), net, config
 
 
 def _head(model: nn.Module) -> torch.Tensor:
@@ -68,10 +57,10 @@ def _head(model: nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_bf16_cached_path_is_bit_identical_to_the_plain_path(mnist):
+def test_bf16_cached_path_is_bit_identical_to_the_plain_path():
     """bf16 runs store what the plain path's head receives: the same numbers, exactly."""
-    plain, plain_model, _ = _fit(mnist, precision="bf16", feature_cache="off")
-    cached, cached_model, _ = _fit(mnist, precision="bf16", feature_cache="on")
+    plain, plain_model, _ = _fit(precision="bf16", feature_cache="off")
+    cached, cached_model, _ = _fit(precision="bf16", feature_cache="on")
     assert (plain.feature_cache, cached.feature_cache) == ("off", "on")
     assert cached.final["feature_cache_time_s"] > 0 and "feature_cache_time_s" not in plain.final
     for key in METRICS:
@@ -81,12 +70,12 @@ def test_bf16_cached_path_is_bit_identical_to_the_plain_path(mnist):
 
 
 @pytest.mark.slow
-def test_fp32_cached_path_matches_the_plain_path(mnist):
+def test_fp32_cached_path_matches_the_plain_path():
     """fp32 runs store features in fp16: losses within 1e-3 relative, and the trained head
     within 25 % of how far training moved it (Adam magnifies tiny differences in the smallest
     gradients; measured: about 18 %)."""
-    plain, plain_model, config = _fit(mnist, precision="fp32", feature_cache="off")
-    cached, cached_model, _ = _fit(mnist, precision="fp32", feature_cache="on")
+    plain, plain_model, config = _fit(precision="fp32", feature_cache="off")
+    cached, cached_model, _ = _fit(precision="fp32", feature_cache="on")
     for key in ("train_loss", "val_loss", "test_loss"):
         assert cached.final[key] == pytest.approx(plain.final[key], rel=1e-3), key
     torch.manual_seed(config.seed)
@@ -141,13 +130,13 @@ def stand_in(monkeypatch) -> str:
 
 
 @pytest.mark.slow
-def test_a_head_that_learns_scores_the_same_on_both_paths(mnist, stand_in):
+def test_a_head_that_learns_scores_the_same_on_both_paths(stand_in):
     """fp32, 512 images, 32 steps: the head learns, and both paths agree on every metric within
     one test image (accuracy, F1) and 1e-3 relative (losses)."""
     runs = {
-        path: _fit(
-            mnist, stand_in, precision="fp32", feature_cache=path, image_size=28, limit_train=512
-        )[0]
+        path: _fit(stand_in, precision="fp32", feature_cache=path, image_size=28, limit_train=512)[
+            0
+        ]
         for path in ("off", "on")
     }
     plain, cached = runs["off"], runs["on"]
@@ -160,19 +149,19 @@ def test_a_head_that_learns_scores_the_same_on_both_paths(mnist, stand_in):
 
 
 @pytest.mark.slow
-def test_the_logged_model_is_the_whole_classifier(mnist, stand_in):
+def test_the_logged_model_is_the_whole_classifier(stand_in):
     """After training on cached features, the model on pixels scores what the run reported."""
-    cached, model, config = _fit(mnist, stand_in, feature_cache="on", image_size=28)
-    splits = _splits(mnist, config)
+    cached, model, config = _fit(stand_in, feature_cache="on", image_size=28)
+    splits = _splits(config)
     on_pixels = engine.evaluate(model, splits.test_x, splits.test_y, device=CPU)
     assert on_pixels.accuracy == pytest.approx(cached.final["test_accuracy"], abs=1 / 64 + 1e-9)
     assert on_pixels.loss == pytest.approx(cached.final["test_loss"], rel=1e-3)
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-def test_plan_says_why_not(mnist):
+def test_plan_says_why_not():
     config = resolve_config("alexnet", **SMALL)
-    splits = _splits(mnist, config)
+    splits = _splits(config)
     model = create_model(config)
     plan = features.plan_cache(config, model, splits, CPU)
     assert plan.enabled and plan.param == "on"
@@ -205,12 +194,12 @@ def test_backbone_with_batch_norm_is_not_cached():
 
 
 @pytest.mark.slow
-def test_fit_falls_back_when_the_features_do_not_fit(mnist, monkeypatch):
+def test_fit_falls_back_when_the_features_do_not_fit(monkeypatch):
     monkeypatch.setattr(features, "MEMORY_FRACTION", 1e-15)
-    result, _, _ = _fit(mnist, limit_train=32, limit_test=16, val_size=0, epochs=1)
+    result, _, _ = _fit(limit_train=32, limit_test=16, val_size=0, epochs=1)
     assert result.feature_cache == "off"
     with pytest.raises(features.FeatureCacheError, match="over the budget"):
-        _fit(mnist, limit_train=32, limit_test=16, val_size=0, feature_cache="on")
+        _fit(limit_train=32, limit_test=16, val_size=0, feature_cache="on")
 
 
 def test_fp16_storage_refuses_to_overflow():
@@ -242,8 +231,8 @@ def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(sqlite_uri, ex
     np.testing.assert_allclose(np.asarray(loaded.predict(images)), expected, rtol=1e-3, atol=1e-4)
 
 
-def test_required_cache_that_cannot_run_is_a_config_error(mnist, monkeypatch):
+def test_required_cache_that_cannot_run_is_a_config_error(monkeypatch):
     monkeypatch.setattr(features, "MEMORY_FRACTION", 1e-15)
     config = resolve_config("alexnet", **(SMALL | {"feature_cache": "on"}))
     with pytest.raises(ConfigError, match="pass --feature-cache auto or off"):
-        runner.resolve_feature_cache(config, create_model(config), _splits(mnist, config))
+        runner.resolve_feature_cache(config, create_model(config), _splits(config))
