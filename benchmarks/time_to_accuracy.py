@@ -94,7 +94,13 @@ def main() -> None:
         "target: >= 99.3% within 150 s |\n|---|---|---|---|---|---|"
     )
     for i, a in enumerate(attempts, 1):
-        met = a.reached_at_s is not None and a.wall_s <= TARGET_SECONDS
+        # The run's result is its last epoch (GUIDE.md section 3): passing through 99.3 % on
+        # the way is not enough, the command must end there, within the time.
+        met = (
+            a.final_accuracy is not None
+            and a.final_accuracy >= TARGET_ACCURACY - 1e-9
+            and a.wall_s <= TARGET_SECONDS
+        )
         acc = "-" if a.final_accuracy is None else f"{a.final_accuracy:.2%}"
         reached = "-" if a.reached_at_s is None else f"{a.reached_at_s:.1f}"
         print(

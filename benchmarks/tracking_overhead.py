@@ -10,7 +10,7 @@ the time spent inside each tracking call (``breakdown``): that sum over the plai
 is the overhead without the noise. The first tracked run in a process also pays one-off
 imports (plotly, torch.export, MLflow's model code); it is reported apart as ``cold``.
 
-    python benchmarks/tracking_overhead.py --data-dir DIR [--recipe lab] [--repeats 3]
+    python benchmarks/tracking_overhead.py --data-dir DIR [--recipe lab] [--repeats 5]
     python benchmarks/tracking_overhead.py --smoke     # seconds, on the committed subset
 """
 
@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="full MNIST folder [$MNIST_DATA_DIR]")
     parser.add_argument("--recipe", choices=["lab", "fast"], default="lab")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating pairs [3]")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating pairs [5]")
     parser.add_argument("--smoke", action="store_true", help="seconds, on the committed subset")
     args = parser.parse_args()
     print(common.header("Tracking overhead: one-epoch cnn run, tracked vs plain"), flush=True)
@@ -148,6 +148,8 @@ def main() -> None:
     print("\n| measure | seconds | overhead vs plain |\n|---|---|---|")
     print(f"| plain run (median) | {base:.2f} | - |")
     print(f"| tracked run (median) | {with_tracking:.2f} | {with_tracking / base - 1:+.2%} |")
+    pairs = [t / p - 1 for t, p in zip(times["tracked"], times["plain"], strict=True)]
+    print(f"| tracked / plain - 1, median of the pairs | - | {common.median(pairs):+.2%} |")
     print(
         f"| tracking calls, summed (median) | {sum(warm.values()):.2f} "
         f"| {sum(warm.values()) / base:+.2%} |"
@@ -160,8 +162,12 @@ def main() -> None:
     print("\n| tracking call | warm (s) | cold, first run (s) |\n|---|---|---|")
     for label in sorted(set(labels) | set(cold_parts)):
         print(f"| {label} | {warm.get(label, 0.0):.3f} | {cold_parts.get(label, 0.0):.3f} |")
-    met = sum(warm.values()) / base <= TARGET
-    print(f"\ntarget: tracking adds <= {TARGET:.0%}: {'yes' if met else 'NO'} (summed calls, warm)")
+    # The verdict reads the summed calls: wall-clock pairs on a shared 2-core machine scatter by
+    # more than the 2 % being measured. Both are given: a fresh `mnist-tracker train` process
+    # pays the cold figure, a process that logs several runs the warm one from its second on.
+    for name, seconds in (("warm", sum(warm.values())), ("cold", sum(cold_parts.values()))):
+        verdict = "yes" if seconds / base <= TARGET else "NO"
+        print(f"target: tracking adds <= {TARGET:.0%} ({name}, summed calls): {verdict}")
 
 
 if __name__ == "__main__":
