@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from mnist_tracker import engine, features, runner
+from mnist_tracker import checkpoint, engine, features, runner
 from mnist_tracker.config import ConfigError, resolve_config
 from mnist_tracker.models import InputSpec, ModelSpec, create_model, registry
 from mnist_tracker.models.transfer import split_features
@@ -236,3 +236,26 @@ def test_required_cache_that_cannot_run_is_a_config_error(monkeypatch):
     config = resolve_config("alexnet", **(SMALL | {"feature_cache": "on"}))
     with pytest.raises(ConfigError, match="pass --feature-cache auto or off"):
         runner.resolve_feature_cache(config, create_model(config), _splits(config))
+
+
+@pytest.mark.slow
+def test_a_resumed_cached_fit_equals_the_uninterrupted_one(stand_in, tmp_path):
+    """Resuming recomputes the features from the restored backbone, not from the fresh model's
+    (here a different random one): the run continues exactly as if never stopped."""
+    config = resolve_config(
+        stand_in, **(SMALL | {"image_size": 28, "epochs": 2, "feature_cache": "on"})
+    )
+    splits = _splits(config)
+    states = {}
+
+    def keep(state):
+        states[state["epoch"]] = checkpoint.save(state, tmp_path / f"e{state['epoch']}.pt")
+
+    torch.manual_seed(config.seed)
+    full = engine.fit(config, splits, create_model(config), on_checkpoint=keep)
+    torch.manual_seed(12345)  # another backbone: the checkpoint must replace it
+    resumed = engine.fit(config, splits, create_model(config), resume=checkpoint.load(states[1]))
+    assert (full.feature_cache, resumed.feature_cache) == ("on", "on")
+    for key in METRICS:
+        assert resumed.final[key] == pytest.approx(full.final[key], abs=1e-6), key
+    assert (full.test_predictions == resumed.test_predictions).all()
