@@ -36,13 +36,36 @@ def run_dir(run_id: str) -> Path:
     return home() / "runs" / run_id
 
 
+class HomeError(ValueError):
+    """The folder for run files cannot be written; the message says how to choose another."""
+
+
+def ensure_home() -> Path:
+    """``home()/runs``, created and checked writable; raises HomeError otherwise."""
+    runs = home() / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        probe = runs / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise HomeError(
+            f"cannot write run files (checkpoints, outboxes) under {runs} ({exc.strerror}); "
+            f"set {ENV_HOME} to a writable folder"
+        ) from None
+    return runs
+
+
 def save(state: dict, path: Path) -> Path:
     """Write ``state`` to ``path`` atomically; return ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when interrupted: can be gigabytes
     return path
 
 

@@ -225,7 +225,9 @@ def _run_training(
     config, data_dir, experiment, run_name, tracking_uri, register, resume_run_id=None
 ) -> None:
     """Train ``config`` (or resume ``resume_run_id``) and report; exits as the module says."""
-    from . import checkpoint, engine, runner, tracking
+    import mlflow
+
+    from . import checkpoint, engine, outbox, runner, tracking
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
@@ -240,10 +242,21 @@ def _run_training(
     def on_sigterm(signum, _frame):
         raise tracking.Interrupted(signum)
 
+    def ended_how(status: str) -> str:
+        """What happened to the run, told truthfully when the server was away at its end."""
+        if not started:
+            return ""
+        folder = checkpoint.run_dir(started[0])
+        if outbox.Outbox(folder / "outbox").pending():
+            return (f"The run ends {status} once the tracking server has it: send its outbox "
+                    f"with `mnist-tracker sync {folder}`.")  # fmt: skip
+        return f"The run was marked {status}."
+
     def stopped(how: str, code: int) -> None:
-        message = f"{how}: the run was marked KILLED."
+        message = f"{how}. {ended_how('KILLED')}"
         if started and (checkpoint.run_dir(started[0]) / checkpoint.FILENAME).is_file():
-            message += f" Continue it with: mnist-tracker train --resume {started[0]}"
+            uri_option = f" --tracking-uri {tracking.redact(uri)}" if tracking_uri else ""
+            message += f" Continue it with: mnist-tracker train --resume {started[0]}{uri_option}"
         click.echo(message, err=True)
         sys.exit(code)
 
@@ -264,14 +277,19 @@ def _run_training(
                 on_run_start=started.append,
             )
     except engine.Diverged as exc:
+        kept = " Its last good epoch's checkpoint was kept." if exc.epoch > 1 else ""
         click.echo(
-            f"Error: training diverged in epoch {exc.epoch} ({exc.reason}); the run was marked "
-            "FAILED and its last good epoch's checkpoint kept. Try a lower --lr.",
+            f"Error: training diverged in epoch {exc.epoch} ({exc.reason}). "
+            f"{ended_how('FAILED')}{kept} Start a new run with a lower --lr.",
             err=True,
         )
         sys.exit(1)
     except (ConfigError, DataError, ModelError, ValueError) as exc:
         fail(str(exc))
+    except mlflow.exceptions.MlflowException as exc:
+        if config is not None:  # a training run: MLflow refused a call mid-run; not bad input
+            raise
+        fail(tracking.scrub(" ".join(str(exc).split())[:300], uri))
     except KeyboardInterrupt:
         stopped("Interrupted", 130)
     except tracking.Interrupted as exc:

@@ -229,6 +229,13 @@ def train_one_epoch(
     return mean_loss, int(correct) / seen
 
 
+@torch.no_grad()
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every trainable parameter of ``model`` is finite (one host sync)."""
+    flags = [torch.isfinite(p).all() for p in model.parameters() if p.requires_grad]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -455,6 +462,10 @@ def fit(
                 progress=bar if bar.bar is not None else None,
             )
             _sync(device)
+            # The last step can blow the weights up after the last loss was computed: such an
+            # epoch must not become the "last good" checkpoint.
+            if not weights_finite(inputs.module):
+                raise Diverged("weights are not finite after the epoch's last step")
         except Diverged as exc:
             exc.epoch = epoch
             raise

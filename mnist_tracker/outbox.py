@@ -46,8 +46,14 @@ class Outbox:
     def operations(self) -> list[dict]:
         if not self.exists():
             return []
+        ops = []
         with open(self.ops_path) as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            for line in fh:
+                if not line.endswith("\n"):
+                    break  # a write cut short by a crash: that operation was never kept
+                if line.strip():
+                    ops.append(json.loads(line))
+        return ops
 
     def done(self) -> set[int]:
         if not self.done_path.is_file():
@@ -64,6 +70,10 @@ class Outbox:
         self.folder.mkdir(parents=True, exist_ok=True)
         if meta is not None and not self.meta_path.is_file():
             self.meta_path.write_text(json.dumps(meta, indent=2))
+        if self.ops_path.is_file():
+            data = self.ops_path.read_bytes()
+            if data and not data.endswith(b"\n"):  # drop a line a crash cut short
+                self.ops_path.write_bytes(data[: data.rfind(b"\n") + 1])
         op = dict(op, id=len(self.operations()))
         if files:
             target = self.folder / "files" / str(op["id"])

@@ -63,15 +63,24 @@ class Resume:
 class _Checkpoints:
     """The ``on_checkpoint`` hook of one run: keep the newest locally, upload it when due."""
 
-    def __init__(self, sink, config: TrainConfig, register: str | None):
+    def __init__(self, sink, config: TrainConfig, register: str | None, echo=None):
         self.sink, self.config, self.register = sink, config, register
         self.path = checkpoint.run_dir(sink.run_id) / checkpoint.FILENAME
         self.epoch = self.uploaded = 0
+        self.echo = echo or (lambda _line: None)
+        self.broken = False
 
     def __call__(self, state: dict) -> None:
+        if self.broken:
+            return
         state["config"] = self.config.to_dict()
         state["register"] = self.register  # a resumed run registers its model as asked
-        checkpoint.save(state, self.path)
+        try:
+            checkpoint.save(state, self.path)
+        except OSError as exc:  # e.g. the disk filled up: lose the checkpoint, not the run
+            self.broken = True
+            self.echo(f"warning: cannot write checkpoints ({exc}); training goes on without")
+            return
         self.epoch = state["epoch"]
         small = self.path.stat().st_size <= UPLOAD_EVERY_EPOCH_MAX_BYTES
         if small and not self.sink.offline:
@@ -174,7 +183,8 @@ def train(
     if splits is None:
         splits = prepare_data(config, data_dir)
     torch.manual_seed(config.seed)  # the same seed gives the same initial weights
-    model = create_model(config)
+    # A resumed run gets every weight from its checkpoint: no ImageNet download needed.
+    model = create_model(config if resume_from is None else config.replace(pretrained=False))
     resume_state = None if resume_from is None else resume_from.state
     config, cache_reason = resolve_feature_cache(config, model, splits)
     n_params, n_trainable = count_params(model)
@@ -185,6 +195,8 @@ def train(
     }
     if splits.test_y is not None:
         counts["test_size"] = len(splits.test_y)
+    if checkpoints:
+        checkpoint.ensure_home()  # refuse now rather than fail after the first epoch
     tags = tracking.run_tags(config.device) | {"feature_cache_reason": cache_reason}
     tags.update(extra_tags or {})
     with tracking.tracked_run(
@@ -215,7 +227,7 @@ def train(
             if epoch_hook is not None:
                 epoch_hook(epoch, metrics)
 
-        keeper = _Checkpoints(sink, config, register) if checkpoints else None
+        keeper = _Checkpoints(sink, config, register, echo) if checkpoints else None
         try:
             result = engine.fit(
                 config,
@@ -229,11 +241,12 @@ def train(
         except BaseException as exc:
             # Best effort: the run must still end (KILLED / FAILED) if the server refuses these;
             # the local checkpoint stays either way.
-            with contextlib.suppress(Exception):
-                if isinstance(exc, engine.Diverged):
-                    reason = f"epoch {exc.epoch}: {exc.reason}"
+            if isinstance(exc, engine.Diverged):
+                reason = f"epoch {exc.epoch}: {exc.reason}"
+                with contextlib.suppress(Exception):
                     sink.set_tags({"diverged_epoch": str(exc.epoch), "diverged_reason": reason})
-                if keeper is not None:
+            if keeper is not None:
+                with contextlib.suppress(Exception):
                     keeper.upload()  # the newest finished epoch, for --resume
             raise
         run_level = {k: result.final[k] for k in RUN_METRICS if k in result.final}
@@ -284,38 +297,62 @@ def _log_artifacts(sink, config, run_name, result, splits, model, register) -> N
     sink.log_model(model, example, config, register=register)
 
 
-def find_checkpoint(run_id: str) -> dict:
-    """The newest checkpoint of ``run_id``: the local copy, else the run's artifact.
-
-    Raises ResumeError when the run is unknown, finished, or has no checkpoint.
-    """
+def check_resumable(run_id: str):
+    """The run ``run_id`` if it can be resumed; else ResumeError saying why and what to do."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
     try:
-        run = client.get_run(run_id)
+        run = MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise ResumeError(
             f"run {run_id} is not in this tracking store; pass the --tracking-uri it was logged to"
         ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ResumeError(f"run {run_id} is deleted; restore it in the MLflow UI first")
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} already FINISHED; there is nothing to resume")
+    if "diverged_epoch" in run.data.tags:
+        raise ResumeError(
+            f"run {run_id} diverged ({run.data.tags.get('diverged_reason', '')}) and would "
+            "again from its checkpoint; start a new run with a lower --lr"
+        )
+    return run
+
+
+def find_checkpoint(run_id: str) -> dict:
+    """The newest checkpoint of ``run_id``: the local copy, or the run's artifact when that
+    one is newer (the run went on elsewhere). It must cover every epoch the server holds.
+
+    Raises ResumeError when there is no checkpoint, or none recent enough.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    logged = max((m.step for m in client.get_metric_history(run_id, "train_loss")), default=0)
     local = checkpoint.run_dir(run_id) / checkpoint.FILENAME
-    if local.is_file():
-        return checkpoint.load(local)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(
-                run_id, f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}", tmp
-            )
-        except Exception:
-            raise ResumeError(
-                f"run {run_id} has no checkpoint (it stopped before its first epoch ended, or "
-                "was a search trial); start a new run instead"
-            ) from None
-        state = checkpoint.load(Path(path))
-    # Keep it locally while the run lives again.
-    checkpoint.save(state, local)
+    state = checkpoint.load(local) if local.is_file() else None
+    if state is None or state["epoch"] < logged:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = client.download_artifacts(
+                    run_id, f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}", tmp
+                )
+                remote = checkpoint.load(Path(path))
+            except Exception:
+                remote = None
+        if remote is not None and (state is None or remote["epoch"] > state["epoch"]):
+            state = remote
+            checkpoint.save(state, local)  # kept locally while the run lives again
+    if state is None:
+        raise ResumeError(
+            f"run {run_id} has no checkpoint (it stopped before its first epoch ended, or "
+            "was a search trial); start a new run instead"
+        )
+    if state["epoch"] < logged:
+        raise ResumeError(
+            f"run {run_id} logged {logged} epochs but its newest checkpoint is from epoch "
+            f"{state['epoch']}; resume it on the machine that ran it last"
+        )
     return state
 
 
@@ -334,9 +371,11 @@ def resume(
     """
     from . import outbox as outbox_mod
 
+    check_resumable(run_id)
     pending = outbox_mod.Outbox(checkpoint.run_dir(run_id) / "outbox")
     if pending.pending():
         outbox_mod.replay(pending)
+    check_resumable(run_id)  # the outbox may have ended the run
     state = find_checkpoint(run_id)
     config = TrainConfig(**state["config"]).replace()  # validated
     splits = prepare_data(config, data_dir)

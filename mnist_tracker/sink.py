@@ -51,10 +51,11 @@ class RunSink:
     def offline(self) -> bool:
         return self.offline_reason is not None
 
-    def _send(self, send) -> bool:
-        """``send()`` to the server; False (and the sink offline) when it is unreachable."""
+    def _send(self, send, probe_now: bool = False) -> bool:
+        """``send()`` to the server; False (and the sink offline) when it is unreachable.
+        Offline, the server is probed first (``probe_now``: whatever the last probe's age)."""
         if self.offline:
-            self._try_reconnect()
+            self._try_reconnect(force=probe_now)
         if self.offline:
             return False
         try:
@@ -77,8 +78,8 @@ class RunSink:
         if not self._send(send):
             self._keep(op, files)
 
-    def _try_reconnect(self) -> None:
-        if time.monotonic() - self._last_probe < RECONNECT_EVERY_S:
+    def _try_reconnect(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_probe < RECONNECT_EVERY_S:
             return
         self._last_probe = time.monotonic()
         try:
@@ -164,7 +165,7 @@ class RunSink:
         def send():
             tracking.log_model(model, example, register=register, run_id=self.run_id)
 
-        if self._send(send):
+        if self._send(send, probe_now=True):
             return
         with tempfile.TemporaryDirectory() as tmp:
             files = {name: Path(tmp) / name for name in ("model.pt", "example.pt", "config.json")}
@@ -178,7 +179,9 @@ class RunSink:
     def end(self, status: str) -> None:
         """End the run with ``status`` and leave MLflow's active-run stack clean."""
         end_time = int(time.time() * 1000)
-        if self._send(lambda: mlflow.end_run(status)):
+        # Probe now: a server back within the last 30 s must first get the outbox, or the run
+        # would show FINISHED on it with its last epochs still here.
+        if self._send(lambda: mlflow.end_run(status), probe_now=True):
             return
         # ``end_run`` pops the run off the stack before it calls the server; when the sink was
         # already offline it was not called: pop it now, failing fast on the dead server.
