@@ -14,6 +14,7 @@ import sys
 import click
 
 from . import __version__
+from .cli_options import option
 
 USAGE_EXIT = 2
 
@@ -92,13 +93,6 @@ def _tri(value: bool | None, negated: bool, name: str) -> bool | None:
     return False if negated else value
 
 
-def _opt(*names: str, **kwargs):
-    """An option that also accepts its underscore spelling (``mlflow run`` extra params)."""
-    dashed = [n for n in names if n.startswith("--")]
-    extra = [n.replace("-", "_").replace("__", "--", 1) for n in dashed if "-" in n[2:]]
-    return click.option(*names, *extra, **kwargs)
-
-
 def _tracking_options(fn):
     fn = click.option(
         "--tracking-uri",
@@ -119,64 +113,64 @@ def main() -> None:
 
 @main.command()
 @click.option("--model", "model_name", default=None, help="Model name; see `mnist-tracker models`.")
-@_opt(
+@option(
     "--resume",
     "resume_run_id",
     default=None,
     metavar="RUN_ID",
     help="Continue a stopped run from its last finished epoch, with its own settings.",
 )
-@_opt("--epochs", type=int, default=None, help="Epochs [default: the model's recipe].")
-@_opt("--batch-size", type=int, default=None, help="Batch size [default: recipe; lab: 64].")
-@_opt("--lr", type=float, default=None, help="Learning rate [default: the model's recipe].")
-@_opt("--weight-decay", type=float, default=None, help="Weight decay [default: recipe].")
-@_opt(
+@option("--epochs", type=int, default=None, help="Epochs [default: the model's recipe].")
+@option("--batch-size", type=int, default=None, help="Batch size [default: recipe; lab: 64].")
+@option("--lr", type=float, default=None, help="Learning rate [default: the model's recipe].")
+@option("--weight-decay", type=float, default=None, help="Weight decay [default: recipe].")
+@option(
     "--optimizer",
     type=click.Choice(["adam", "adamw", "sgd"]),
     default=None,
     help="Optimizer [default: recipe].",
 )
-@_opt(
+@option(
     "--scheduler",
     type=click.Choice(["none", "cosine", "onecycle"]),
     default=None,
     help="LR schedule [default: recipe].",
 )
-@_opt("--image-size", type=int, default=None, help="Input side for vgg16/alexnet [default: 224].")
+@option("--image-size", type=int, default=None, help="Input side for vgg16/alexnet [default: 224].")
 @_flag("pretrained", "Start from ImageNet weights (vgg16, alexnet) [default: yes for those].")
 @_flag("freeze", "Freeze the pretrained features (vgg16, alexnet) [default: yes for those].")
-@_opt(
+@option(
     "--recipe",
     type=click.Choice(["lab", "fast"]),
     default=None,
     help="Defaults to start from: the lab's, or the model's fast one (cnn) [default: lab].",
 )
-@_opt(
+@option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
     default=None,
     help="Numeric precision; auto = bf16 where the hardware is fast at it "
     "[default: the recipe's: fp32 for lab, auto for fast].",
 )
-@_opt(
+@option(
     "--feature-cache",
     type=click.Choice(["auto", "on", "off"]),
     default=None,
     help="Compute a frozen backbone's features once and train the head on them (vgg16, "
     "alexnet); auto = when they fit in memory [default: auto].",
 )
-@_opt("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
-@_opt("--limit-test", type=int, default=None, help="Use N test images (class-balanced).")
-@_opt("--val-size", type=int, default=None, help="Hold out N training images for validation [0].")
-@_opt("--seed", type=int, default=None, help="Random seed [default: 42].")
-@_opt("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
-@_opt(
+@option("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
+@option("--limit-test", type=int, default=None, help="Use N test images (class-balanced).")
+@option("--val-size", type=int, default=None, help="Hold out N training images for validation [0].")
+@option("--seed", type=int, default=None, help="Random seed [default: 42].")
+@option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
+@option(
     "--data-dir",
     default=None,
     help="Folder with the MNIST IDX files [default: $MNIST_DATA_DIR, else ./data].",
 )
-@_opt("--run-name", default=None, help="MLflow run name [default: MLflow's].")
-@_opt("--register", default=None, help="Register the model under this name in the registry.")
+@option("--run-name", default=None, help="MLflow run name [default: MLflow's].")
+@option("--register", default=None, help="Register the model under this name in the registry.")
 @_tracking_options
 def train(
     model_name,
@@ -342,12 +336,13 @@ def sync_cmd(path, tracking_uri) -> None:
         click.echo(f"nothing to send: {len(boxes)} outbox(es), all sent")
         return
     for box in pending:
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or box.meta()["tracking_uri"]
+        meta = box.meta()
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta["tracking_uri"]
         if "***" in uri:
             fail(f"the run was logged to {uri}; pass --tracking-uri (credentials from "
                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")  # fmt: skip
         uri = _tracking_or_fail(uri)
-        run_id = box.meta().get("run_id", box.folder.parent.name)
+        run_id = meta.get("run_id", box.folder.parent.name)
         try:
             result = outbox_mod.replay(box)
         except Exception as exc:
@@ -443,55 +438,55 @@ def data_check(data_dir, download) -> None:
 @click.option(
     "--model", "model_name", required=True, help="Model name; see `mnist-tracker models`."
 )
-@_opt(
+@option(
     "--trials", type=int, default=20, show_default=True, help="Trials in the study (all workers)."
 )
-@_opt("--timeout", type=float, default=None, help="Stop this worker after S seconds.")
-@_opt("--epochs", type=int, default=None, help="Epochs per trial [default: the model's recipe].")
-@_opt("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
-@_opt(
+@option("--timeout", type=float, default=None, help="Stop this worker after S seconds.")
+@option("--epochs", type=int, default=None, help="Epochs per trial [default: the model's recipe].")
+@option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
+@option(
     "--pruner",
     type=click.Choice(["median", "hyperband", "none"]),
     default="median",
     show_default=True,
     help="Stops hopeless trials early, judged on validation accuracy per epoch.",
 )
-@_opt("--val-size", type=int, default=5000, show_default=True, help="Validation hold-out.")
-@_opt(
+@option("--val-size", type=int, default=5000, show_default=True, help="Validation hold-out.")
+@option(
     "--storage",
     default=None,
     envvar="MNIST_TRACKER_STORAGE",
     help="Shared study storage: postgresql://..., sqlite:///..., or journal:PATH (one machine). "
     "Default: $MNIST_TRACKER_STORAGE, else in memory (this process only).",
 )
-@_opt(
+@option(
     "--study-name",
     default=None,
     envvar="MNIST_TRACKER_STUDY",
     help="Workers with the same name share the study [$MNIST_TRACKER_STUDY].",
 )
-@_opt("--seed", type=int, default=42, show_default=True)
+@option("--seed", type=int, default=42, show_default=True)
 @_flag("final", "Train the best config on the full training set and test it [default: yes].")
-@_opt("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
-@_opt("--limit-test", type=int, default=None, help="Test images for the final run.")
-@_opt("--image-size", type=int, default=None, help="Input side for vgg16/alexnet.")
-@_opt("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
-@_opt("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
-@_opt(
+@option("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
+@option("--limit-test", type=int, default=None, help="Test images for the final run.")
+@option("--image-size", type=int, default=None, help="Input side for vgg16/alexnet.")
+@option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
+@option(
     "--heartbeat-interval",
     type=click.IntRange(min=1),
     default=10,
     show_default=True,
     help="Seconds between a running trial's heartbeats (database storages).",
 )
-@_opt(
+@option(
     "--grace-period",
     type=click.IntRange(min=1),
     default=30,
     show_default=True,
     help="Seconds without heartbeat after which a trial is failed and retried.",
 )
-@_opt("--data-dir", default=None, help="Folder with the MNIST IDX files.")
+@option("--data-dir", default=None, help="Folder with the MNIST IDX files.")
 @_tracking_options
 def tune(model_name, final, no_final, data_dir, tracking_uri, **options) -> None:
     """Search hyper-parameters with Optuna on a validation split; one MLflow child run a trial.

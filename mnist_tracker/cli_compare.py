@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .cli_options import option
+from .uris import redact, set_tracking_uri
+
 if TYPE_CHECKING:
     from .compare import Comparison, Query
 
@@ -28,16 +31,9 @@ RUN_MODES = ("best", "latest", "all")
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-def _option(*names: str, **kwargs):
-    """A click option that also accepts the underscore spelling of its dashed names."""
-    aliases = [n.replace("-", "_").replace("__", "--", 1) for n in names if n.startswith("--")]
-    extra = [a for a in aliases if a not in names]
-    return click.option(*names, *extra, **kwargs)
-
-
 def _bool_option(name: str, help_text: str, default: bool | None = False):
     """``--name`` alone means true; ``--name true|false`` (as ``mlflow run`` passes it) too."""
-    return _option(
+    return option(
         f"--{name}",
         name.replace("-", "_"),
         type=click.BOOL,
@@ -49,20 +45,11 @@ def _bool_option(name: str, help_text: str, default: bool | None = False):
 
 
 def _tracking_uri_option(fn):
-    return _option(
+    return option(
         "--tracking-uri",
         default=None,
         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else MLflow's sqlite:///mlflow.db].",
     )(fn)
-
-
-def _use_tracking_uri(uri: str | None) -> str:
-    """Point MLflow at ``uri`` when given; return the URI in use."""
-    import mlflow
-
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    return mlflow.get_tracking_uri()
 
 
 def _write(path: str, text: str, what: str) -> Path:
@@ -103,37 +90,26 @@ def run_compare(query: Query, uri: str) -> Comparison:
         raise click.UsageError(str(exc)) from None
     except MlflowException as exc:
         raise click.UsageError(
-            f"cannot query the tracking store at {_redact(uri)} ({' '.join(exc.message.split())}"
+            f"cannot query the tracking store at {redact(uri)} ({' '.join(exc.message.split())}"
             "); check --tracking-uri or $MLFLOW_TRACKING_URI"
         ) from None
 
 
-def _redact(uri: str) -> str:
-    """``uri`` with any password hidden (``tracking.redact`` without importing torch)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @click.command("compare")
-@_option(
+@option(
     "--experiment",
     "experiments",
     multiple=True,
     help="Experiment to read; repeat for several [default: mnist].",
 )
 @_bool_option("all-experiments", "Read every experiment in the store.")
-@_option(
+@option(
     "--filter",
     "filter_string",
     default="",
     help="MLflow search filter, e.g. \"params.epochs = '10' and metrics.test_accuracy > 0.99\".",
 )
-@_option(
+@option(
     "--runs",
     "mode",
     type=click.Choice(RUN_MODES),
@@ -141,14 +117,14 @@ def _redact(uri: str) -> str:
     show_default=True,
     help="Per model the best run by --metric, the latest run, or every run.",
 )
-@_option(
+@option(
     "--metric",
     default="test_accuracy",
     show_default=True,
     help="Metric that ranks the runs (lower is better for *loss and *_time_s).",
 )
 @_bool_option("include-unfinished", "Also show RUNNING, FAILED and KILLED runs.")
-@_option(
+@option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
@@ -156,13 +132,13 @@ def _redact(uri: str) -> str:
     show_default=True,
     help="table (aligned, rounded), or markdown / csv / json (parseable; csv, json exact).",
 )
-@_option("--output", default=None, help="Write the table to this file instead of stdout.")
-@_option(
+@option("--output", default=None, help="Write the table to this file instead of stdout.")
+@option(
     "--report",
     default=None,
     help="Also write this self-contained HTML report (and a PNG beside it when possible).",
 )
-@_option(
+@option(
     "--data-dir",
     default=None,
     help="MNIST folder for the report's sample digits [default: $MNIST_DATA_DIR, else ./data].",
@@ -195,7 +171,7 @@ def compare_cmd(
         )
     from . import compare as compare_mod
 
-    uri = _use_tracking_uri(tracking_uri)
+    uri = set_tracking_uri(tracking_uri)
     query = compare_mod.Query(
         experiments=experiments or (compare_mod.DEFAULT_EXPERIMENT,),
         all_experiments=all_experiments,
@@ -230,7 +206,7 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
             "pass a path in an existing folder"
         )
     notes = report_mod.write_report(
-        target, comparison, MlflowClient(), data_dir=data_dir, source=_redact(uri)
+        target, comparison, MlflowClient(), data_dir=data_dir, source=redact(uri)
     )
     for note in notes:
         click.echo(f"note: {note}", err=True)
@@ -240,35 +216,35 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
 
 
 @click.command("suite")
-@_option(
+@option(
     "--models",
     default="cnn,deep_cnn,vgg16,alexnet,vit",
     show_default=True,
     help="Comma-separated models to train, in order.",
 )
-@_option("--epochs", type=int, default=None, help="Epochs for every model [default: recipes].")
-@_option("--batch-size", type=int, default=None, help="Batch size [default: 64].")
-@_option("--image-size", type=int, default=None, help="Input side for vgg16/alexnet [224].")
+@option("--epochs", type=int, default=None, help="Epochs for every model [default: recipes].")
+@option("--batch-size", type=int, default=None, help="Batch size [default: 64].")
+@option("--image-size", type=int, default=None, help="Input side for vgg16/alexnet [224].")
 @_bool_option(
     "pretrained", "ImageNet weights for vgg16/alexnet [default: yes for those].", default=None
 )
-@_option("--no-pretrained", is_flag=True, default=False, help="Train vgg16/alexnet from scratch.")
-@_option(
+@option("--no-pretrained", is_flag=True, default=False, help="Train vgg16/alexnet from scratch.")
+@option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
     default=None,
     help="Numeric precision [default: fp32].",
 )
-@_option("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
-@_option("--limit-test", type=int, default=None, help="Use N test images (class-balanced).")
-@_option("--seed", type=int, default=None, help="Random seed [default: 42].")
-@_option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
-@_option(
+@option("--limit-train", type=int, default=None, help="Use N training images (class-balanced).")
+@option("--limit-test", type=int, default=None, help="Use N test images (class-balanced).")
+@option("--seed", type=int, default=None, help="Random seed [default: 42].")
+@option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
+@option(
     "--data-dir",
     default=None,
     help="Folder with the MNIST IDX files [default: $MNIST_DATA_DIR, else ./data].",
 )
-@_option("--experiment", default="mnist", show_default=True, help="MLflow experiment name.")
+@option("--experiment", default="mnist", show_default=True, help="MLflow experiment name.")
 @_tracking_uri_option
 def suite_cmd(
     models: str,
@@ -305,8 +281,8 @@ def suite_cmd(
         mnist = load_mnist(data_dir)
     except (ConfigError, DataError) as exc:
         raise click.UsageError(str(exc)) from None
-    uri = _use_tracking_uri(tracking_uri)
-    click.echo(f"suite: {', '.join(names)}; tracking to {_redact(uri)}", err=True)
+    uri = set_tracking_uri(tracking_uri)
+    click.echo(f"suite: {', '.join(names)}; tracking to {redact(uri)}", err=True)
     result = _train_all(suite_mod, configs, mnist, experiment)
     for line in suite_mod.summary_lines(result):
         click.echo(line)

@@ -70,11 +70,11 @@ class Outbox:
         self.folder.mkdir(parents=True, exist_ok=True)
         if meta is not None and not self.meta_path.is_file():
             self.meta_path.write_text(json.dumps(meta, indent=2))
-        if self.ops_path.is_file():
-            data = self.ops_path.read_bytes()
-            if data and not data.endswith(b"\n"):  # drop a line a crash cut short
-                self.ops_path.write_bytes(data[: data.rfind(b"\n") + 1])
-        op = dict(op, id=len(self.operations()))
+        data = self.ops_path.read_bytes() if self.ops_path.is_file() else b""
+        if data and not data.endswith(b"\n"):  # drop a line a crash cut short
+            data = data[: data.rfind(b"\n") + 1]
+            self.ops_path.write_bytes(data)
+        op = dict(op, id=data.count(b"\n"))  # one complete line per operation
         if files:
             target = self.folder / "files" / str(op["id"])
             target.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
@@ -32,6 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from . import __version__
 from .config import TrainConfig, params_equal
+from .uris import redact, scrub, set_tracking_uri  # noqa: F401 - part of this API
 
 DEFAULT_EXPERIMENT = "mnist"
 MODEL_ARTIFACT = "model"
@@ -55,33 +55,6 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"signal {signum}")
         self.signum = signum
-
-
-def redact(uri: str | None) -> str:
-    """``uri`` with any password replaced by ``***`` (safe to print, log or tag)."""
-    if not uri:
-        return ""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def scrub(text: str, uri: str | None) -> str:
-    """``text`` with ``uri``'s password (and ``uri`` itself) replaced by their redacted forms."""
-    if not uri:
-        return text
-    text = text.replace(uri, redact(uri))
-    password = urlsplit(uri).password
-    return text.replace(password, "***") if password else text
-
-
-def set_tracking_uri(uri: str | None) -> str:
-    """Use ``uri`` if given (else ``$MLFLOW_TRACKING_URI``, else MLflow's default); return it."""
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    return mlflow.get_tracking_uri()
 
 
 def attached_run_id() -> str | None:
