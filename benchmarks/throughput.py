@@ -8,14 +8,14 @@ times; the table gives the medians, and as ratio the median of the per-repeat ra
 - lab: ``torchvision.datasets.MNIST`` with per-image transforms, a shuffling ``DataLoader``,
   fp32, the bare network with ``torch.nn.Dropout``, Adam (its default implementation) as in
   the lab's recipe.
-- ours: ``engine.fit`` as ``mnist-tracker train`` runs it: uint8 batches sliced in memory,
+- ours: ``training.fit`` as ``mnist-tracker train`` runs it: uint8 batches sliced in memory,
   ``--precision auto`` (bf16 on CPUs with AVX512-bf16/AMX), channels_last for the conv nets,
   fused Adam. For vgg16 and alexnet, ``ours`` is a real 5-epoch fit (the recipe's) with the
   frozen backbone's features cached, the caching included in its time; the lab's 5 epochs
   cost 5 times the one epoch timed, since it recomputes everything every epoch. ``ours, no
   cache`` is one epoch of ours with ``--feature-cache off``. ``lab data alone`` is the lab's
   input pipeline iterated with no model: how much of the lab's time is data.
-- Both run in one process, so with the same allocator settings: ``engine.keep_freed_memory``
+- Both run in one process, so with the same allocator settings: ``runtime.keep_freed_memory``
   (which ``fit`` applies on CPU) is applied before either runs.
 - ImageNet weights cannot be downloaded here, so the transfer models run with random frozen
   features (``--no-pretrained --freeze``): the same operations and FLOPs.
@@ -34,9 +34,10 @@ from pathlib import Path
 import common
 import torch
 
-from mnist_tracker import data, engine
+from mnist_tracker import data
 from mnist_tracker.config import TrainConfig, resolve_config
 from mnist_tracker.models import create_model, get_spec
+from mnist_tracker.training import fit, runtime
 
 MODELS = ("cnn", "deep_cnn", "vgg16", "alexnet", "vit")
 # Training images per timed pass: about ten seconds of the lab's pipeline each on 2 CPU cores,
@@ -108,12 +109,14 @@ def measure(
     """Alternate lab and ours ``repeats`` times on the first ``n`` class-balanced images."""
     splits = data.split_data(mnist, seed=0, limit_train=n)
     x, y = splits.train_x, splits.train_y
-    ours_config = config_for(name, image_size, batch_size, precision="auto")
+    ours_config = runtime.resolve_runtime(
+        config_for(name, image_size, batch_size, precision="auto")
+    )
     transfer = get_spec(name).split is not None
     if not transfer:
         ours_config = ours_config.replace(epochs=1)
     row = Row(name, image_size, len(y), batch_size, ours_config.epochs)
-    device = engine.select_device(ours_config.device)
+    device = runtime.select_device(ours_config.device)
     torch.manual_seed(0)
     lab_config = config_for(name, image_size, batch_size)
     lab_net = common.lab_network(lab_config).to(device)
@@ -132,13 +135,13 @@ def measure(
             row.lab.append(common.lab_epoch(lab_net, loader, lab_opt, device))
 
         def ours() -> None:
-            result = engine.fit(ours_config, train_only, ours_model)
+            result = fit(ours_config, train_only, ours_model)
             row.ours.append(result.final["train_throughput_img_s"])
             row.path = f"{result.precision}, feature cache {result.feature_cache}"
 
         def ours_no_cache() -> None:
             plain = ours_config.replace(epochs=1, feature_cache="off")
-            result = engine.fit(plain, train_only, ours_model)
+            result = fit(plain, train_only, ours_model)
             row.no_cache.append(result.final["train_throughput_img_s"])
 
         def lab_data_alone() -> None:
@@ -191,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.smoke else args.repeats
     print(common.header("Training throughput: the lab's pipeline vs ours"), flush=True)
-    print(f"freed memory kept for reuse, for both pipelines: {engine.keep_freed_memory()}")
+    print(f"freed memory kept for reuse, for both pipelines: {runtime.keep_freed_memory()}")
     mnist = data.load_mnist(common.data_dir(args.data_dir, args.smoke), download_missing=False)
     rows = []
     for name, size, n in cases(args.models.split(","), args.smoke, args.batch_size, args.images):

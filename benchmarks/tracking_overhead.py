@@ -1,7 +1,7 @@
 """What tracking adds to a one-epoch ``cnn`` run on full MNIST, as a ratio in one process.
 
 The same one-epoch run twice per repeat, alternating which goes first: ``engine.fit`` alone
-(plain) and ``runner.train`` against a local ``mlflow server`` (tracked: run creation, params,
+(plain) and ``workflows.train`` against a local ``mlflow server`` (tracked: run creation, params,
 datasets, one metrics call per epoch, the checkpoint after each epoch, plots, report, the
 model). Both start from the loaded splits and build the model. Target: tracked / plain - 1 <= 2 %.
 
@@ -27,35 +27,40 @@ import common
 import mlflow
 import torch
 
-from mnist_tracker import checkpoint, data, engine, plots, runner, tracking
+from mnist_tracker import data
 from mnist_tracker.config import TrainConfig, resolve_config
 from mnist_tracker.models import create_model
-from mnist_tracker.sink import RunSink
+from mnist_tracker.reporting import figures
+from mnist_tracker.tracking import RunSink, records
+from mnist_tracker.training import checkpoint, fit, resolve_runtime
+from mnist_tracker.workflows import train as train_mod
+from mnist_tracker.workflows.callbacks import Checkpointer, MetricLogger
 
 TARGET = 0.02
-# Where tracking time goes: (owner, attribute, label). runner calls each through its module or
-# the run's sink; the checkpoint kept after every epoch (capture, save, upload) counts too.
+# Where tracking time goes: (owner, attribute, label). The train workflow calls each through
+# its module, the run's sink or a callback; the checkpoint kept after every epoch (capture,
+# save, upload) counts too.
 TIMED = [
     (RunSink, "log_params", "params"),
-    (tracking, "log_config_artifact", "config.json"),
-    (tracking, "log_datasets", "datasets"),
-    (tracking.EpochLogger, "__call__", "epoch metrics"),
+    (records, "dataset_inputs", "datasets"),
+    (RunSink, "log_inputs", "datasets"),
+    (MetricLogger, "on_epoch_end", "epoch metrics"),
     (RunSink, "log_metrics", "run metrics"),
-    (plots, "learning_curves", "plots"),
-    (plots, "confusion_matrix_figure", "plots"),
+    (figures, "learning_curves", "plots"),
+    (figures, "confusion_matrix_figure", "plots"),
     (RunSink, "log_text", "plots"),
-    (runner, "classification_report", "report"),
-    (RunSink, "log_dict", "report"),
+    (train_mod, "classification_report", "report"),
+    (RunSink, "log_dict", "config.json and report"),
     (RunSink, "log_model", "model"),
     (checkpoint, "capture", "checkpoints"),
-    (runner._Checkpoints, "__call__", "checkpoints"),
-    (runner._Checkpoints, "discard", "checkpoints"),
+    (Checkpointer, "on_epoch_end", "checkpoints"),
+    (Checkpointer, "discard", "checkpoints"),
 ]
 
 
 class Breakdown:
     """Seconds spent in each tracking call, by label; a call made inside another timed call
-    (``log_config_artifact`` calls ``mlflow.log_dict``) counts once, for the outer one."""
+    (``log_dict`` calls ``log_artifact``) counts once, for the outer one."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -79,7 +84,7 @@ class Breakdown:
     def install(self) -> None:
         for owner, name, label in TIMED:
             setattr(owner, name, self.wrap(getattr(owner, name), label))
-        original = tracking.tracked_run
+        original = train_mod.tracked_run
 
         @contextlib.contextmanager
         def timed_run(*args, **kwargs):
@@ -97,7 +102,7 @@ class Breakdown:
                 manager.__exit__(None, None, None)
                 self.seconds["run start/end"] += time.perf_counter() - start
 
-        tracking.tracked_run = timed_run
+        train_mod.tracked_run = timed_run
 
     def take(self) -> dict[str, float]:
         taken = dict(self.seconds)
@@ -109,14 +114,14 @@ def plain(config: TrainConfig, splits: data.Splits) -> float:
     """Seconds for model + fit with no tracking at all."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    engine.fit(config, splits, create_model(config))
+    fit(config, splits, create_model(config))
     return time.perf_counter() - start
 
 
 def tracked(config: TrainConfig, splits: data.Splits) -> float:
-    """Seconds for the same run through ``runner.train`` (tracking to the current URI)."""
+    """Seconds for the same run through ``workflows.train`` (tracking to the current URI)."""
     start = time.perf_counter()
-    runner.train(config, splits=splits, experiment="tracking-overhead")
+    train_mod.train(config, train_mod.TrainOptions(experiment="tracking-overhead"), splits=splits)
     return time.perf_counter() - start
 
 
@@ -129,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     print(common.header("Tracking overhead: one-epoch cnn run, tracked vs plain"), flush=True)
     mnist = data.load_mnist(common.data_dir(args.data_dir, args.smoke), download_missing=False)
-    config = runner.resolve_runtime(resolve_config("cnn", recipe=args.recipe, epochs=1))
+    config = resolve_runtime(resolve_config("cnn", recipe=args.recipe, epochs=1))
     splits = data.split_data(mnist, seed=config.seed)
     breakdown = Breakdown()
     breakdown.install()

@@ -16,15 +16,24 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RECIPES = ("lab", "fast")
-FEATURE_CACHE = ("auto", "on", "off")
+from .constants import FEATURE_CACHE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULERS
+from .errors import ConfigError
+from .models import get_spec
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message says which option and what to pass instead."""
+__all__ = [
+    "FEATURE_CACHE",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "RECIPES",
+    "SCHEDULERS",
+    "ConfigError",
+    "TrainConfig",
+    "format_param",
+    "params_equal",
+    "parse_param",
+    "resolve_config",
+    "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def params_equal(name: str, a: str, b: str) -> bool:
         return True
     try:
         va, vb = parse_param(name, a), parse_param(name, b)
-    except (ValueError, ConfigError):
+    except ValueError:  # ConfigError included: not a number of that kind
         return False
     if isinstance(va, float) and isinstance(vb, float):
         return math.isclose(va, vb, rel_tol=1e-12)
@@ -125,8 +134,6 @@ def params_equal(name: str, a: str, b: str) -> bool:
 
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError for the first invalid value."""
-    from .models import get_spec  # late import: models import config
-
     spec = get_spec(config.model)
     if config.epochs < 1:
         raise ConfigError(
@@ -196,8 +203,6 @@ def resolve_config(model: str, recipe: str | None = None, **overrides: Any) -> T
     Unknown override names raise TypeError (a programming error, not user input); a model
     without a fast recipe raises ConfigError.
     """
-    from .models import get_spec
-
     spec = get_spec(model)  # raises ConfigError for an unknown model
     recipe = recipe or "lab"
     if recipe not in RECIPES:

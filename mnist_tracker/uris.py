@@ -1,7 +1,6 @@
-"""Tracking URIs: hide their passwords, and point MLflow at one.
+"""URIs with passwords: hide them before anything is printed, logged or tagged.
 
-Standard library only at import time, so that the CLI modules can use it without loading
-MLflow or torch first.
+Standard library only, so that the CLI modules can use it without loading MLflow or torch.
 """
 
 from __future__ import annotations
@@ -27,12 +26,3 @@ def scrub(text: str, uri: str | None) -> str:
     text = text.replace(uri, redact(uri))
     password = urlsplit(uri).password
     return text.replace(password, "***") if password else text
-
-
-def set_tracking_uri(uri: str | None) -> str:
-    """Use ``uri`` if given (else ``$MLFLOW_TRACKING_URI``, else MLflow's default); return it."""
-    import mlflow
-
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    return mlflow.get_tracking_uri()

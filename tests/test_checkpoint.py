@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_tracker import checkpoint, data, engine
+from mnist_tracker import data, errors
 from mnist_tracker.config import resolve_config
 from mnist_tracker.models import create_model
+from mnist_tracker.training import OnCheckpoint, OnEpoch, checkpoint, fit
 
 from .conftest import SUBSET
+
+pytestmark = pytest.mark.fast
 
 # The lr schedule on the CPU is deterministic: a resumed run must match to float rounding.
 TOLERANCE = 1e-6
@@ -42,18 +45,18 @@ def test_resumed_fit_equals_the_uninterrupted_one(mnist, tmp_path, model_name, o
         states[state["epoch"]] = checkpoint.save(state, tmp_path / f"e{state['epoch']}.pt")
 
     torch.manual_seed(config.seed)
-    full = engine.fit(config, splits, create_model(config), on_checkpoint=keep)
+    full = fit(config, splits, create_model(config), [OnCheckpoint(keep)])
     assert sorted(states) == [1, 2, 3]
 
     # A fresh process would start from other weights and RNG states: the checkpoint must win.
     torch.manual_seed(12345)
     resumed_epochs = []
     state = checkpoint.load(states[1])
-    resumed = engine.fit(
+    resumed = fit(
         config,
         splits,
         create_model(config),
-        lambda epoch, metrics: resumed_epochs.append(epoch),
+        [OnEpoch(lambda epoch, metrics: resumed_epochs.append(epoch))],
         resume=state,
     )
     assert resumed_epochs == [2, 3]
@@ -69,8 +72,8 @@ def test_resume_after_the_last_epoch_only_evaluates(mnist, tmp_path):
     config, splits = _setup(mnist, "cnn", epochs=1)
     states = []
     torch.manual_seed(config.seed)
-    full = engine.fit(config, splits, create_model(config), on_checkpoint=states.append)
-    again = engine.fit(config, splits, create_model(config), resume=states[-1])
+    full = fit(config, splits, create_model(config), [OnCheckpoint(states.append)])
+    again = fit(config, splits, create_model(config), resume=states[-1])
     assert again.history == full.history
     assert (again.test_predictions == full.test_predictions).all()
 
@@ -88,8 +91,8 @@ def test_divergence_stops_with_the_epoch_and_keeps_the_last_good_state(mnist):
     config, splits = _setup(mnist, "cnn", epochs=6, optimizer="sgd", lr=5.0, scheduler="onecycle")
     states = []
     torch.manual_seed(config.seed)
-    with pytest.raises(engine.Diverged) as info:
-        engine.fit(config, splits, create_model(config), on_checkpoint=states.append)
+    with pytest.raises(errors.Diverged) as info:
+        fit(config, splits, create_model(config), [OnCheckpoint(states.append)])
     assert info.value.epoch >= 2
     assert "nan" in info.value.reason or "not finite" in info.value.reason
     assert [s["epoch"] for s in states] == list(range(1, info.value.epoch))

@@ -29,10 +29,12 @@ from click.testing import CliRunner
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mnist_tracker import compare, runner
+from mnist_tracker import constants
 from mnist_tracker.cli import main
-from mnist_tracker.cli_compare import compare_cmd
+from mnist_tracker.cli.compare import compare_cmd
 from mnist_tracker.config import resolve_config
+from mnist_tracker.reporting import compare, render
+from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import BIN, REPO, SUBSET, free_port
 
@@ -92,7 +94,8 @@ def lab(mlflow_server):
     runs = {}
     for key, model, epochs in (("cnn_a", "cnn", 2), ("deep", "deep_cnn", 1)):
         config = resolve_config(model, epochs=epochs, limit_train=128, limit_test=100)
-        outcome = runner.train(config, data_dir=SUBSET, experiment=names.main, run_name=key)
+        options = TrainOptions(data_dir=SUBSET, experiment=names.main, run_name=key)
+        outcome = train(config, options)
         runs[key] = outcome.run_id
     main_id = client.get_experiment_by_name(names.main).experiment_id
     runs["cnn_b"] = log_synthetic(  # a newer cnn run
@@ -200,7 +203,7 @@ def test_json_rows_order_and_values(server_uri, lab):
     assert accuracies == sorted(accuracies, reverse=True)
     for row in rows:
         check_row_against_run(row, lab.client.get_run(row["run_id"]))
-    assert list(rows[0]) == list(compare.HEADERS)  # the lab's columns first
+    assert list(rows[0]) == list(render.HEADERS)  # the lab's columns first
 
 
 @pytest.mark.slow
@@ -209,7 +212,7 @@ def test_csv_parses_to_the_same_values(server_uri, lab):
     result = invoke("--experiment", lab.names.main, "--format", "csv")
     assert result.exit_code == 0, result.output
     reader = csv.DictReader(io.StringIO(result.stdout))
-    assert reader.fieldnames == list(compare.HEADERS)
+    assert reader.fieldnames == list(render.HEADERS)
     rows = list(reader)
     assert len(rows) == len(as_json)
     for row, expected in zip(rows, as_json, strict=True):
@@ -228,7 +231,7 @@ def test_markdown_table_has_the_lab_header(server_uri, lab):
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith(LAB_HEADER)
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == list(compare.HEADERS.values())
+    assert header == list(render.HEADERS.values())
     assert set(lines[1].strip("|").split("|")) <= {"---", "---:"}
     assert len(lines) == 2 + len(as_json)
     for line, row in zip(lines[2:], as_json, strict=True):
@@ -549,24 +552,22 @@ def test_missing_values_render_empty_and_null():
     runs = frame([("resnet", "r1", 0, 0.5, math.nan)])
     table = compare.results_table(runs, "test_accuracy")
     assert table.loc[0, "model"] == "resnet"  # unknown models keep their name
-    assert json.loads(compare.render(table, "json"))[0]["training_time_s"] is None
-    assert next(csv.DictReader(io.StringIO(compare.render(table, "csv"))))["training_time_s"] == ""
-    assert "| resnet | 50.00 | 0.5000 |  |" in compare.render(table, "markdown")
+    assert json.loads(render.render(table, "json"))[0]["training_time_s"] is None
+    assert next(csv.DictReader(io.StringIO(render.render(table, "csv"))))["training_time_s"] == ""
+    assert "| resnet | 50.00 | 0.5000 |  |" in render.render(table, "markdown")
 
 
 def test_markdown_escapes_pipes():
     runs = frame([("cnn", "a|b", 0, 0.5, 1.0)])
-    line = compare.render(compare.results_table(runs, "test_accuracy"), "markdown").splitlines()[2]
-    assert "a\\|b" in line and line.count(" | ") == len(compare.HEADERS) - 1
+    line = render.render(compare.results_table(runs, "test_accuracy"), "markdown").splitlines()[2]
+    assert "a\\|b" in line and line.count(" | ") == len(render.HEADERS) - 1
 
 
 def test_the_commands_module_stays_light():
     """Registering the commands costs every `mnist-tracker` start nothing heavy."""
-    from mnist_tracker import cli_compare
-
-    assert cli_compare.RUN_MODES == compare.MODES and cli_compare.FORMATS == compare.FORMATS
+    assert constants.RUN_MODES == compare.MODES and constants.FORMATS == render.FORMATS
     code = (
-        "import sys, mnist_tracker.cli_compare; "
+        "import sys, mnist_tracker.cli; "
         "print(sorted(m for m in ('mlflow', 'torch', 'pandas') if m in sys.modules))"
     )
     out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True)

@@ -6,6 +6,8 @@ import pytest
 
 from mnist_tracker.config import ConfigError, params_equal, parse_param, resolve_config
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize(
     ("name", "expected"),

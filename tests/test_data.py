@@ -15,6 +15,8 @@ from mnist_tracker import data
 
 from .conftest import SUBSET, copy_subset
 
+pytestmark = pytest.mark.fast
+
 
 def test_subset_loads_and_is_balanced():
     mnist = data.load_mnist(SUBSET, download_missing=False)
@@ -117,7 +119,7 @@ def test_data_dir_lookup_order(monkeypatch, tmp_path):
 
 def test_offline_download_fails_clearly(monkeypatch, tmp_path):
     # Port 9 (discard) on loopback refuses connections: a real, fast network failure.
-    monkeypatch.setattr(data, "MIRRORS", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(data.source, "MIRRORS", ["http://127.0.0.1:9/"])
     target = tmp_path / "empty"
     target.mkdir()
     with pytest.raises(data.DataError) as err:
@@ -139,7 +141,9 @@ def test_download_from_a_mirror(monkeypatch, tmp_path):
     thread.start()
     try:
         port = server.server_address[1]
-        monkeypatch.setattr(data, "MIRRORS", ["http://127.0.0.1:9/", f"http://127.0.0.1:{port}/"])
+        monkeypatch.setattr(
+            data.source, "MIRRORS", ["http://127.0.0.1:9/", f"http://127.0.0.1:{port}/"]
+        )
         target = tmp_path / "downloaded"
         target.mkdir()
         shutil.copy(SUBSET / data.MANIFEST_NAME, target / data.MANIFEST_NAME)

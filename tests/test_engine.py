@@ -8,11 +8,14 @@ import sys
 import pytest
 import torch
 
-from mnist_tracker import data, engine
+from mnist_tracker import data
 from mnist_tracker.config import resolve_config
 from mnist_tracker.models import create_model
+from mnist_tracker.training import OnEpoch, fit, loop, runtime
 
 from .conftest import SUBSET
+
+pytestmark = pytest.mark.fast
 
 EPOCH_METRICS = {
     "train_loss",
@@ -40,7 +43,7 @@ def _fit(mnist, **overrides):
         val_size=config.val_size,
     )
     torch.manual_seed(config.seed)
-    return engine.fit(config, splits, create_model(config))
+    return fit(config, splits, create_model(config))
 
 
 def test_cnn_learns_on_the_subset(mnist):
@@ -64,7 +67,7 @@ def test_metrics_history_and_seeding(mnist):
     )
     splits = data.split_data(mnist, seed=config.seed, limit_train=300, limit_test=200, val_size=100)
     torch.manual_seed(config.seed)
-    result = engine.fit(config, splits, create_model(config), lambda e, m: seen.append((e, m)))
+    result = fit(config, splits, create_model(config), [OnEpoch(lambda e, m: seen.append((e, m)))])
     assert [e for e, _ in seen] == [1, 2]
     for _, metrics in seen:
         assert set(metrics) == EPOCH_METRICS | {"val_loss", "val_accuracy", "val_f1_macro"}
@@ -77,7 +80,7 @@ def test_metrics_history_and_seeding(mnist):
     assert len(result.test_predictions) == 200
 
     torch.manual_seed(config.seed)
-    again = engine.fit(config, splits, create_model(config))
+    again = fit(config, splits, create_model(config))
     for a, b in zip(result.history, again.history, strict=True):
         for key in ("train_loss", "test_loss", "test_accuracy", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
@@ -86,17 +89,17 @@ def test_metrics_history_and_seeding(mnist):
 def test_cosine_schedule_logs_the_epoch_lr(mnist):
     config = resolve_config("vit", epochs=2, limit_train=64, limit_test=32, device="cpu")
     splits = data.split_data(mnist, seed=0, limit_train=64, limit_test=32)
-    result = engine.fit(config, splits, create_model(config))
+    result = fit(config, splits, create_model(config))
     assert result.history[0]["lr"] == pytest.approx(1e-3)
     assert result.history[1]["lr"] == pytest.approx(0.5e-3)
 
 
 def test_precision_resolution():
     cpu = torch.device("cpu")
-    assert engine.resolve_precision("fp32", cpu) == "fp32"
-    assert engine.resolve_precision("auto", cpu) in ("bf16", "fp32")
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"
+    assert runtime.resolve_precision("auto", cpu) in ("bf16", "fp32")
     with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
-        engine.resolve_precision("fp16", cpu)
+        runtime.resolve_precision("fp16", cpu)
 
 
 @pytest.mark.slow
@@ -115,11 +118,11 @@ def test_bf16_trains_the_cnn_to_the_fp32_accuracy_band(mnist):
 
 
 def test_conv_nets_train_channels_last_and_come_back_contiguous(mnist):
-    assert engine.memory_format(resolve_config("cnn")) == torch.channels_last
-    assert engine.memory_format(resolve_config("alexnet", pretrained=False)) == (
+    assert runtime.memory_format(resolve_config("cnn")) == torch.channels_last
+    assert runtime.memory_format(resolve_config("alexnet", pretrained=False)) == (
         torch.channels_last
     )
-    assert engine.memory_format(resolve_config("vit")) == torch.contiguous_format
+    assert runtime.memory_format(resolve_config("vit")) == torch.contiguous_format
     config = resolve_config("cnn", epochs=1, limit_train=64, limit_test=32, device="cpu")
     model = create_model(config)
     seen = []
@@ -129,26 +132,26 @@ def test_conv_nets_train_channels_last_and_come_back_contiguous(mnist):
         seen.append(conv.is_contiguous(memory_format=torch.channels_last) and conv.stride(1) == 1)
 
     splits = data.split_data(mnist, seed=0, limit_train=64, limit_test=32)
-    engine.fit(config, splits, model, spy)
+    fit(config, splits, model, [OnEpoch(spy)])
     assert seen == [True]
     assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_adam_is_fused_on_cpu():
     config = resolve_config("cnn")
-    optimizer = engine.build_optimizer(config, create_model(config))
+    optimizer = loop.build_optimizer(config, create_model(config))
     assert optimizer.defaults["fused"] is True
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
-    assert engine.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
-    assert engine.resolve_precision("auto", cpu) == "fp32"
-    assert engine.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"
 
 
 def test_freed_memory_is_kept_where_glibc_allows():
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert engine.keep_freed_memory() is expected
+    assert runtime.keep_freed_memory() is expected

@@ -17,10 +17,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from mnist_tracker import checkpoint, engine, features, runner
+from mnist_tracker import errors
 from mnist_tracker.config import ConfigError, resolve_config
 from mnist_tracker.models import InputSpec, ModelSpec, create_model, registry
 from mnist_tracker.models.transfer import split_features
+from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit, loop
+from mnist_tracker.workflows.train import TrainOptions, prepare_data, train
 
 from .conftest import SUBSET
 
@@ -42,14 +44,14 @@ METRICS += ("test_accuracy", "test_f1_macro")
 
 
 def _splits(config):
-    return runner.prepare_data(config, SUBSET)
+    return prepare_data(config, SUBSET)
 
 
 def _fit(model="alexnet", **overrides):
     config = resolve_config(model, **(SMALL | overrides))
     torch.manual_seed(config.seed)
     net = create_model(config)
-    return engine.fit(config, _splits(config), net), net, config
+    return fit(config, _splits(config), net), net, config
 
 
 def _head(model: nn.Module) -> torch.Tensor:
@@ -153,7 +155,7 @@ def test_the_logged_model_is_the_whole_classifier(stand_in):
     """After training on cached features, the model on pixels scores what the run reported."""
     cached, model, config = _fit(stand_in, feature_cache="on", image_size=28)
     splits = _splits(config)
-    on_pixels = engine.evaluate(model, splits.test_x, splits.test_y, device=CPU)
+    on_pixels = loop.evaluate(model, splits.test_x, splits.test_y, device=CPU)
     assert on_pixels.accuracy == pytest.approx(cached.final["test_accuracy"], abs=1 / 64 + 1e-9)
     assert on_pixels.loss == pytest.approx(cached.final["test_loss"], rel=1e-3)
     assert all(p.is_contiguous() for p in model.parameters())
@@ -198,7 +200,7 @@ def test_fit_falls_back_when_the_features_do_not_fit(monkeypatch):
     monkeypatch.setattr(features, "MEMORY_FRACTION", 1e-15)
     result, _, _ = _fit(limit_train=32, limit_test=16, val_size=0, epochs=1)
     assert result.feature_cache == "off"
-    with pytest.raises(features.FeatureCacheError, match="over the budget"):
+    with pytest.raises(ConfigError, match="over the budget"):
         _fit(limit_train=32, limit_test=16, val_size=0, feature_cache="on")
 
 
@@ -208,16 +210,16 @@ def test_fp16_storage_refuses_to_overflow():
             return x * 1e6 + 1e5
 
     x = torch.full((3, 28, 28), 255, dtype=torch.uint8)
-    with pytest.raises(features.FeatureCacheError, match="fp16 range"):
-        engine.encode(Huge(), x, device=CPU, precision="fp32", batch_size=2)
-    stored = engine.encode(Huge(), x, device=CPU, precision="bf16", batch_size=2)
+    with pytest.raises(errors.FeatureCacheError, match="fp16 range"):
+        features.encode(Huge(), x, device=CPU, precision="fp32", batch_size=2)
+    stored = features.encode(Huge(), x, device=CPU, precision="bf16", batch_size=2)
     assert stored.dtype == torch.bfloat16 and stored.shape == (3, 1, 28, 28)
 
 
 @pytest.mark.slow
 def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(sqlite_uri, experiment_name):
     config = resolve_config("alexnet", **(SMALL | {"val_size": 0}))
-    outcome = runner.train(config, data_dir=SUBSET, experiment=experiment_name)
+    outcome = train(config, TrainOptions(data_dir=SUBSET, experiment=experiment_name))
     run = MlflowClient().get_run(outcome.run_id)
     assert run.data.params["feature_cache"] == "on"
     assert run.data.params["recipe"] == "lab"
@@ -235,7 +237,7 @@ def test_required_cache_that_cannot_run_is_a_config_error(monkeypatch):
     monkeypatch.setattr(features, "MEMORY_FRACTION", 1e-15)
     config = resolve_config("alexnet", **(SMALL | {"feature_cache": "on"}))
     with pytest.raises(ConfigError, match="pass --feature-cache auto or off"):
-        runner.resolve_feature_cache(config, create_model(config), _splits(config))
+        features.plan_cache(config, create_model(config), _splits(config), CPU)
 
 
 @pytest.mark.slow
@@ -252,9 +254,9 @@ def test_a_resumed_cached_fit_equals_the_uninterrupted_one(stand_in, tmp_path):
         states[state["epoch"]] = checkpoint.save(state, tmp_path / f"e{state['epoch']}.pt")
 
     torch.manual_seed(config.seed)
-    full = engine.fit(config, splits, create_model(config), on_checkpoint=keep)
+    full = fit(config, splits, create_model(config), [OnCheckpoint(keep)])
     torch.manual_seed(12345)  # another backbone: the checkpoint must replace it
-    resumed = engine.fit(config, splits, create_model(config), resume=checkpoint.load(states[1]))
+    resumed = fit(config, splits, create_model(config), resume=checkpoint.load(states[1]))
     assert (full.feature_cache, resumed.feature_cache) == ("on", "on")
     for key in METRICS:
         assert resumed.final[key] == pytest.approx(full.final[key], abs=1e-6), key

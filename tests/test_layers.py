@@ -8,6 +8,8 @@ from torch import nn
 
 from mnist_tracker.models.layers import Dropout, keep_mask
 
+pytestmark = pytest.mark.fast
+
 N = 1 << 20  # enough draws that 5 standard deviations of the keep rate are under 0.0025
 
 

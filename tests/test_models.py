@@ -11,6 +11,8 @@ from mnist_tracker.config import resolve_config
 from mnist_tracker.models import ModelError, count_params, create_model, get_spec, list_specs
 from mnist_tracker.models.transfer import weights_cache_path
 
+pytestmark = pytest.mark.fast
+
 SPECS = list_specs()
 NAMES = [s.name for s in SPECS]
 

@@ -3,7 +3,6 @@ real headless browser (Debian's chromium) with no console errors."""
 
 from __future__ import annotations
 
-import base64
 import html
 import importlib.util
 import json
@@ -23,11 +22,13 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix
 
-from mnist_tracker import plots, report, runner
 from mnist_tracker.cli import main
-from mnist_tracker.cli_compare import compare_cmd
+from mnist_tracker.cli.compare import compare_cmd
 from mnist_tracker.config import resolve_config
 from mnist_tracker.data import load_mnist
+from mnist_tracker.reporting import report
+from mnist_tracker.tracking import artifacts
+from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import IN_CI, SUBSET
 
@@ -50,7 +51,8 @@ def report_runs(mlflow_server):
     client = MlflowClient(mlflow_server)
     experiment = f"report-{uuid.uuid4().hex[:8]}"
     config = resolve_config("cnn", epochs=2, limit_train=200, limit_test=100)
-    cnn = runner.train(config, data_dir=SUBSET, experiment=experiment, run_name="cnn-real")
+    options = TrainOptions(data_dir=SUBSET, experiment=experiment, run_name="cnn-real")
+    cnn = train(config, options)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     vit = client.create_run(experiment_id, run_name="vit-synthetic").info.run_id
     ts = int(time.time() * 1000)
@@ -62,7 +64,9 @@ def report_runs(mlflow_server):
     metrics += [Metric("test_f1_macro", 0.42, ts, 3), Metric("training_time_s", 123.4, ts, 0)]
     params = {"model": "vit", "epochs": "3", "batch_size": "64", "lr": "0.001"}
     client.log_batch(vit, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
-    client.log_dict(vit, {"labels": list(range(10)), "matrix": VIT_MATRIX}, report.CONFUSION_JSON)
+    client.log_dict(
+        vit, {"labels": list(range(10)), "matrix": VIT_MATRIX}, artifacts.CONFUSION_MATRIX
+    )
     client.set_terminated(vit)
     return SimpleNamespace(experiment=experiment, cnn=cnn.run_id, vit=vit, client=client)
 
@@ -272,22 +276,18 @@ def test_report_renders_in_headless_chromium(server_uri, report_runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a run's confusion matrix back from the artifact every run has
+# The confusion matrix as data: what a run writes is what the report reads
 
 
-def test_confusion_from_the_runners_html():
+def test_confusion_artifact_round_trips_sklearns_matrix():
     rng = np.random.default_rng(0)
     labels, predictions = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
-    page = plots.confusion_matrix_figure(labels, predictions).to_html(include_plotlyjs="cdn")
-    assert report.confusion_from_html(page) == confusion_matrix(labels, predictions).tolist()
-    assert report.confusion_from_html("<html>no figure</html>") is None
-
-
-def test_decode_plotly_array():
-    array = np.arange(12, dtype=np.int16).reshape(3, 4)
-    encoded = {"dtype": "i2", "bdata": base64.b64encode(array.tobytes()).decode(), "shape": "3, 4"}
-    assert report.decode_plotly_array(encoded).tolist() == array.tolist()
-    assert report.decode_plotly_array([[1, 2]]).tolist() == [[1, 2]]
+    payload = json.loads(json.dumps(artifacts.confusion_payload(labels, predictions)))
+    assert payload["labels"] == list(range(10))
+    assert artifacts.read_confusion(payload) == confusion_matrix(labels, predictions).tolist()
+    for broken in ({}, {"matrix": [[1, 2]]}, {"matrix": [[0] * 10] * 9}, []):
+        with pytest.raises(ValueError, match="10x10"):
+            artifacts.read_confusion(broken)
 
 
 def test_report_reads_details_of_the_best_runs_only(sqlite_uri, tmp_path, monkeypatch):

@@ -19,7 +19,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mnist_tracker import checkpoint
+from mnist_tracker.paths import run_dir
+from mnist_tracker.tracking import artifacts
+from mnist_tracker.training import checkpoint
 
 from .conftest import BIN, SUBSET, free_port, wait_http
 
@@ -118,9 +120,9 @@ def test_signal_then_resume_gives_the_uninterrupted_run(
     assert run.info.status == "KILLED"
     steps = [step for step, _ in history(client, run_id, "train_loss")]
     assert steps and steps == list(range(1, len(steps) + 1)) and len(steps) < 3
-    artifacts = [a.path for a in client.list_artifacts(run_id, checkpoint.ARTIFACT_DIR)]
-    assert artifacts == [f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}"]
-    local = checkpoint.run_dir(run_id) / checkpoint.FILENAME
+    logged = [a.path for a in client.list_artifacts(run_id, artifacts.CHECKPOINT_DIR)]
+    assert logged == [artifacts.CHECKPOINT]
+    local = run_dir(run_id) / checkpoint.FILENAME
     saved = checkpoint.load(local)["epoch"]
     # The checkpoint is written just before its epoch's metrics: a signal in between leaves
     # it one epoch ahead, and the resume sends that epoch's metrics.
@@ -177,9 +179,7 @@ def test_divergence_fails_the_run_with_a_tag_and_keeps_the_last_good_checkpoint(
     assert "The run was marked FAILED. Its last good epoch's checkpoint was kept." in cli.text
     steps = [step for step, _ in history(client, run.info.run_id, "train_loss")]
     assert steps == list(range(1, epoch))
-    path = client.download_artifacts(
-        run.info.run_id, f"{checkpoint.ARTIFACT_DIR}/{checkpoint.FILENAME}", str(tmp_path)
-    )
+    path = client.download_artifacts(run.info.run_id, artifacts.CHECKPOINT, str(tmp_path))
     state = checkpoint.load(Path(path))
     assert state["epoch"] == epoch - 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
@@ -238,7 +238,7 @@ def test_server_outage_mid_run_then_sync(tmp_path, cli_env, reference, monkeypat
         assert cli.wait() == 0, cli.text[-3000:]
         assert "The tracking server went away during the run" in cli.text
         run_id = re.search(r"^run (\w+):", cli.text, re.M).group(1)
-        folder = checkpoint.run_dir(run_id)
+        folder = run_dir(run_id)
         assert f"mnist-tracker sync {folder}" in cli.text
         kept = (folder / "outbox" / "ops.jsonl").read_text()
         assert '"op": "log_model"' in kept and '"op": "set_terminated"' in kept
@@ -288,7 +288,8 @@ def test_sink_sends_its_outbox_when_the_server_returns_before_the_run_ends(tmp_p
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         mlflow.set_tracking_uri(server.uri)
-        with tracking.tracked_run("sink-test", "blip") as sink:
+        with tracking.tracked_run(tracking.RunSpec("sink-test", "blip")) as run:
+            sink = run.sink
             sink.log_metrics({"a": 1.0}, step=1)
             server.kill()
             sink.log_metrics({"a": 2.0}, step=2)

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from mnist_tracker import suite
 from mnist_tracker.cli import main
-from mnist_tracker.cli_compare import suite_cmd
+from mnist_tracker.cli.compare import suite_cmd
 from mnist_tracker.config import ConfigError
+from mnist_tracker.workflows import suite
 
 from .conftest import BIN, REPO, SUBSET
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mnist_tracker import runner, tracking
+from mnist_tracker import errors, tracking, uris
 from mnist_tracker.config import resolve_config
+from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import BIN, SUBSET
 
@@ -135,7 +136,7 @@ def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_
 )
 def test_logged_model_predicts_like_the_trained_one(server_uri, experiment_name, model, overrides):
     config = resolve_config(model, epochs=1, limit_train=128, limit_test=64, **overrides)
-    outcome = runner.train(config, data_dir=SUBSET, experiment=experiment_name)
+    outcome = train(config, TrainOptions(data_dir=SUBSET, experiment=experiment_name))
     loaded = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
     images = torch.from_numpy(np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32))
     trained = outcome.model.to("cpu").eval()
@@ -156,7 +157,7 @@ def test_failure_marks_the_run_failed(server_uri, experiment_name):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        runner.train(config, data_dir=SUBSET, experiment=experiment_name, echo=explode)
+        train(config, TrainOptions(data_dir=SUBSET, experiment=experiment_name, echo=explode))
     (run,) = _runs(experiment_name)
     assert run.info.status == "FAILED"
     assert "disk on fire" in run.data.tags["error"]
@@ -202,8 +203,8 @@ def test_signal_marks_the_run_killed(server_uri, experiment_name, cli_env, sig, 
 
 
 def test_redact_hides_passwords():
-    assert tracking.redact("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
-    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert uris.redact("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert uris.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 @pytest.mark.parametrize("command", ["train", "tune"])
@@ -227,6 +228,6 @@ def test_unreachable_server_fails_fast_before_training(command, cli_env, tmp_pat
 
 def test_reachability_check_answers_within_10_seconds():
     start = time.monotonic()
-    with pytest.raises(tracking.TrackingUnavailable, match="not reachable"):
+    with pytest.raises(errors.TrackingUnavailable, match="not reachable"):
         tracking.check_reachable("http://127.0.0.1:9")
     assert time.monotonic() - start < 10

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from mnist_tracker import data, tracking
-from mnist_tracker.tune import TuneSettings, tune
+from mnist_tracker.workflows.study import TuneSettings
+from mnist_tracker.workflows.tune import tune
 
 from .conftest import BIN, REPO, SUBSET, wait_for_running_trial
 

@@ -3,10 +3,11 @@
 Importing this package registers the five lab models (cnn, deep_cnn, vgg16, alexnet, vit).
 """
 
+from ..errors import ModelError
 from . import cnn, transfer, vit  # noqa: F401  (registration side effects)
 from .registry import (
+    BuildConfig,
     InputSpec,
-    ModelError,
     ModelSpec,
     Preprocess,
     count_params,
@@ -18,6 +19,7 @@ from .registry import (
 )
 
 __all__ = [
+    "BuildConfig",
     "InputSpec",
     "ModelError",
     "ModelSpec",

@@ -83,31 +83,30 @@ class DeepCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-register(
-    ModelSpec(
-        name="cnn",
-        builder=lambda config: CNN(**config.extra),
-        input=InputSpec(),
-        recipe=dict(LAB_ADAM),
-        description="3-block CNN (32-64-128) with a 256-128 head",
-        n_params=422_474,
-        n_trainable=422_474,
-        search_space=CONV_SEARCH,
-        channels_last=True,
-        fast_recipe=CNN_FAST,
+def _register_conv_net(name: str, net: type[nn.Module], description: str, n_params: int, **kw):
+    """The two conv nets share the lab's Adam recipe, search space and channels_last."""
+    register(
+        ModelSpec(
+            name=name,
+            builder=lambda config: net(**config.extra),
+            input=InputSpec(),
+            recipe=dict(LAB_ADAM),
+            description=description,
+            n_params=n_params,
+            n_trainable=n_params,
+            search_space=CONV_SEARCH,
+            channels_last=True,
+            **kw,
+        )
     )
-)
 
-register(
-    ModelSpec(
-        name="deep_cnn",
-        builder=lambda config: DeepCNN(**config.extra),
-        input=InputSpec(),
-        recipe=dict(LAB_ADAM),
-        description="deeper CNN, 3 double-conv blocks (64-128-256), the lab's adapted Faster R-CNN",
-        n_params=2_331_338,
-        n_trainable=2_331_338,
-        search_space=CONV_SEARCH,
-        channels_last=True,
-    )
+
+_register_conv_net(
+    "cnn", CNN, "3-block CNN (32-64-128) with a 256-128 head", 422_474, fast_recipe=CNN_FAST
+)
+_register_conv_net(
+    "deep_cnn",
+    DeepCNN,
+    "deeper CNN, 3 double-conv blocks (64-128-256), the lab's adapted Faster R-CNN",
+    2_331_338,
 )

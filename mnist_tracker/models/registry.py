@@ -10,23 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+from ..errors import ConfigError
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class ModelError(Exception):
-    """A model cannot be built as asked (e.g. pretrained weights unavailable offline)."""
+class BuildConfig(Protocol):
+    """What a builder reads of the training config (``config.TrainConfig`` satisfies it; the
+    models layer sits below config and does not import it)."""
+
+    model: str
+    image_size: int
+    pretrained: bool
+    freeze: bool
+    extra: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class ModelSpec:
     """
 
     name: str
-    builder: Callable[[TrainConfig], nn.Module]
+    builder: Callable[[BuildConfig], nn.Module]
     input: InputSpec
     recipe: dict[str, Any]
     description: str
@@ -125,7 +129,7 @@ class Classifier(nn.Module):
         return self.net(self.preprocess(x))
 
 
-def create_model(config: TrainConfig) -> Classifier:
+def create_model(config: BuildConfig) -> Classifier:
     """Build the model a config names, with pretrained weights and freezing as configured."""
     spec = get_spec(config.model)
     return Classifier(Preprocess(spec.input, config.image_size), spec.builder(config))

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .registry import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelError, ModelSpec, register
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+from ..errors import ModelError
+from .registry import IMAGENET_MEAN, IMAGENET_STD, BuildConfig, InputSpec, ModelSpec, register
 
 TRANSFER_RECIPE = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 5}
 IMAGENET_INPUT = InputSpec(image_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -66,7 +63,7 @@ def feature_blocks(features: nn.Sequential) -> list[nn.Sequential]:
     return blocks
 
 
-def build_transfer(config: TrainConfig) -> nn.Module:
+def build_transfer(config: BuildConfig) -> nn.Module:
     """torchvision ``config.model`` with a 10-class last layer.
 
     With ``config.freeze`` the features are frozen except the last ``unfreeze_blocks`` conv
@@ -101,38 +98,26 @@ TRANSFER_SEARCH = {
 }
 
 
-register(
-    ModelSpec(
-        name="vgg16",
-        builder=build_transfer,
-        input=IMAGENET_INPUT,
-        recipe=dict(TRANSFER_RECIPE),
-        description="torchvision VGG16, ImageNet weights, frozen features, new 10-class head",
-        n_params=134_301_514,
-        n_trainable=119_586_826,
-        min_image_size=32,
-        resizable=True,
-        has_pretrained=True,
-        search_space=TRANSFER_SEARCH,
-        channels_last=True,
-        split=split_features,
-    )
+# name, description, parameters (all, trainable), smallest input side torchvision accepts
+_TRANSFER_MODELS = (
+    ("vgg16", "torchvision VGG16", 134_301_514, 119_586_826, 32),
+    ("alexnet", "torchvision AlexNet", 57_044_810, 54_575_114, 63),
 )
-
-register(
-    ModelSpec(
-        name="alexnet",
-        builder=build_transfer,
-        input=IMAGENET_INPUT,
-        recipe=dict(TRANSFER_RECIPE),
-        description="torchvision AlexNet, ImageNet weights, frozen features, new 10-class head",
-        n_params=57_044_810,
-        n_trainable=54_575_114,
-        min_image_size=63,
-        resizable=True,
-        has_pretrained=True,
-        search_space=TRANSFER_SEARCH,
-        channels_last=True,
-        split=split_features,
+for _name, _arch, _n_params, _n_trainable, _min_size in _TRANSFER_MODELS:
+    register(
+        ModelSpec(
+            name=_name,
+            builder=build_transfer,
+            input=IMAGENET_INPUT,
+            recipe=dict(TRANSFER_RECIPE),
+            description=f"{_arch}, ImageNet weights, frozen features, new 10-class head",
+            n_params=_n_params,
+            n_trainable=_n_trainable,
+            min_image_size=_min_size,
+            resizable=True,
+            has_pretrained=True,
+            search_space=TRANSFER_SEARCH,
+            channels_last=True,
+            split=split_features,
+        )
     )
-)

@@ -22,38 +22,6 @@ import torch
 from torch import nn
 
 FILENAME = "checkpoint.pt"
-ARTIFACT_DIR = "checkpoints"
-ENV_HOME = "MNIST_TRACKER_HOME"
-
-
-def home() -> Path:
-    """Where runs keep their local files: ``$MNIST_TRACKER_HOME``, else ``~/.mnist-tracker``."""
-    return Path(os.environ.get(ENV_HOME) or Path.home() / ".mnist-tracker")
-
-
-def run_dir(run_id: str) -> Path:
-    """The local folder of one run: its newest checkpoint and, after an outage, its outbox."""
-    return home() / "runs" / run_id
-
-
-class HomeError(ValueError):
-    """The folder for run files cannot be written; the message says how to choose another."""
-
-
-def ensure_home() -> Path:
-    """``home()/runs``, created and checked writable; raises HomeError otherwise."""
-    runs = home() / "runs"
-    try:
-        runs.mkdir(parents=True, exist_ok=True)
-        probe = runs / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise HomeError(
-            f"cannot write run files (checkpoints, outboxes) under {runs} ({exc.strerror}); "
-            f"set {ENV_HOME} to a writable folder"
-        ) from None
-    return runs
 
 
 def save(state: dict, path: Path) -> Path:

@@ -1,8 +1,8 @@
 """The lab's results table, rebuilt from the tracking store.
 
-Flow: ``find_experiments`` -> ``search_all_runs`` (MLflow's client, paged) -> ``runs_frame``
+Flow: ``find_experiments`` -> ``store.search_runs`` (paged) -> ``runs_frame``
 (one row per training run) -> ``select_rows`` (best / latest per model, or all) ->
-``results_table`` (the lab's columns first) -> ``render`` (table, markdown, csv, json).
+``results_table`` (the lab's columns first) -> ``render.render`` (table, markdown, csv, json).
 
 Contracts:
 - Only runs that logged a ``model`` param count as training runs; other runs in the same
@@ -15,34 +15,29 @@ Contracts:
   only for the rows it shows.
 - Every user mistake raises ``CompareError`` with a one-line message naming the fix.
 
-Importing this module imports neither torch nor MLflow, so the ``mnist-tracker`` group that
-registers the command starts as quickly as before.
+The store is read through ``tracking.store`` only; rendering is ``render.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import gc
-import io
-import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..constants import DEFAULT_EXPERIMENT
+from ..constants import RUN_MODES as MODES
+from ..errors import CompareError, InvalidQuery
+from ..tracking import store
+
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
     from mlflow.tracking import MlflowClient
 
-DEFAULT_EXPERIMENT = "mnist"
 DEFAULT_METRIC = "test_accuracy"
-MODES = ("best", "latest", "all")
-FORMATS = ("table", "markdown", "csv", "json")
-PAGE_SIZE = 5000  # runs per search request; MLflow accepts up to 50,000
 SEARCH_SYNTAX_URL = "https://mlflow.org/docs/latest/ml/search/search-runs/"
 
 # Registry name -> the lab's display name (GUIDE section 2); other names are shown as they are.
@@ -64,28 +59,8 @@ LAB_RESULTS = pd.DataFrame(
     }
 )
 
-# Output columns, in order, with the headers of the human formats (table, markdown).
-HEADERS = {
-    "model": "Model",
-    "accuracy_pct": "Accuracy (%)",
-    "f1_macro": "F1",
-    "training_time_s": "Training Time (s)",
-    "epochs": "Epochs",
-    "batch_size": "Batch size",
-    "lr": "LR",
-    "precision": "Precision",
-    "device": "Device",
-    "run_name": "Run name",
-    "run_id": "Run ID",
-    "start_time": "Start time",
-    "status": "Status",
-}
 # Metrics already shown by a lab column; any other --metric gets a column of its own.
 SHOWN_METRICS = {"test_accuracy", "test_f1_macro", "training_time_s"}
-
-
-class CompareError(Exception):
-    """A user mistake or an empty answer; the message is one line naming the fix."""
 
 
 @dataclass(frozen=True)
@@ -126,32 +101,21 @@ def find_experiments(client: MlflowClient, query: Query) -> list[Experiment]:
     Raises CompareError naming the unknown experiment and the ones the store has.
     """
     if query.all_experiments:
-        found = _all_experiments(client)
+        found = store.all_experiments(client)
         if not found:
             raise CompareError("the tracking store has no experiments; train a model first")
         return found
     found = []
     for name in dict.fromkeys(query.experiments):  # keep order, drop repeats
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None or experiment.lifecycle_stage != "active":
-            known = ", ".join(sorted(e.name for e in _all_experiments(client))) or "none"
+        experiment = store.experiment_by_name(name, client)
+        if experiment is None:
+            known = ", ".join(sorted(e.name for e in store.all_experiments(client))) or "none"
             raise CompareError(
                 f"experiment {name!r} not found in the tracking store (it has: {known}); "
                 "pass an existing --experiment, or --all-experiments"
             )
         found.append(experiment)
     return found
-
-
-def _all_experiments(client: MlflowClient) -> list[Experiment]:
-    """Every active experiment, paging through the store."""
-    found, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
 
 
 def search_filter(query: Query) -> str:
@@ -163,52 +127,6 @@ def search_filter(query: Query) -> str:
     if not query.include_unfinished:
         clauses.append("attributes.status = 'FINISHED'")
     return " and ".join(clauses)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while MLflow builds hundreds of thousands of objects.
-
-    Each run brings its params, metrics and tags as separate ORM objects; the collector's
-    repeated full passes over them cost more than the query itself (10,000 runs: about 9 s
-    with it, 3.5 s without, on the 2-core development machine).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def search_all_runs(
-    client: MlflowClient,
-    experiment_ids: Sequence[str],
-    filter_string: str,
-    page_size: int = PAGE_SIZE,
-) -> list[Run]:
-    """Every active run matching ``filter_string``, newest first, following page tokens.
-
-    MLflow's exceptions (a rejected filter, an unreachable server) propagate.
-    """
-    with _gc_paused():
-        return _search_pages(client, experiment_ids, filter_string, page_size)
-
-
-def _search_pages(
-    client: MlflowClient, experiment_ids: Sequence[str], filter_string: str, page_size: int
-) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            list(experiment_ids), filter_string, max_results=page_size, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _number(text: str | None, kind: type) -> float | int | None:
@@ -324,24 +242,21 @@ def compare(client: MlflowClient, query: Query) -> Comparison:
     """Run ``query`` against the store ``client`` talks to.
 
     Raises CompareError for an unknown experiment, a filter MLflow rejects, no matching
-    training runs, or a metric none of them logged; other MlflowExceptions propagate.
+    training runs, or a metric none of them logged; ``StoreError`` when the store cannot
+    be read.
     """
-    from mlflow.exceptions import MlflowException
-
     experiments = find_experiments(client, query)
     names = [e.name for e in experiments]
     try:
-        with _gc_paused():  # also while the runs become rows: see _gc_paused
-            runs = search_all_runs(
-                client, [e.experiment_id for e in experiments], search_filter(query)
+        with store.gc_paused():  # also while the runs become rows: see store.gc_paused
+            runs = store.search_runs(
+                [e.experiment_id for e in experiments], search_filter(query), mlflow_client=client
             )
             frame = runs_frame(runs, query.metric)
             del runs
-    except MlflowException as exc:
-        if exc.error_code != "INVALID_PARAMETER_VALUE":
-            raise
+    except InvalidQuery as exc:
         raise CompareError(
-            f"MLflow rejected --filter {query.filter_string!r}: {' '.join(exc.message.split())}; "
+            f"MLflow rejected --filter {query.filter_string!r}: {exc}; "
             f"fix the filter (syntax: {SEARCH_SYNTAX_URL})"
         ) from None
     if frame.empty:
@@ -359,108 +274,3 @@ def _empty_message(query: Query, names: Sequence[str]) -> str:
     if not query.include_unfinished:
         hint += ", or pass --include-unfinished"
     return f"no {what} in experiment {where}; {hint}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering
-
-
-def _cell(column: str, value) -> str:
-    """A value as the human formats show it (the lab's rounding); empty for missing."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if column in ("accuracy_pct", "training_time_s"):
-        return f"{value:.2f}"
-    if column == "f1_macro":
-        return f"{value:.4f}"
-    if column == "lr" or isinstance(value, float):
-        return f"{value:g}"
-    if column == "start_time":
-        return str(value).replace("T", " ").removesuffix("Z")
-    return str(value)
-
-
-def human_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    headers = [HEADERS.get(c, c) for c in table.columns]
-    rows = [
-        [_cell(c, v) for c, v in zip(table.columns, rec, strict=True)]
-        for rec in table.itertuples(False)
-    ]
-    return headers, rows
-
-
-def render_table(table: pd.DataFrame) -> str:
-    """An aligned terminal table: text left-aligned, numbers right-aligned."""
-    headers, rows = human_rows(table)
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(w) if num else c.ljust(w)
-            for c, w, num in zip(cells, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
-def render_markdown(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table with the lab's header and rounding; ``|`` in text escaped."""
-    headers, rows = human_rows(table)
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
-    rule = "|" + "|".join("---:" if num else "---" for num in numeric) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
-def _records(table: pd.DataFrame) -> list[dict]:
-    """Rows as plain Python values: floats at full precision, missing values as None."""
-    records = []
-    for rec in table.to_dict("records"):
-        clean = {}
-        for key, value in rec.items():
-            if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-                value = None
-            elif hasattr(value, "item"):  # numpy scalar
-                value = value.item()
-            clean[key] = value
-        records.append(clean)
-    return records
-
-
-def render_csv(table: pd.DataFrame) -> str:
-    """CSV with the column keys as header; floats in full (``repr``) precision, missing empty."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(table.columns)
-    for record in _records(table):
-        writer.writerow(
-            ["" if v is None else repr(v) if isinstance(v, float) else v for v in record.values()]
-        )
-    return buffer.getvalue().rstrip("\n")
-
-
-def render_json(table: pd.DataFrame) -> str:
-    """A JSON list of row objects keyed by column; full float precision; missing as null."""
-    return json.dumps(_records(table), indent=2)
-
-
-RENDERERS = {
-    "table": render_table,
-    "markdown": render_markdown,
-    "csv": render_csv,
-    "json": render_json,
-}
-
-
-def render(table: pd.DataFrame, fmt: str) -> str:
-    """``table`` in one of ``FORMATS`` (no trailing newline)."""
-    try:
-        return RENDERERS[fmt](table)
-    except KeyError:
-        raise CompareError(f"unknown --format {fmt!r}; pass one of {', '.join(FORMATS)}") from None

@@ -2,7 +2,7 @@
 
 Contracts:
 - Every call a run makes after it was created goes through its ``RunSink``.
-- A call that finds the server unreachable (``tracking.is_unreachable``) does not raise: the
+- A call that finds the server unreachable (``client.is_unreachable``) does not raise: the
   sink turns offline and that call, and every later one, is appended to the run's outbox in
   order, for ``mnist-tracker sync`` to replay. Any other error (a refused call) raises.
 - While offline, the sink probes the server at most every ``RECONNECT_EVERY_S`` seconds; when
@@ -13,20 +13,20 @@ Contracts:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import mlflow
 import torch
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
+from ..paths import outbox_dir
+from ..uris import redact
+from . import model as model_mod
 from . import outbox as outbox_mod
-from . import tracking
-from .checkpoint import run_dir
+from . import records
+from .client import check_reachable, client, env_vars, is_unreachable, one_line
 
 RECONNECT_EVERY_S = 30.0
 SINK_HTTP = {
@@ -41,10 +41,9 @@ class RunSink:
 
     def __init__(self, run_id: str, uri: str):
         self.run_id, self.uri = run_id, uri
-        self.client = MlflowClient(uri)
-        self.outbox = outbox_mod.Outbox(run_dir(run_id) / "outbox")
+        self.client = client(uri)
+        self.outbox = outbox_mod.Outbox(outbox_dir(run_id))
         self.offline_reason: str | None = None
-        self.run: mlflow.ActiveRun | None = None  # set by ``tracking.tracked_run``
         self._last_probe = 0.0
 
     @property
@@ -59,23 +58,23 @@ class RunSink:
         if self.offline:
             return False
         try:
-            with tracking.env_vars(SINK_HTTP, override=False):
+            with env_vars(SINK_HTTP, override=False):
                 send()
             return True
         except Exception as exc:
-            if not tracking.is_unreachable(exc):
+            if not is_unreachable(exc):
                 raise
-            self.offline_reason = tracking.scrub(" ".join(str(exc).split())[:200], self.uri)
+            self.offline_reason = one_line(exc, self.uri)
             self._last_probe = time.monotonic()
             return False
 
     def _keep(self, op: dict, files: dict[str, Path] | None = None) -> None:
         """Append ``op`` (and ``files``) to the outbox."""
-        meta = {"run_id": self.run_id, "tracking_uri": tracking.redact(self.uri)}
+        meta = {"run_id": self.run_id, "tracking_uri": redact(self.uri)}
         self.outbox.add({**op, "run_id": self.run_id}, files, meta)
 
-    def _call(self, op: dict, send, files: dict[str, Path] | None = None) -> None:
-        if not self._send(send):
+    def _call(self, op: dict, send, files=None, probe_now: bool = False) -> None:
+        if not self._send(send, probe_now):
             self._keep(op, files)
 
     def _try_reconnect(self, force: bool = False) -> None:
@@ -83,8 +82,8 @@ class RunSink:
             return
         self._last_probe = time.monotonic()
         try:
-            tracking.check_reachable(self.uri, timeout_s=2)
-            with tracking.env_vars(SINK_HTTP, override=False):
+            check_reachable(self.uri, timeout_s=2)
+            with env_vars(SINK_HTTP, override=False):
                 outbox_mod.replay(self.outbox, self.client)
         except Exception:  # still away (or refusing): stay offline, try again later
             return
@@ -123,11 +122,11 @@ class RunSink:
         self.log_batch(tags=tags)
 
     def log_params(self, params: dict[str, str]) -> None:
-        """``tracking.log_params`` online; offline every param is kept (MLflow accepts an
+        """``records.log_params`` online; offline every param is kept (MLflow accepts an
         equal value logged twice)."""
 
         def send():
-            tracking.log_params(self.run_id, params, client=self.client)
+            records.log_params(self.client, self.run_id, params)
 
         self._call({"op": "log_batch", "metrics": [], "params": params, "tags": {}}, send)
 
@@ -159,35 +158,27 @@ class RunSink:
         self.log_text(json.dumps(obj, indent=2), artifact_file)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor, config, register=None):
-        """``tracking.log_model`` online; offline the weights, the example and the config are
+        """``model.log_model`` online; offline the weights, the example and the config are
         kept so that ``sync`` rebuilds and logs the same model."""
 
         def send():
-            tracking.log_model(model, example, register=register, run_id=self.run_id)
+            model_mod.log_model(model, example, self.run_id, register=register)
 
         if self._send(send, probe_now=True):
             return
         with tempfile.TemporaryDirectory() as tmp:
-            files = {name: Path(tmp) / name for name in ("model.pt", "example.pt", "config.json")}
-            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, files["model.pt"])
-            torch.save(example[:2].cpu(), files["example.pt"])
-            files["config.json"].write_text(json.dumps(config.to_dict()))
+            files = model_mod.save_for_replay(model, example, config, Path(tmp))
             self._keep({"op": "log_model", "register": register}, files)
 
     # -- the end ----------------------------------------------------------------------------
 
     def end(self, status: str) -> None:
-        """End the run with ``status`` and leave MLflow's active-run stack clean."""
+        """End the run with ``status``: on the server, else as the outbox's last operation."""
         end_time = int(time.time() * 1000)
         # Probe now: a server back within the last 30 s must first get the outbox, or the run
         # would show FINISHED on it with its last epochs still here.
-        if self._send(lambda: mlflow.end_run(status), probe_now=True):
-            return
-        # ``end_run`` pops the run off the stack before it calls the server; when the sink was
-        # already offline it was not called: pop it now, failing fast on the dead server.
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
-            with tracking.env_vars(quick), contextlib.suppress(Exception):
-                mlflow.end_run(status)
-        self._keep({"op": "set_terminated", "status": status, "end_time": end_time})
+        self._call(
+            {"op": "set_terminated", "status": status, "end_time": end_time},
+            lambda: self.client.set_terminated(self.run_id, status, end_time=end_time),
+            probe_now=True,
+        )

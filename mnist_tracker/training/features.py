@@ -2,7 +2,7 @@
 
 When a model's backbone is frozen and nothing in it behaves differently in training (no
 dropout, no batch norm), its output for an image is the same every epoch: ``engine.fit``
-computes it once per split (``engine.encode``) and trains the head on the stored features.
+computes it once per split (``encode``) and trains the head on the stored features.
 
 Contracts:
 - ``plan_cache(config, model, splits)`` decides before anything is computed and says why in one
@@ -21,22 +21,22 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .config import TrainConfig
-from .data import Splits
-from .models import get_spec, split_model
+from ..config import TrainConfig
+from ..data import Splits, to_input
+from ..errors import ConfigError, FeatureCacheError
+from ..models import get_spec, split_model
+from .loop import eval_batch_size
+from .runtime import autocast, sync
 
 # The share of the device's available memory the cached features may take.
 MEMORY_FRACTION = 0.5
 _TRAIN_MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-class FeatureCacheError(RuntimeError):
-    """The feature cache was required (``feature_cache=on``) but cannot run, or failed."""
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,18 @@ def plan_cache(
     """Whether ``fit`` trains ``model`` (a ``create_model`` result) on cached backbone features.
 
     ``config.precision`` must be resolved. ``budget_bytes`` defaults to ``MEMORY_FRACTION`` of
-    ``available_memory(device)``. Raises nothing: ``feature_cache=on`` callers check
-    ``enabled``.
+    ``available_memory(device)``. The one place that enforces ``feature_cache=on``: when the
+    cache was required and cannot run, raises ConfigError saying why.
     """
+    plan = _plan(config, model, splits, device, budget_bytes)
+    if config.feature_cache == "on" and not plan.enabled:
+        raise ConfigError(
+            f"the feature cache cannot run: {plan.reason}; pass --feature-cache auto or off"
+        )
+    return plan
+
+
+def _plan(config, model, splits, device, budget_bytes) -> CachePlan:
     if config.feature_cache == "off":
         return CachePlan(False, "off as asked (--feature-cache off)")
     parts = split_model(model, get_spec(config.model))
@@ -144,3 +153,74 @@ def plan_cache(
         )
     dtype = str(cache_dtype(config.precision)).removeprefix("torch.")
     return CachePlan(True, f"backbone features computed once: {size} in {dtype}", nbytes, *parts)
+
+
+@torch.inference_mode()
+def encode(
+    backbone: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+) -> torch.Tensor:
+    """The backbone's output for images ``x`` (uint8, (N, 28, 28)), on ``device`` in
+    ``cache_dtype(precision)``, in the order of ``x``.
+
+    Raises FeatureCacheError (a RunFailed) when fp16 storage would overflow (bf16 has fp32's
+    range).
+    """
+    backbone.eval()
+    dtype = cache_dtype(precision)
+    out: torch.Tensor | None = None
+    for start in range(0, len(x), batch_size):
+        xb = to_input(x[start : start + batch_size].to(device))
+        with autocast(device, precision):
+            chunk = backbone(xb).to(dtype)
+        if dtype == torch.float16 and not torch.isfinite(chunk).all():
+            raise FeatureCacheError(
+                "backbone features exceed the fp16 range; pass --precision bf16 or "
+                "--feature-cache off"
+            )
+        if out is None:
+            out = torch.empty((len(x), *chunk.shape[1:]), dtype=dtype, device=device)
+        out[start : start + len(chunk)] = chunk
+    return out
+
+
+@dataclass
+class Inputs:
+    """What the epoch loop trains and evaluates: the whole model on pixels, or the head on the
+    backbone's cached features (``seconds``: time spent computing them, per split)."""
+
+    module: nn.Module
+    train_x: torch.Tensor
+    val_x: torch.Tensor | None
+    test_x: torch.Tensor | None
+    eval_batch_size: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_inputs(
+    config: TrainConfig, splits: Splits, model: nn.Module, plan: CachePlan, device: torch.device
+) -> Inputs:
+    """The plain inputs, or (``plan.enabled``) the cached features of every split."""
+    eval_bs = eval_batch_size(config)
+    if not plan.enabled:
+        return Inputs(model, splits.train_x, splits.val_x, splits.test_x, eval_bs)
+    seconds: dict[str, float] = {}
+    cached: dict[str, torch.Tensor | None] = {"val": None, "test": None}
+    for split in ("train", "val", "test"):
+        x = getattr(splits, f"{split}_x")
+        if x is None:
+            continue
+        t0 = time.perf_counter()
+        cached[split] = encode(
+            plan.backbone, x, device=device, precision=config.precision, batch_size=eval_bs
+        )
+        sync(device)
+        seconds[split] = time.perf_counter() - t0
+    # The head is light: evaluate it in large batches.
+    return Inputs(
+        plan.head, cached["train"], cached["val"], cached["test"], max(eval_bs, 1024), seconds
+    )

@@ -24,7 +24,9 @@ from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.protos.service_pb2 import DatasetInput as DatasetInputProto
 from mlflow.tracking import MlflowClient
 
-from .checkpoint import home
+from ..paths import home
+from . import model as model_mod
+from .client import client as make_client
 
 
 class Outbox:
@@ -126,30 +128,11 @@ def apply(client: MlflowClient, op: dict, folder: Path) -> None:
     elif kind == "log_artifact":
         client.log_artifact(run_id, str(files / op["name"]), op["artifact_path"])
     elif kind == "log_model":
-        _replay_model(run_id, files, op.get("register"))
+        model_mod.log_saved(files, run_id, op.get("register"))
     elif kind == "set_terminated":
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:
         raise ValueError(f"unknown outbox operation {kind!r} (id {op['id']})")
-
-
-def _replay_model(run_id: str, files: Path, register: str | None) -> None:
-    """Rebuild the model from its saved weights and log it exactly as the run would have."""
-    import torch
-
-    from . import tracking
-    from .config import TrainConfig
-    from .models import create_model
-
-    config = TrainConfig(**json.loads((files / "config.json").read_text()))
-    # The weights below replace every parameter: no need for the ImageNet download.
-    model = create_model(config.replace(pretrained=False))
-    model.load_state_dict(torch.load(files / "model.pt", map_location="cpu", weights_only=True))
-    example = torch.load(files / "example.pt", weights_only=True)
-    # The logged model belongs to the run's experiment, not this process's default one.
-    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
-    with tracking.env_vars({"MLFLOW_EXPERIMENT_ID": experiment_id}):
-        tracking.log_model(model, example, register=register, run_id=run_id)
 
 
 @dataclass
@@ -160,7 +143,7 @@ class ReplayResult:
 
 def replay(outbox: Outbox, client: MlflowClient | None = None) -> ReplayResult:
     """Send ``outbox``'s pending operations in order (see the module's contract)."""
-    client = client or MlflowClient()
+    client = client or make_client()
     done = outbox.done()
     sent = 0
     for op in outbox.operations():

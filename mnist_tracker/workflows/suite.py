@@ -7,8 +7,9 @@ Contracts:
   applied to those models only.
 - ``run_suite`` trains the configs in order; a model that raises any ``Exception`` (weights
   unavailable, out of memory, a bug) is recorded as failed and the next one starts. Ctrl-C and
-  SIGTERM (BaseExceptions) stop the suite, the current run marked KILLED by ``runner.train``.
-- Every run carries the tag ``SUITE_TAG`` = the suite id; ``suite_filter`` finds them again.
+  SIGTERM (BaseExceptions) stop the suite, the current run marked KILLED by ``train``.
+- Every run carries the tag ``artifacts.SUITE_TAG`` = the suite id; ``suite_filter`` finds them
+  again.
 - Under ``mlflow run`` (``$MLFLOW_RUN_ID`` set) the project's run becomes the suite's parent:
   each model trains in a child run nested under it, in its experiment.
 """
@@ -20,14 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow.tracking import MlflowClient
+from .. import data as data_mod
+from ..config import TrainConfig, resolve_config
+from ..errors import ConfigError
+from ..models import get_spec, list_specs
+from ..tracking import artifacts, attached_run_id, store
+from .train import TrainOptions, splits_for, train
 
-from . import data as data_mod
-from . import runner, tracking
-from .config import ConfigError, TrainConfig, resolve_config
-from .models import get_spec, list_specs
-
-SUITE_TAG = "mnist_tracker.suite_id"
+SUITE_TAG = artifacts.SUITE_TAG
 
 
 @dataclass(frozen=True)
@@ -118,31 +119,23 @@ def run_suite(
     """
     suite_id = suite_id or uuid.uuid4().hex
     say = echo or (lambda _line: None)
-    parent = tracking.attached_run_id()
+    parent = attached_run_id()
     if parent is not None:
-        client = MlflowClient()
-        experiment = client.get_experiment(client.get_run(parent).info.experiment_id).name
+        experiment = store.run_experiment_name(parent)
     result = SuiteResult(suite_id, experiment)
     for i, config in enumerate(configs, start=1):
         say(f"[{i}/{len(configs)}] {config.model}: {config.epochs} epoch(s)")
         try:
-            splits = data_mod.split_data(
-                mnist,
-                seed=config.seed,
-                limit_train=config.limit_train,
-                limit_test=config.limit_test,
-                val_size=config.val_size,
-            )
-            outcome = runner.train(
-                config,
-                splits=splits,
+            splits = splits_for(config, mnist)
+            options = TrainOptions(
                 experiment=experiment,
                 run_name=f"{config.model}-suite-{suite_id[:8]}",
-                extra_tags={SUITE_TAG: suite_id},
+                tags={SUITE_TAG: suite_id},
                 echo=echo,
                 parent_run_id=parent,
                 attach=False,
             )
+            outcome = train(config, options, splits=splits)
         except Exception as exc:  # any failure of one model; Ctrl-C / SIGTERM propagate
             result.outcomes.append(ModelOutcome(config.model, error=_one_line(exc)))
             say(f"[{i}/{len(configs)}] {config.model} failed: {_one_line(exc)}")

@@ -1,0 +1,28 @@
+"""The ``mnist-tracker`` command line: parse options, build typed settings, call a workflow.
+
+One module per command group (``train``: train, sync; ``tune``; ``compare``: compare, suite;
+``info``: models, data check); shared option decorators in ``options``; what an error
+prints and its exit code in ``errors`` (bad input: one line, exit 2, before any run exists).
+Only click is imported at start-up; each command loads the library when it runs.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .compare import compare_cmd, suite_cmd
+from .errors import OneLineErrors
+from .info import data_group, models_cmd
+from .train import sync_cmd, train
+from .tune import tune
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnist-tracker")
+def main() -> None:
+    """Train MNIST classifiers (cnn, deep_cnn, vgg16, alexnet, vit) and track them in MLflow."""
+
+
+for command in (train, sync_cmd, models_cmd, data_group, tune, compare_cmd, suite_cmd):
+    main.add_command(command)

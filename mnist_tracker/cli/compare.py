@@ -1,0 +1,245 @@
+"""``compare`` and ``suite``: the lab's results table from the store, and several models in a row.
+
+Bad input raises a ``UserError`` (``CompareError``, ``ConfigError``, ...) or a click usage
+error; ``cli.errors`` prints it as one ``Error: ...`` line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ..constants import DEFAULT_EXPERIMENT, FORMATS, RUN_MODES
+from ..uris import redact
+from .errors import fail, hinting, sigterm_as_interrupt
+from .options import (
+    data_dir_option,
+    flag,
+    option,
+    tracking_options,
+    tracking_uri_option,
+    training_options,
+)
+from .train import echo_err
+
+if TYPE_CHECKING:
+    from ..reporting.compare import Comparison, Query
+
+
+def _write(path: str, text: str, what: str) -> Path:
+    """Write ``text`` to ``path``; a path that cannot be written is a usage error."""
+    target = Path(path)
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(
+            f"cannot write {what} {path} ({exc.strerror or exc}); pass a path in an existing, "
+            "writable folder"
+        )
+    return target
+
+
+def _log_to_project_run(paths: list[Path]) -> None:
+    """Under ``mlflow run``, attach the written files to the run it created."""
+    from ..tracking import RunSink, attached_run_id, set_tracking_uri
+
+    run_id = attached_run_id()
+    if not run_id or not paths:
+        return
+    sink = RunSink(run_id, set_tracking_uri(None))
+    for path in paths:
+        sink.log_artifact(path)
+
+
+def run_compare(query: Query) -> Comparison:
+    """``compare.compare`` against the current store (CompareError / StoreError propagate)."""
+    from ..reporting import compare as compare_mod
+    from ..tracking import client
+
+    return compare_mod.compare(client(), query)
+
+
+@click.command("compare")
+@option(
+    "--experiment",
+    "experiments",
+    multiple=True,
+    help=f"Experiment to read; repeat for several [default: {DEFAULT_EXPERIMENT}].",
+)
+@flag("all_experiments", "Read every experiment in the store.", default=False)
+@option(
+    "--filter",
+    "filter_string",
+    default="",
+    help="MLflow search filter, e.g. \"params.epochs = '10' and metrics.test_accuracy > 0.99\".",
+)
+@option(
+    "--runs",
+    "mode",
+    type=click.Choice(RUN_MODES),
+    default="best",
+    show_default=True,
+    help="Per model the best run by --metric, the latest run, or every run.",
+)
+@option(
+    "--metric",
+    default="test_accuracy",
+    show_default=True,
+    help="Metric that ranks the runs (lower is better for *loss and *_time_s).",
+)
+@flag("include_unfinished", "Also show RUNNING, FAILED and KILLED runs.", default=False)
+@option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table (aligned, rounded), or markdown / csv / json (parseable; csv, json exact).",
+)
+@option("--output", default=None, help="Write the table to this file instead of stdout.")
+@option(
+    "--report",
+    default=None,
+    help="Also write this self-contained HTML report (and a PNG beside it when possible).",
+)
+@option(
+    "--data-dir",
+    default=None,
+    help="MNIST folder for the report's sample digits [default: $MNIST_DATA_DIR, else ./data].",
+)
+@tracking_uri_option
+def compare_cmd(
+    experiments: tuple[str, ...],
+    all_experiments: bool,
+    filter_string: str,
+    mode: str,
+    metric: str,
+    include_unfinished: bool,
+    fmt: str,
+    output: str | None,
+    report: str | None,
+    data_dir: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Rebuild the lab's results table from the tracking store (and an HTML report).
+
+    Columns Model | Accuracy (%) | F1 | Training Time (s) | epochs, batch size, lr, ...; one
+    row per model (its best run by --metric), sorted by the metric; finished runs only unless
+    --include-unfinished. --report also writes a self-contained interactive HTML report.
+
+    Exit codes: 0 done; 2 bad input, an unknown experiment, a filter MLflow rejects, or no runs.
+    """
+    if all_experiments and experiments:
+        fail("--experiment and --all-experiments contradict each other; pass one of them")
+    from ..reporting import compare as compare_mod
+    from ..reporting.render import render
+    from ..tracking import set_tracking_uri
+
+    uri = set_tracking_uri(tracking_uri)
+    query = compare_mod.Query(
+        experiments=experiments or (DEFAULT_EXPERIMENT,),
+        all_experiments=all_experiments,
+        filter_string=filter_string,
+        mode=mode,
+        metric=metric,
+        include_unfinished=include_unfinished,
+    )
+    comparison = run_compare(query)
+    text = render(comparison.table, fmt)
+    written = []
+    if output:
+        written.append(_write(output, text + "\n", "--output"))
+        echo_err(f"wrote {output} ({len(comparison.table)} row(s), {fmt})")
+    else:
+        click.echo(text)
+    if report:
+        written += _write_report(report, comparison, data_dir, uri)
+    _log_to_project_run(written)
+
+
+def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: str) -> list[Path]:
+    """Write the HTML report (and PNG); print its notes; return the files written."""
+    from ..reporting import report as report_mod
+    from ..tracking import client
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        fail(
+            f"cannot write --report {path}: folder {target.parent} does not exist; "
+            "pass a path in an existing folder"
+        )
+    notes = report_mod.write_report(
+        target, comparison, client(), data_dir=data_dir, source=redact(uri)
+    )
+    for note in notes:
+        echo_err(f"note: {note}")
+    echo_err(f"wrote {path}")
+    png = target.with_suffix(".png")
+    return [target, png] if png.is_file() else [target]
+
+
+@click.command("suite")
+@option(
+    "--models",
+    default="cnn,deep_cnn,vgg16,alexnet,vit",
+    show_default=True,
+    help="Comma-separated models to train, in order.",
+)
+@training_options(
+    "epochs",
+    "batch_size",
+    "image_size",
+    epochs={"help": "Epochs for every model [default: recipes]."},
+    batch_size={"help": "Batch size [default: 64]."},
+)
+@flag("pretrained", "ImageNet weights for vgg16/alexnet [default: yes for those].")
+@training_options(
+    "precision",
+    "limit_train",
+    "limit_test",
+    "seed",
+    "device",
+    precision={"help": "Numeric precision [default: fp32]."},
+)
+@data_dir_option
+@tracking_options
+def suite_cmd(
+    models: str, data_dir: str | None, experiment: str, tracking_uri: str | None, **overrides
+) -> None:
+    """Train several models one after another, then compare them.
+
+    Each model is its own run, all tagged with one suite id; then a summary (which models
+    finished, which failed and why) and the compare table of the suite are printed. A model
+    that fails does not stop the others.
+
+    Exit codes: 0 all models finished; 1 one or more failed; 2 bad input (nothing trained);
+    130 / 143 Ctrl-C / SIGTERM (the current run marked KILLED).
+    """
+    from ..data import load_mnist
+    from ..reporting import compare as compare_mod
+    from ..reporting.render import render
+    from ..workflows import suite as suite_mod
+    from .train import connect
+
+    names = suite_mod.parse_models(models)
+    configs = suite_mod.suite_configs(names, **overrides)
+    mnist = load_mnist(data_dir)
+    uri = connect(tracking_uri)
+    echo_err(f"suite: {', '.join(names)}; tracking to {redact(uri)}")
+    stopped = "The current run was marked KILLED; the suite stopped."
+    with sigterm_as_interrupt(), hinting(lambda _exc: stopped):
+        result = suite_mod.run_suite(configs, mnist, experiment=experiment, echo=echo_err)
+    for line in suite_mod.summary_lines(result):
+        click.echo(line)
+    if len(result.failed) < len(result.outcomes):
+        query = compare_mod.Query(
+            experiments=(result.experiment,),
+            filter_string=suite_mod.suite_filter(result.suite_id),
+            mode="all",
+        )
+        click.echo("")
+        click.echo(render(run_compare(query).table, "table"))
+    if result.failed:
+        click.get_current_context().exit(1)

@@ -1,0 +1,103 @@
+"""The one map from what went wrong to what the user sees and the exit code; one signal handler.
+
+| raised                               | printed                               | exit       |
+|--------------------------------------|---------------------------------------|------------|
+| click usage error, ``UserError``     | ``Error: <one line>``                 | 2          |
+| ``RunFailed`` (Diverged, ...)        | ``Error: <one line>. <hint>``         | 1          |
+| Ctrl-C (KeyboardInterrupt, Abort)    | ``Interrupted. <hint>``               | 130        |
+| ``Interrupted`` (SIGTERM)            | ``Stopped by signal N. <hint>``       | 128 + N    |
+| anything else                        | the traceback (a bug, or an outage)   | 1          |
+
+A command adds what happened to its run with ``hinting(fn)``: ``fn(exc)`` returns the hint
+(the run's state, how to resume). Nothing here catches a bare ValueError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator
+
+import click
+
+from ..errors import USAGE_EXIT, Interrupted, RunFailed, UserError
+
+HINT_ATTR = "mnist_tracker_hint"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _with_hint(text: str, exc: BaseException) -> str:
+    # click turns a KeyboardInterrupt into Abort: the hint sits on the original.
+    hint = getattr(exc, HINT_ATTR, "") or getattr(exc.__context__, HINT_ATTR, "")
+    return f"{text} {hint}".strip() if hint else text
+
+
+def report(exc: BaseException) -> int:
+    """Print ``exc`` as the table above says (to stderr) and return its exit code; re-raise
+    what the table leaves to Python (a traceback)."""
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt | click.Abort):
+        click.echo(_with_hint("Interrupted.", exc), err=True)
+        return 130
+    if isinstance(exc, Interrupted):
+        click.echo(_with_hint(f"Stopped by signal {exc.signum}.", exc), err=True)
+        return 128 + exc.signum
+    if isinstance(exc, click.ClickException):
+        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+        return USAGE_EXIT if isinstance(exc, click.UsageError) else exc.exit_code
+    if isinstance(exc, UserError):
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        return exc.exit_code
+    if isinstance(exc, RunFailed):
+        click.echo(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc), err=True)
+        return exc.exit_code
+    raise exc
+
+
+class OneLineErrors(click.Group):
+    """A group whose errors follow the map above (no usage dump, no traceback for bad input)."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit):
+                raise
+            sys.exit(report(exc))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextlib.contextmanager
+def hinting(explain: Callable[[BaseException], str]) -> Iterator[None]:
+    """Attach ``explain(exc)`` to any exception leaving the block, for ``report`` to print."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            setattr(exc, HINT_ATTR, explain(exc))
+        raise
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises ``Interrupted``, so a run ends KILLED as on Ctrl-C."""
+
+    def on_sigterm(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fail(message: str) -> None:
+    """Raise a usage error (exit 2) with ``message``."""
+    raise click.UsageError(message)

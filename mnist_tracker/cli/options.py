@@ -1,0 +1,146 @@
+"""Option decorators shared by the command modules, built from config's constants.
+
+Every option also accepts its underscore spelling and every boolean takes an optional value
+(``--pretrained``, ``--pretrained false``, ``--no-pretrained``), because ``mlflow run``
+passes undeclared parameters as ``--name value``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from ..constants import (
+    DEFAULT_EXPERIMENT,
+    FEATURE_CACHE,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULERS,
+)
+
+
+def option(*names: str, **kwargs):
+    """A click option that also accepts the underscore spelling of its dashed names, as
+    ``mlflow run`` passes undeclared parameters (``--limit_train 100``)."""
+    dashed = [n for n in names if n.startswith("--") and "-" in n[2:]]
+    aliases = [n.replace("-", "_").replace("__", "--", 1) for n in dashed]
+    return click.option(*names, *[a for a in aliases if a not in names], **kwargs)
+
+
+class OptionalBool(click.ParamType):
+    """A boolean given as ``--flag``, ``--flag true`` or ``--flag false``."""
+
+    name = "[true|false]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered in ("true", "1", "yes", "y", "on"):
+            return True
+        if lowered in ("false", "0", "no", "n", "off"):
+            return False
+        self.fail(f"{value!r} is not a boolean; pass true or false", param, ctx)
+
+
+def flag(name: str, help_text: str, default: bool | None = None):
+    """``--name [true|false]`` and ``--no-name``, merged into one parameter ``name``: True,
+    False, or ``default`` when neither is given (None: the recipe decides)."""
+    dashed = name.replace("_", "-")
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def merged(*args, **kwargs):
+            value, negated = kwargs.pop(name), kwargs.pop(f"no_{name}")
+            if negated and value:
+                raise click.UsageError(
+                    f"--{dashed} and --no-{dashed} contradict each other; pass one of them"
+                )
+            kwargs[name] = False if negated else (default if value is None else value)
+            return fn(*args, **kwargs)
+
+        merged = option(
+            f"--no-{dashed}", f"no_{name}", is_flag=True, default=False, help=f"Not --{dashed}."
+        )(merged)
+        shown = "" if default is None else f" [default: {str(default).lower()}]"
+        return option(
+            f"--{dashed}",
+            name,
+            type=OptionalBool(),
+            is_flag=False,
+            flag_value=True,
+            default=None,
+            help=help_text + shown,
+        )(merged)
+
+    return decorate
+
+
+# The training config's options: name -> click option settings (defaults None = the recipe).
+TRAINING_OPTIONS: dict[str, dict] = {
+    "epochs": {"type": int, "help": "Epochs [default: the model's recipe]."},
+    "batch_size": {"type": int, "help": "Batch size [default: recipe; lab: 64]."},
+    "lr": {"type": float, "help": "Learning rate [default: the model's recipe]."},
+    "weight_decay": {"type": float, "help": "Weight decay [default: recipe]."},
+    "optimizer": {"type": click.Choice(OPTIMIZERS), "help": "Optimizer [default: recipe]."},
+    "scheduler": {"type": click.Choice(SCHEDULERS), "help": "LR schedule [default: recipe]."},
+    "image_size": {"type": int, "help": "Input side for vgg16/alexnet [default: 224]."},
+    "recipe": {
+        "type": click.Choice(RECIPES),
+        "help": "Defaults to start from: the lab's, or the model's fast one (cnn) [default: lab].",
+    },
+    "precision": {
+        "type": click.Choice(PRECISIONS),
+        "help": "Numeric precision; auto = bf16 where the hardware is fast at it "
+        "[default: the recipe's: fp32 for lab, auto for fast].",
+    },
+    "feature_cache": {
+        "type": click.Choice(FEATURE_CACHE),
+        "help": "Compute a frozen backbone's features once and train the head on them (vgg16, "
+        "alexnet); auto = when they fit in memory [default: auto].",
+    },
+    "limit_train": {"type": int, "help": "Use N training images (class-balanced)."},
+    "limit_test": {"type": int, "help": "Use N test images (class-balanced)."},
+    "val_size": {"type": int, "help": "Hold out N training images for validation [0]."},
+    "seed": {"type": int, "help": "Random seed [default: 42]."},
+    "device": {"help": "auto, cpu, cuda, cuda:N or mps [default: auto]."},
+}
+
+
+def training_options(*names: str, **settings: dict):
+    """The options ``names`` of ``TRAINING_OPTIONS``, in that order; ``settings[name]``
+    overrides a name's click settings (another default or help)."""
+
+    def decorate(fn):
+        for name in reversed(names):
+            spec = {"default": None, **TRAINING_OPTIONS[name], **settings.get(name, {})}
+            fn = option(f"--{name.replace('_', '-')}", name, **spec)(fn)
+        return fn
+
+    return decorate
+
+
+def data_dir_option(fn):
+    return option(
+        "--data-dir",
+        default=None,
+        help="Folder with the MNIST IDX files [default: $MNIST_DATA_DIR, else ./data].",
+    )(fn)
+
+
+def tracking_uri_option(fn):
+    return option(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else MLflow's sqlite:///mlflow.db].",
+    )(fn)
+
+
+def tracking_options(fn):
+    """``--experiment`` and ``--tracking-uri``."""
+    fn = tracking_uri_option(fn)
+    return option(
+        "--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment."
+    )(fn)

@@ -1,0 +1,204 @@
+"""``train`` and ``sync``: one tracked training run, and sending what an outage kept back."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..uris import redact
+from .errors import fail, hinting, sigterm_as_interrupt
+from .options import data_dir_option, flag, option, tracking_options, training_options
+
+
+def connect(tracking_uri: str | None) -> str:
+    """Set the tracking URI and check, within seconds, that its server answers
+    (TrackingUnavailable, exit 2, if not): a run must not train for hours and then find
+    nowhere to log."""
+    from ..tracking import check_reachable, set_tracking_uri
+
+    uri = set_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    return uri
+
+
+def echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.command()
+@option("--model", "model_name", default=None, help="Model name; see `mnist-tracker models`.")
+@option(
+    "--resume",
+    "resume_run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Continue a stopped run from its last finished epoch, with its own settings.",
+)
+@training_options(
+    "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "image_size"
+)
+@flag("pretrained", "Start from ImageNet weights (vgg16, alexnet) [default: yes for those].")
+@flag("freeze", "Freeze the pretrained features (vgg16, alexnet) [default: yes for those].")
+@training_options(
+    "recipe", "precision", "feature_cache", "limit_train", "limit_test", "val_size", "seed",
+    "device",
+)  # fmt: skip
+@data_dir_option
+@option("--run-name", default=None, help="MLflow run name [default: MLflow's].")
+@option("--register", default=None, help="Register the model under this name in the registry.")
+@tracking_options
+def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_uri, register,
+          **overrides) -> None:  # fmt: skip
+    """Train one model and log the run (params, curves, model, plots) to MLflow.
+
+    After each epoch a checkpoint is kept: a run stopped by Ctrl-C, SIGTERM or a crash goes on
+    with `--resume RUN_ID`, in the same run. If the tracking server goes away mid-run,
+    training goes on and what could not be sent waits in a local outbox for `sync`.
+    """
+    from ..config import resolve_config
+    from ..workflows.resume import resume
+    from ..workflows.train import TrainOptions
+    from ..workflows.train import train as train_run
+
+    if resume_run_id is not None:
+        given = [k for k, v in overrides.items() if v is not None]
+        given += [n for n, v in (("model", model_name), ("run-name", run_name),
+                                 ("register", register)) if v is not None]  # fmt: skip
+        if given:
+            names = ", ".join("--" + n.replace("_", "-") for n in given)
+            fail(f"--resume continues a run with its own settings; drop {names}")
+        what = f"resuming run {resume_run_id}"
+        start = functools.partial(resume, resume_run_id)
+    elif model_name is None:
+        fail("missing --model; pass one of `mnist-tracker models`, or --resume RUN_ID")
+    else:
+        config = resolve_config(model_name, **overrides)
+        what = f"training {config.model} for {config.epochs} epoch(s)"
+        start = functools.partial(train_run, config)
+    options = TrainOptions(
+        data_dir=data_dir,
+        experiment=experiment,
+        run_name=run_name,
+        register=register,
+        progress=sys.stderr.isatty(),
+        echo=echo_err,
+    )
+    _run(start, what, options, tracking_uri, resume_run_id)
+
+
+def _run(start, what: str, options, tracking_uri: str | None, run_id: str | None) -> None:
+    """``start(options)`` (a new run, or the resumed ``run_id``) and report how it went."""
+    uri = connect(tracking_uri)
+    echo_err(f"mnist-tracker {__version__}: {what}; tracking to {redact(uri)}")
+    started: list[str] = [run_id] if run_id else []
+    options = dataclasses.replace(options, on_run_start=started.append)
+    with sigterm_as_interrupt(), hinting(lambda exc: _stop_hint(exc, started, tracking_uri, uri)):
+        outcome = start(options)
+    final = outcome.result.final
+    click.echo(
+        f"run {outcome.run_id}: test accuracy {final['test_accuracy']:.2%}, "
+        f"macro F1 {final['test_f1_macro']:.4f}, training time {final['training_time_s']:.1f}s "
+        f"({final['train_throughput_img_s']:.0f} img/s on {outcome.result.device}, "
+        f"{outcome.result.precision})"
+    )
+    if outcome.offline_reason:
+        echo_err(
+            f"The tracking server went away during the run ({outcome.offline_reason}). Training "
+            f"finished; what could not be sent is kept in {outcome.outbox}. When the server is "
+            f"back, send it with: mnist-tracker sync {outcome.outbox.parent}"
+        )
+        return
+    echo_err(ui_hint(uri, outcome.experiment_id, outcome.run_id))
+
+
+def _ended_how(run_id: str, status: str) -> str:
+    """What happened to the run, told truthfully when the server was away at its end."""
+    from ..paths import outbox_dir, run_dir
+    from ..tracking.outbox import Outbox
+
+    if Outbox(outbox_dir(run_id)).pending():
+        return (f"The run ends {status} once the tracking server has it: send its outbox "
+                f"with `mnist-tracker sync {run_dir(run_id)}`.")  # fmt: skip
+    return f"The run was marked {status}."
+
+
+def _stop_hint(exc: BaseException, started: list[str], tracking_uri, uri: str) -> str:
+    """The hint ``cli.errors`` prints after a run stopped: its state and how to go on."""
+    from ..errors import Diverged, Interrupted
+    from ..paths import run_dir
+    from ..training.checkpoint import FILENAME
+
+    if not started:
+        return ""
+    run_id = started[0]
+    if isinstance(exc, Diverged):
+        kept = " Its last good epoch's checkpoint was kept." if exc.epoch > 1 else ""
+        return f"{_ended_how(run_id, 'FAILED')}{kept} Start a new run with a lower --lr."
+    if not isinstance(exc, KeyboardInterrupt | Interrupted):
+        return ""
+    message = _ended_how(run_id, "KILLED")
+    if (run_dir(run_id) / FILENAME).is_file():
+        uri_option = f" --tracking-uri {redact(uri)}" if tracking_uri else ""
+        message += f" Continue it with: mnist-tracker train --resume {run_id}{uri_option}"
+    return message
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to see a run: the server's page, or how to start the UI on a local store."""
+    if uri.startswith(("http://", "https://")):
+        return f"View it: {redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (
+        f"View it: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000/"
+        f"#/experiments/{experiment_id}/runs/{run_id})"
+    )
+
+
+@click.command("sync")
+@click.argument("path", required=False)
+@option(
+    "--tracking-uri",
+    default=None,
+    help="Server to send to [default: $MLFLOW_TRACKING_URI, else the URI the run used].",
+)
+def sync_cmd(path, tracking_uri) -> None:
+    """Send what runs kept in their outbox while the tracking server was away.
+
+    PATH is a run's folder (as `train` printed it) or a folder of runs [default: every run
+    under $MNIST_TRACKER_HOME, else ~/.mnist-tracker]. Safe to run again: what was sent is
+    not sent twice.
+    """
+    from ..errors import SyncError
+    from ..tracking import outbox
+    from ..tracking.client import one_line
+
+    boxes = outbox.find(path)
+    if path and not boxes:
+        fail(f"no outbox under {path}; pass the folder `train` printed, or no PATH for all runs")
+    pending = [box for box in boxes if box.pending()]
+    if not pending:
+        click.echo(f"nothing to send: {len(boxes)} outbox(es), all sent")
+        return
+    for box in pending:
+        meta = box.meta()
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta["tracking_uri"]
+        if "***" in uri:
+            fail(f"the run was logged to {uri}; pass --tracking-uri (credentials from "
+                 "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")  # fmt: skip
+        uri = connect(uri)
+        run_id = meta.get("run_id", box.folder.parent.name)
+        try:
+            result = outbox.replay(box)
+        except Exception as exc:
+            raise SyncError(
+                f"run {run_id}: the server did not take an operation ({one_line(exc, uri, 300)}"
+                "); what was sent is recorded, run sync again once that is fixed"
+            ) from None
+        click.echo(
+            f"run {run_id}: sent {result.sent} operation(s) to {redact(uri)}"
+            + (f" ({result.already_done} sent before)" if result.already_done else "")
+        )

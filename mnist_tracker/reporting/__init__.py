@@ -1,0 +1,1 @@
+"""Reporting: the comparison table (``compare``, ``render``), the HTML report, the figures."""

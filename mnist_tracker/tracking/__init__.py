@@ -1,0 +1,28 @@
+"""Tracking: the only layer that talks to MLflow.
+
+- ``client``: the one ``MlflowClient`` factory, the tracking URI, outage checks.
+- ``run``: a run's lifecycle (``tracked_run``); ``sink``: every call a run makes, to the server
+  or to the outbox; ``outbox``: the calls not sent yet, and their replay (``sync``).
+- ``records`` (params, datasets, tags) and ``model`` (the logged model) are what the sink sends.
+- ``store``: reads (runs, histories, artifacts, experiments) for the layers above.
+- ``artifacts``: the names and schemas of what runs store, shared by writers and readers.
+"""
+
+from . import artifacts
+from .client import check_reachable, client, set_tracking_uri
+from .run import RunSpec, TrackedRun, attached_run_id, experiment_id_for, open_run, tracked_run
+from .sink import RunSink
+
+__all__ = [
+    "RunSink",
+    "RunSpec",
+    "TrackedRun",
+    "artifacts",
+    "attached_run_id",
+    "check_reachable",
+    "client",
+    "experiment_id_for",
+    "open_run",
+    "set_tracking_uri",
+    "tracked_run",
+]

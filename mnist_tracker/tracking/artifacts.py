@@ -1,0 +1,64 @@
+"""The names and schemas of what a run stores, shared by the writers and the readers.
+
+A training run writes (``workflows.train``) and ``reporting`` reads:
+
+- ``MODEL``: the logged PyTorch model (pt2): float32 ``(N, 1, 28, 28)`` in [0, 1] -> logits.
+- ``CONFIG``: ``TrainConfig.to_dict()`` as JSON, so a run can be rebuilt from its artifacts.
+- ``LEARNING_CURVES`` / ``CONFUSION_FIGURE``: plotly HTML figures.
+- ``CONFUSION_MATRIX``: ``{"labels": [0..9], "matrix": [[count, ...] x 10]}``, rows the true
+  digit, columns the predicted one (``confusion_payload`` / ``read_confusion``).
+- ``CLASSIFICATION_REPORT``: scikit-learn's ``classification_report(output_dict=True)``.
+- ``CHECKPOINT``: the newest ``training.checkpoint`` of a run that may be resumed.
+
+Tags other parts select runs by live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..constants import DEFAULT_EXPERIMENT  # noqa: F401 - the experiment runs go to by default
+
+MODEL = "model"
+CONFIG = "config.json"
+LEARNING_CURVES = "plots/learning_curves.html"
+CONFUSION_FIGURE = "plots/confusion_matrix.html"
+CONFUSION_MATRIX = "reports/confusion_matrix.json"
+CLASSIFICATION_REPORT = "reports/classification_report.json"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT = f"{CHECKPOINT_DIR}/checkpoint.pt"
+
+DIGITS = [str(d) for d in range(10)]  # class names, in label order
+
+ROLE_TAG = "mnist_tracker.role"  # "study" (a tuner's parent), "study_result" (its final run)
+SUITE_TAG = "mnist_tracker.suite_id"
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> list[list[int]]:
+    """Counts of true digit (rows) against predicted digit (columns), 10 x 10."""
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, np.int64)), 1)
+    return matrix.tolist()
+
+
+def confusion_payload(labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """The ``CONFUSION_MATRIX`` artifact's content."""
+    return {"labels": list(range(10)), "matrix": confusion_matrix(labels, predictions)}
+
+
+def read_confusion(payload: dict) -> list[list[int]]:
+    """The matrix of a ``CONFUSION_MATRIX`` artifact; ValueError when it is not one."""
+    matrix = payload.get("matrix") if isinstance(payload, dict) else None
+    if not _is_square(matrix, 10):
+        raise ValueError("not a 10x10 confusion matrix")
+    return [[int(v) for v in row] for row in matrix]
+
+
+def _is_square(matrix: Sequence | None, n: int) -> bool:
+    return (
+        isinstance(matrix, list)
+        and len(matrix) == n
+        and all(isinstance(row, list) and len(row) == n for row in matrix)
+    )

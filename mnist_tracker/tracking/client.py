@@ -1,0 +1,112 @@
+"""The connection to MLflow: the one place an ``MlflowClient`` is built, and outage checks.
+
+Contracts:
+- ``client(uri)`` is the only constructor of ``MlflowClient`` in the package (a test holds it
+  so); ``uri=None`` is the current tracking URI.
+- ``set_tracking_uri(uri)`` points the process at ``uri`` (else ``$MLFLOW_TRACKING_URI``, else
+  MLflow's default) and returns the URI in force.
+- ``is_unreachable(exc)`` tells an outage (no answer) from a refusal (an answer that says no).
+- ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
+  does not answer or refuses the credentials; local stores always pass.
+- ``env_vars`` scopes environment variables (MLflow reads its HTTP settings at each call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from ..errors import TrackingUnavailable
+from ..uris import redact, scrub
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    """An MLflow client for ``uri`` (default: the current tracking URI).
+
+    MLflow prints "View run ... at: URL" when a run ends, the URL with any password in it;
+    every client this package uses is made here, so this is where that is switched off (the
+    CLI prints its own link, password hidden). A user who sets the variable keeps theirs.
+    """
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    return MlflowClient(uri)
+
+
+def set_tracking_uri(uri: str | None) -> str:
+    """Use ``uri`` if given (else ``$MLFLOW_TRACKING_URI``, else MLflow's default); return it."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.get_tracking_uri()
+
+
+@contextlib.contextmanager
+def env_vars(env: dict[str, str], override: bool = True):
+    """Environment variables set to ``env`` inside the block, restored after; with
+    ``override=False`` those the user set are left alone. MLflow reads its settings (e.g.
+    ``MLFLOW_HTTP_REQUEST_*``) at each call, so this scopes them to a few calls."""
+    saved = {k: os.environ.get(k) for k in env}
+    for key, value in env.items():
+        if override or key not in os.environ:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# Fail fast: no retries, a short timeout (a dead server otherwise costs MLflow's minutes).
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Failed to establish a new connection",
+    "Connection refused",
+    "Connection aborted",
+    "Read timed out",
+    "RemoteDisconnected",
+    "NameResolutionError",
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server could not be reached (not that it refused a call)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    return isinstance(exc, mlflow.exceptions.MlflowException) and any(
+        marker in str(exc) for marker in _UNREACHABLE
+    )
+
+
+def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
+    """``exc`` as one line, at most ``limit`` characters, with ``uri``'s password hidden."""
+    return scrub(" ".join(str(exc).split())[:limit], uri)
+
+
+def check_reachable(uri: str, timeout_s: int = 5) -> None:
+    """Raise TrackingUnavailable within about ``timeout_s`` when an HTTP tracking server does
+    not answer or refuses the credentials. Local stores always pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    try:
+        with env_vars(quick):
+            client(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        reason = one_line(exc, uri)
+        if is_unreachable(exc):
+            raise TrackingUnavailable(
+                f"tracking server {redact(uri)} is not reachable ({reason}); start it, or pass "
+                "another --tracking-uri"
+            ) from exc
+        raise TrackingUnavailable(
+            f"tracking server {redact(uri)} refused the request ({reason}); check "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        ) from exc

@@ -1,0 +1,112 @@
+"""Continuing a stopped run: ``resume(run_id, options) -> TrainOutcome``.
+
+Contracts:
+- ``check_resumable`` refuses (ResumeError, before anything is touched) a run the store does
+  not have, a deleted one, a FINISHED one, and a diverged one (it would diverge again).
+- ``find_checkpoint`` takes the newest checkpoint: the local copy, or the run's artifact when
+  that one is newer (the run went on elsewhere); it must cover every epoch the server holds.
+- A pending outbox of the run is sent first, then the run continues in place: metric steps go
+  on from the next epoch, and the results equal those of a run never stopped.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import TrainConfig
+from ..errors import ResumeError
+from ..paths import outbox_dir, run_dir
+from ..tracking import artifacts, outbox, store
+from ..training import checkpoint
+from .train import Resume, TrainOptions, TrainOutcome, prepare_data, train
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+
+def check_resumable(run_id: str) -> Run:
+    """The run ``run_id`` if it can be resumed; else ResumeError saying why and what to do."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise ResumeError(
+            f"run {run_id} is not in this tracking store; pass the --tracking-uri it was logged to"
+        )
+    if run.info.lifecycle_stage == "deleted":
+        raise ResumeError(f"run {run_id} is deleted; restore it in the MLflow UI first")
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} already FINISHED; there is nothing to resume")
+    if "diverged_epoch" in run.data.tags:
+        raise ResumeError(
+            f"run {run_id} diverged ({run.data.tags.get('diverged_reason', '')}) and would "
+            "again from its checkpoint; start a new run with a lower --lr"
+        )
+    return run
+
+
+def _remote_checkpoint(run_id: str) -> dict | None:
+    """The run's ``artifacts.CHECKPOINT``, or None when it has none (or it cannot be read)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = store.download_artifact(run_id, artifacts.CHECKPOINT, tmp)
+        if path is None:
+            return None
+        try:
+            return checkpoint.load(Path(path))
+        except Exception:  # truncated or not a checkpoint: as if absent
+            return None
+
+
+def find_checkpoint(run_id: str) -> dict:
+    """The newest checkpoint of ``run_id`` (see the module's contract); ResumeError when there
+    is none, or none recent enough."""
+    logged = max(store.logged_steps(run_id, "train_loss"), default=0)
+    local = run_dir(run_id) / checkpoint.FILENAME
+    state = checkpoint.load(local) if local.is_file() else None
+    if state is None or state["epoch"] < logged:
+        remote = _remote_checkpoint(run_id)
+        if remote is not None and (state is None or remote["epoch"] > state["epoch"]):
+            state = remote
+            checkpoint.save(state, local)  # kept locally while the run lives again
+    if state is None:
+        raise ResumeError(
+            f"run {run_id} has no checkpoint (it stopped before its first epoch ended, or "
+            "was a search trial); start a new run instead"
+        )
+    if state["epoch"] < logged:
+        raise ResumeError(
+            f"run {run_id} logged {logged} epochs but its newest checkpoint is from epoch "
+            f"{state['epoch']}; resume it on the machine that ran it last"
+        )
+    return state
+
+
+def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
+    """Continue stopped run ``run_id`` from its newest checkpoint, in the same run.
+
+    ``options`` supplies data_dir, progress and echo; the run's own settings (config, model
+    registry name) come from its checkpoint. Raises ResumeError (and the errors of ``train``)
+    before the run is touched when it cannot be resumed.
+    """
+    options = options or TrainOptions()
+    check_resumable(run_id)
+    pending = outbox.Outbox(outbox_dir(run_id))
+    if pending.pending():
+        outbox.replay(pending)
+    check_resumable(run_id)  # the outbox may have ended the run
+    state = find_checkpoint(run_id)
+    config = TrainConfig(**state["config"]).replace()  # validated
+    splits = prepare_data(config, options.data_dir)
+    echo = options.echo or (lambda _line: None)
+    if state["epoch"] >= config.epochs:
+        echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run")
+    else:
+        echo(f"run {run_id}: resuming after epoch {state['epoch']} of {config.epochs}")
+    options = TrainOptions(
+        data_dir=options.data_dir,
+        progress=options.progress,
+        echo=options.echo,
+        attach=False,
+        register=state.get("register"),
+    )
+    return train(config, options, splits=splits, resume_from=Resume(run_id, state))

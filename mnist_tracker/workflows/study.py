@@ -1,0 +1,316 @@
+"""An Optuna study as the tuner uses it: settings, search space, storage and the worker lock.
+
+Contracts:
+- A trial's suggestions become a plain ``TrainConfig`` (``suggest_config``); models never see
+  the trial.
+- ``open_storage`` opens ``--storage`` (a database URL or ``journal:PATH``) or fails within
+  seconds with TuneError, the password hidden.
+- Workers sharing a storage take a study-wide ``StudyLock`` (a file lock for SQLite and journal
+  files, an advisory lock for PostgreSQL) around "count the trials, then create the next one",
+  so ``settings.trials`` is the study's exact total.
+- ``study_state`` counts trials as the total does: a failed attempt that was retried (its
+  worker died; heartbeats) does not count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import threading
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from ..config import TrainConfig, resolve_config
+from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
+from ..errors import TuneError
+from ..models import get_spec
+from ..uris import redact, scrub
+
+PARENT_ATTR = "mlflow_parent_run_id"
+CONNECT_TIMEOUT_S = 5  # a storage that cannot be reached fails well within 10 s
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """What to search and how. ``epochs=None`` takes the model's recipe."""
+
+    model: str
+    trials: int = 20
+    timeout: float | None = None
+    epochs: int | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    val_size: int = 5000
+    storage: str | None = None
+    study_name: str | None = None
+    seed: int = 42
+    final: bool = True
+    limit_train: int | None = None
+    limit_test: int | None = None
+    image_size: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+
+    def validate(self) -> None:
+        if self.trials < 1:
+            raise TuneError(
+                f"trials must be at least 1 (got {self.trials}); pass --trials 1 or more"
+            )
+        if self.timeout is not None and self.timeout <= 0:
+            raise TuneError(f"timeout must be positive (got {self.timeout}); pass seconds > 0")
+        if self.sampler not in SAMPLERS:
+            raise TuneError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise TuneError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.val_size < 1:
+            raise TuneError(
+                f"val size must be at least 1 (got {self.val_size}); the search needs it"
+            )
+
+    def base_config(self) -> TrainConfig:
+        """The model's recipe with these settings applied (before any suggestion)."""
+        return resolve_config(
+            self.model,
+            epochs=self.epochs,
+            val_size=self.val_size,
+            seed=self.seed,
+            limit_train=self.limit_train,
+            limit_test=self.limit_test,
+            image_size=self.image_size,
+            device=self.device,
+            precision=self.precision,
+        )
+
+    def resolved_study_name(self) -> str:
+        if self.study_name:
+            return self.study_name
+        if self.storage:
+            return f"{self.model}-study"  # workers sharing a storage meet here by default
+        return f"{self.model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Search space
+
+
+def suggest_config(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
+    """The config of one trial: the model's search space sampled on top of ``base``."""
+    space = get_spec(base.model).search_space
+    config_fields = set(asdict(base)) - {"extra"}
+    changes, extra = {}, dict(base.extra)
+    for name, spec in space.items():
+        kind = spec[0]
+        if kind == "float":
+            value = trial.suggest_float(name, spec[1], spec[2], log=spec[3])
+        elif kind == "int":
+            value = trial.suggest_int(name, spec[1], spec[2])
+        else:
+            value = trial.suggest_categorical(name, spec[1])
+        if name in config_fields:
+            changes[name] = value
+        else:
+            extra[name] = value
+    return base.replace(**changes, extra=extra)
+
+
+def config_from_params(base: TrainConfig, params: dict) -> TrainConfig:
+    """Rebuild a trial's config from its Optuna params (for the final run)."""
+    config_fields = set(asdict(base)) - {"extra"}
+    changes = {k: v for k, v in params.items() if k in config_fields}
+    extra = dict(base.extra) | {k: v for k, v in params.items() if k not in config_fields}
+    return base.replace(**changes, extra=extra)
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage and the study-wide lock
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//"))
+    return None
+
+
+def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
+    """The Optuna storage for ``settings.storage`` (None: in memory), reachable or TuneError.
+
+    ``journal:PATH`` is a journal file for workers on one machine; anything else is an
+    SQLAlchemy URL (``postgresql://...``, ``sqlite:///...``).
+    """
+    url = settings.storage
+    if not url:
+        return None
+    shown = redact(url)
+    journal = _journal_path(url)
+    try:
+        if journal is not None:
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        engine_kwargs: dict = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        elif url.startswith("sqlite"):
+            engine_kwargs["connect_args"] = {"timeout": 60}  # wait on the other writers
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=settings.heartbeat_interval,
+                grace_period=settings.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+    except TuneError:
+        raise
+    except Exception as exc:
+        reason = scrub(" ".join(f"{type(exc).__name__}: {exc}".split())[:300], url)
+        raise TuneError(
+            f"cannot open storage {shown} ({reason}); check the URL and that the database "
+            "is running"
+        ) from exc
+
+
+class StudyLock:
+    """A lock shared by every worker of one study; ``acquire`` blocks, ``release`` is idempotent.
+
+    In memory: a thread lock. SQLite or journal file: ``flock`` on a file beside it.
+    PostgreSQL: a session-level advisory lock keyed by the study name.
+    """
+
+    def __init__(self, storage_url: str | None, study_name: str):
+        self._thread_lock = threading.Lock()
+        self._file = None
+        self._pg = None
+        self._held = False
+        self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
+        path = None
+        if storage_url:
+            journal = _journal_path(storage_url)
+            if journal is not None:
+                path = journal.with_name(journal.name + ".lock")
+            elif storage_url.startswith("sqlite:///"):
+                db = Path(storage_url.removeprefix("sqlite:///"))
+                path = db.with_name(db.name + ".lock")
+            elif storage_url.startswith("postgresql"):
+                import sqlalchemy
+
+                engine = sqlalchemy.create_engine(
+                    storage_url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+                )
+                self._pg = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        if path is not None:
+            self._file = open(path, "a+")  # noqa: SIM115 - held for the worker's lifetime
+
+    @classmethod
+    def open(cls, storage_url: str | None, study_name: str) -> StudyLock:
+        """A lock for the study, or TuneError (password redacted) if its storage is out of
+        reach: within CONNECT_TIMEOUT_S for PostgreSQL."""
+        if storage_url:
+            journal = _journal_path(storage_url)
+            if journal is not None and not journal.parent.is_dir():
+                raise TuneError(
+                    f"storage {redact(storage_url)}: folder {journal.parent} does not "
+                    "exist; create it or pass another journal path"
+                )
+        try:
+            return cls(storage_url, study_name)
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise TuneError(
+                f"cannot open storage {redact(storage_url)} "
+                f"({scrub(reason, storage_url)}); check the URL and that the database "
+                "is running"
+            ) from exc
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        elif self._pg is not None:
+            import sqlalchemy
+
+            self._pg.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        elif self._pg is not None:
+            import sqlalchemy
+
+            self._pg.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+        self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def held(self):
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.release()
+        if self._file is not None:
+            self._file.close()
+        if self._pg is not None:
+            self._pg.close()
+
+
+@dataclass
+class StudyState:
+    counted: int  # trials that count towards the total (a retried failure does not)
+    waiting: int
+    running: int
+    complete: int
+    pruned: int
+    failed: int  # failures that count (raised in the objective, or out of retries)
+
+
+def study_state(study: optuna.Study) -> StudyState:
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    by_state = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+    return StudyState(
+        counted=len(trials) - (by_state[TrialState.FAIL] - len(failed)),
+        waiting=by_state[TrialState.WAITING],
+        running=by_state[TrialState.RUNNING],
+        complete=by_state[TrialState.COMPLETE],
+        pruned=by_state[TrialState.PRUNED],
+        failed=len(failed),
+    )
+
+
+def heartbeat_enabled(study: optuna.Study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)

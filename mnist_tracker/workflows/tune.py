@@ -1,0 +1,362 @@
+"""Hyper-parameter search: an Optuna study whose trials are ordinary training runs.
+
+Contracts:
+- The objective is the last epoch's validation accuracy on a seeded, class-balanced hold-out
+  of the training set. The test files are not even read during the search.
+- MLflow: one parent run per study (its id kept in the study's user attributes, so every
+  worker nests its child runs under it), written through a ``RunSink`` like any run (an
+  outage costs no data), and one child run per trial tagged ``optuna.study_name``,
+  ``optuna.trial_number``, ``optuna.state``. Pruned trials end KILLED (a ``Pruning``
+  callback's ``Stop``), failed ones FAILED, complete ones FINISHED.
+- ``settings.trials`` is the study's total (``study.StudyLock``). With an RDB storage, trials
+  send heartbeats; a trial whose worker died is marked FAIL after the grace period, its run
+  ended FAILED, and it is retried by the surviving workers without counting twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from .. import data as data_mod
+from ..config import format_param
+from ..tracking import RunSink, RunSpec, artifacts, open_run, set_tracking_uri, store
+from ..training.callbacks import Callback, FitState, Stop
+from ..uris import redact
+from .study import (
+    PARENT_ATTR,
+    StudyLock,
+    StudyState,
+    TuneSettings,
+    config_from_params,
+    heartbeat_enabled,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    study_state,
+    suggest_config,
+)
+from .train import TrainOptions, train
+
+EpochHook = Callable[[optuna.Trial, int, dict], None]
+
+
+@dataclass
+class TuneOutcome:
+    study: optuna.Study
+    parent_run_id: str
+    best_value: float | None
+    best_params: dict
+    final_run_id: str | None
+    counts: dict[str, int]
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow parent run
+
+
+def _parent_sink(run_id: str) -> RunSink:
+    return RunSink(run_id, set_tracking_uri(None))
+
+
+def _ensure_parent(study: optuna.Study, settings: TuneSettings) -> str:
+    """The study's parent run id, creating the run (and logging the settings) if absent.
+
+    Call with the study lock held. Under ``mlflow run`` the run MLflow created is the parent.
+    """
+    existing = study.user_attrs.get(PARENT_ATTR)
+    if existing:
+        return existing
+    tags = {"optuna.study_name": study.study_name, artifacts.ROLE_TAG: "study"}
+    run = open_run(RunSpec(settings.experiment, study.study_name, tags))
+    params = {
+        "model": settings.model,
+        "trials": settings.trials,
+        "timeout": settings.timeout,
+        "epochs": settings.base_config().epochs,
+        "sampler": settings.sampler,
+        "pruner": settings.pruner,
+        "val_size": settings.val_size,
+        "seed": settings.seed,
+        "limit_train": settings.limit_train,
+        "storage": redact(settings.storage) or "memory",
+        "study_name": study.study_name,
+        "objective": "val_accuracy (maximize)",
+    }
+    run.sink.log_params({k: format_param(v) for k, v in params.items()})
+    study.set_user_attr(PARENT_ATTR, run.run_id)
+    return run.run_id
+
+
+def _finalize_parent(study: optuna.Study, parent_run_id: str, state: StudyState) -> None:
+    """Log the study's results and figures to the parent run and end it FINISHED."""
+    sink = _parent_sink(parent_run_id)
+    metrics = {"n_complete": state.complete, "n_pruned": state.pruned, "n_failed": state.failed}
+    if state.complete:
+        best = study.best_trial
+        metrics |= {"best_value": best.value, "best_trial_number": best.number}
+        sink.log_params({f"best_{k}": format_param(v) for k, v in best.params.items()})
+    sink.log_metrics(metrics)
+    for name, html in study_figures(study, state).items():
+        sink.log_text(html, f"optuna/{name}.html")
+    sink.end("FINISHED")
+
+
+def study_figures(study: optuna.Study, state: StudyState) -> dict[str, str]:
+    """Optuna's plotly figures as standalone HTML (plotly.js from its CDN)."""
+    from optuna import visualization as vis
+
+    makers: dict[str, Callable] = {}
+    if state.complete:
+        makers["optimization_history"] = vis.plot_optimization_history
+        makers["parallel_coordinate"] = vis.plot_parallel_coordinate
+    if state.complete >= 2:
+        makers["param_importances"] = vis.plot_param_importances
+    if state.complete + state.pruned:
+        makers["intermediate_values"] = vis.plot_intermediate_values
+    figures = {}
+    for name, make in makers.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                figures[name] = make(study).to_html(include_plotlyjs="cdn")
+            except (ValueError, RuntimeError):
+                continue  # e.g. importances when every trial sampled the same values
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+def tune(
+    settings: TuneSettings,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    echo: Callable[[str], None] | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    epoch_hook: EpochHook | None = None,
+) -> TuneOutcome:
+    """Run one worker of the study until the study holds ``settings.trials`` finished trials
+    (or this worker's ``timeout`` passes), then, if this worker saw the study finish, log the
+    results to the parent run and (``final``) train the best config on the full training set.
+
+    Raises TuneError / ConfigError / DataError before any MLflow run when the input is bad.
+    ``pruner`` overrides ``settings.pruner``; ``epoch_hook(trial, epoch, metrics)`` runs after
+    each epoch of each trial (tests use it to make a trial fail).
+    """
+    settings.validate()
+    base = settings.base_config()
+    say = echo or (lambda _line: None)
+    study_name = settings.resolved_study_name()
+    lock = StudyLock.open(settings.storage, study_name)  # also proves the database answers
+    try:
+        mnist = data_mod.load_mnist(data_dir, include_test=False)  # the search never reads test
+        splits = data_mod.split_data(
+            mnist, seed=base.seed, limit_train=base.limit_train, val_size=base.val_size
+        )
+        seed = settings.seed if settings.storage is None else None  # shared: each worker its own
+        with lock.held():
+            # Under the lock: the first workers to meet would otherwise race to create
+            # Optuna's tables, the study and the parent run.
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=open_storage(settings),
+                sampler=make_sampler(settings.sampler, seed),
+                pruner=pruner or make_pruner(settings.pruner, base.epochs),
+                direction="maximize",
+                load_if_exists=True,
+            )
+            parent_run_id = _ensure_parent(study, settings)
+        say(f"study {study_name}: parent run {parent_run_id}")
+        objective = _Objective(base, splits, study_name, parent_run_id, settings, lock, say)
+        objective.epoch_hook = epoch_hook
+        finished = _work(study, settings, lock, objective, say)
+        return _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say)
+    finally:
+        lock.close()
+
+
+def _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say) -> TuneOutcome:
+    """Log the study's results once (the first worker to see it full) and train the final."""
+    state = study_state(study)
+    final_run_id = None
+    owner = False
+    if finished:
+        with lock.held():
+            if not study.user_attrs.get("results_logged"):
+                _finalize_parent(study, parent_run_id, state)
+                study.set_user_attr("results_logged", True)
+                owner = True
+        if owner and settings.final and state.complete:
+            final_run_id = _train_final(study, base, data_dir, parent_run_id, say)
+    best = study.best_trial if state.complete else None
+    return TuneOutcome(
+        study=study,
+        parent_run_id=parent_run_id,
+        best_value=None if best is None else best.value,
+        best_params={} if best is None else dict(best.params),
+        final_run_id=final_run_id,
+        counts={"complete": state.complete, "pruned": state.pruned, "failed": state.failed},
+    )
+
+
+def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> bool:
+    """Run trials until the study is full.
+
+    True when this worker saw the study full with no trial left running, so it is the one to
+    log the results. False when it timed out, or stops while other workers' last trials run
+    (they log the results when they end).
+    """
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    heartbeat = heartbeat_enabled(study)
+    checked: set[int] = set()
+    while deadline is None or time.monotonic() < deadline:
+        lock.acquire()
+        try:
+            if heartbeat:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)  # may enqueue retries
+                _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
+            state = study_state(study)
+            if state.waiting == 0 and state.counted >= settings.trials:
+                if not state.running:
+                    return True
+                if not heartbeat:
+                    say("the study is full; other workers finish its last trials")
+                    return False
+                # With heartbeats, wait: the running trial either ends, or its worker died and
+                # it goes stale and comes back as a retry that this worker then runs.
+                lock.release()
+                time.sleep(min(2.0, settings.heartbeat_interval))
+                continue
+            # optuna creates (or pops the waiting) trial, then calls the objective, which
+            # releases the lock first thing: creation happens under the lock, training not.
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        finally:
+            lock.release()
+    say("timeout reached: this worker stops; the study goes on with the others")
+    return False
+
+
+def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked: set[int]) -> None:
+    """End FAILED the MLflow runs of trials whose worker died (the trial went FAIL by
+    heartbeat while its run still says RUNNING). Runs are found by their tags, so a run the
+    worker created just before dying is found too. ``checked`` remembers trial numbers done."""
+    experiment_id = None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number in checked:
+            continue
+        checked.add(trial.number)
+        experiment_id = experiment_id or store.get_run(parent_run_id).info.experiment_id
+        runs = store.search_runs(
+            [experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' "
+            f"and tags.`optuna.trial_number` = '{trial.number}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            sink = _parent_sink(run.info.run_id)
+            error = "worker stopped sending heartbeats; trial retried"
+            sink.set_tags({"optuna.state": "FAIL", "error": error})
+            sink.end("FAILED")
+            say(f"trial {trial.number}: its worker died; run {run.info.run_id} FAILED, retried")
+
+
+class Pruning(Callback):
+    """Reports each epoch's validation accuracy to the trial; stops the fit when Optuna says
+    prune (the run then ends KILLED, tagged ``optuna.state=PRUNED``)."""
+
+    def __init__(self, trial: optuna.Trial, epoch_hook: EpochHook | None = None):
+        self.trial, self.epoch_hook = trial, epoch_hook
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> Stop | None:
+        if self.epoch_hook is not None:
+            self.epoch_hook(self.trial, state.epoch, metrics)
+        self.trial.report(metrics["val_accuracy"], state.epoch)
+        if self.trial.should_prune():
+            return Stop("KILLED", {"optuna.state": "PRUNED"}, "pruned")
+        return None
+
+
+class _Objective:
+    """One trial: suggest a config, train it as a child run, report val accuracy per epoch."""
+
+    epoch_hook: EpochHook | None = None
+
+    def __init__(self, base, splits, study_name, parent_run_id, settings, lock, say):
+        self.base, self.splits, self.study_name = base, splits, study_name
+        self.parent_run_id, self.settings, self.lock, self.say = parent_run_id, settings, lock, say
+
+    def options(self, trial: optuna.Trial) -> TrainOptions:
+        retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        tags = {
+            "optuna.study_name": self.study_name,
+            "optuna.trial_number": str(trial.number),
+            "optuna.state": "RUNNING",
+        }
+        if retry_of is not None:
+            tags["optuna.retry_of"] = str(retry_of)
+        return TrainOptions(
+            experiment=self.settings.experiment,
+            run_name=f"{self.study_name}-trial-{trial.number}",
+            tags=tags,
+            parent_run_id=self.parent_run_id,
+            attach=False,
+            log_artifacts=False,
+            checkpoints=False,  # a trial that stops is retried or pruned, never resumed
+            status_tags={
+                "FINISHED": {"optuna.state": "COMPLETE"},
+                "FAILED": {"optuna.state": "FAIL"},
+            },
+            callbacks=(Pruning(trial, self.epoch_hook),),
+            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+        )
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.lock.release()
+        config = suggest_config(trial, self.base)
+        self.say(f"trial {trial.number}: started")
+        try:
+            outcome = train(config, self.options(trial), splits=self.splits)
+        except Exception as exc:
+            self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
+            raise
+        if outcome.result.stopped is not None:
+            self.say(f"trial {trial.number}: pruned")
+            raise optuna.TrialPruned()
+        value = outcome.result.final["val_accuracy"]
+        self.say(f"trial {trial.number}: val_accuracy {value:.4f}  {trial.params}")
+        return value
+
+
+def _train_final(study, base, data_dir, parent_run_id, say) -> str:
+    """Train the best trial's config on the whole training set, evaluate on test, log it."""
+    config = config_from_params(base, study.best_trial.params).replace(val_size=0)
+    say(
+        f"final: training the best config (trial {study.best_trial.number}) on the full "
+        "training set"
+    )
+    options = TrainOptions(
+        data_dir=data_dir,
+        experiment=store.run_experiment_name(parent_run_id),
+        run_name=f"{study.study_name}-best",
+        tags={
+            "optuna.study_name": study.study_name,
+            "optuna.best_trial": str(study.best_trial.number),
+            artifacts.ROLE_TAG: "study_result",
+            "mnist_tracker.study_parent_run_id": parent_run_id,
+        },
+        attach=False,
+        echo=say,
+    )
+    outcome = train(config, options)
+    _parent_sink(parent_run_id).set_tags({"final_run_id": outcome.run_id})
+    return outcome.run_id
