@@ -1,12 +1,13 @@
 # Two entry points for a fresh clone (Python 3.11 and pip are all it needs):
 #   make run    create .venv, install, train the lab's cnn, tracked in ./mlflow.db
 #   make test   create .venv, install with test extras, lint, run the test suite
+#   make test-fast   lint + the tests marked `fast` (no servers, no subprocesses; < 2 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test lint format ui clean
+.PHONY: install run test test-fast lint format ui clean
 
 $(BIN)/mnist-tracker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: lint
+	$(BIN)/python -m pytest -m fast $(PYTEST_ARGS)
 
 format: install
 	$(BIN)/ruff format .

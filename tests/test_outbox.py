@@ -1,0 +1,138 @@
+"""The outbox and the sink's offline switch, in process: no server, a real SQLite store.
+
+The server that goes away is a closed loopback port (connection refused at once); the one that
+comes back is a SQLite store the sink is pointed at, standing in for the same server back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from mlflow.entities import Metric
+
+from mnist_tracker.tracking import client, outbox
+from mnist_tracker.tracking import sink as sink_mod
+from mnist_tracker.tracking.sink import RunSink
+
+pytestmark = pytest.mark.fast
+
+DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once
+
+
+@pytest.fixture
+def store(sqlite_uri):
+    """A run in a fresh SQLite store: (MlflowClient, run_id)."""
+    c = client(sqlite_uri)
+    experiment = c.create_experiment("outbox")
+    return c, c.create_run(experiment).info.run_id
+
+
+def _metric_steps(c, run_id, key="loss"):
+    return [
+        (m.step, m.value) for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.step)
+    ]
+
+
+def test_add_numbers_operations_and_drops_a_line_cut_short(tmp_path):
+    box = outbox.Outbox(tmp_path / "outbox")
+    box.add({"op": "log_batch", "metrics": [], "params": {}, "tags": {"a": "1"}, "run_id": "r"})
+    with open(box.ops_path, "a") as fh:
+        fh.write('{"op": "log_batch", "trunc')  # a crash in the middle of a write
+    assert [op["id"] for op in box.operations()] == [0]
+    second = box.add({"op": "set_terminated", "status": "FINISHED", "end_time": 1, "run_id": "r"})
+    assert second["id"] == 1
+    assert [op["op"] for op in box.operations()] == ["log_batch", "set_terminated"]
+    assert all(line.endswith("}") for line in box.ops_path.read_text().splitlines())
+
+
+def test_files_are_kept_with_their_operation(tmp_path):
+    source = tmp_path / "plot.html"
+    source.write_text("<html>1</html>")
+    box = outbox.Outbox(tmp_path / "outbox")
+    op = box.add({"op": "log_artifact", "name": "plot.html", "artifact_path": "plots"},
+                 files={"plot.html": source})  # fmt: skip
+    source.unlink()  # the run's temporary file is gone by the time sync runs
+    kept = box.folder / op["files"] / "plot.html"
+    assert kept.is_file()
+    assert outbox.find(tmp_path / "outbox")[0].folder == box.folder
+    assert outbox.find(tmp_path)[0].folder == box.folder
+
+
+def test_replay_sends_in_order_once_and_goes_on_after_a_cut(store, tmp_path):
+    c, run_id = store
+    box = outbox.Outbox(tmp_path / "outbox")
+    for step in (1, 2, 3):
+        metric = {"key": "loss", "value": float(step), "timestamp": step, "step": step}
+        box.add(
+            {"op": "log_batch", "run_id": run_id, "params": {}, "tags": {}, "metrics": [metric]}
+        )
+    box.add({"op": "set_terminated", "run_id": run_id, "status": "FINISHED", "end_time": 9})
+    box.mark_done(0)  # a replay cut short after its first operation
+    result = outbox.replay(box, c)
+    assert (result.sent, result.already_done) == (3, 1)
+    assert _metric_steps(c, run_id) == [(2, 2.0), (3, 3.0)]  # step 1 was "sent before"
+    assert c.get_run(run_id).info.status == "FINISHED"
+    again = outbox.replay(box, c)
+    assert (again.sent, again.already_done) == (0, 4)
+    assert _metric_steps(c, run_id) == [(2, 2.0), (3, 3.0)]
+
+
+def test_replay_raises_on_a_refused_operation_and_keeps_what_was_sent(store, tmp_path):
+    c, run_id = store
+    box = outbox.Outbox(tmp_path / "outbox")
+    box.add({"op": "log_batch", "run_id": run_id, "params": {"p": "1"}, "tags": {}, "metrics": []})
+    box.add({"op": "teleport", "run_id": run_id})
+    with pytest.raises(ValueError, match="unknown outbox operation 'teleport'"):
+        outbox.replay(box, c)
+    assert box.done() == {0} and [op["id"] for op in box.pending()] == [1]
+    assert c.get_run(run_id).data.params == {"p": "1"}
+
+
+def test_sink_turns_offline_keeps_every_call_in_order_then_replays(store, monkeypatch):
+    c, run_id = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    sink = RunSink(run_id, DEAD)
+    started = time.monotonic()
+    sink.log_metrics({"loss": 1.0}, step=1)
+    assert sink.offline and "127.0.0.1:9" in sink.offline_reason
+    sink.log_metrics({"loss": 2.0}, step=2)  # no probe within RECONNECT_EVERY_S: straight in
+    sink.set_tags({"after": "outage"})
+    assert time.monotonic() - started < 10, "a dead server must cost seconds, not minutes"
+    ops = sink.outbox.pending()
+    assert [op["op"] for op in ops] == ["log_batch"] * 3
+    assert [m["step"] for op in ops for m in op["metrics"]] == [1, 2]
+    meta = json.loads(sink.outbox.meta_path.read_text())
+    assert meta == {"run_id": run_id, "tracking_uri": DEAD}
+
+    # The server is back (here: the store it stands for); the next call probes and replays.
+    monkeypatch.setattr(sink_mod, "RECONNECT_EVERY_S", 0.0)
+    sink.uri, sink.client = c.tracking_uri, c
+    sink.log_metrics({"loss": 3.0}, step=3)
+    assert not sink.offline and not sink.outbox.pending()
+    assert _metric_steps(c, run_id) == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert c.get_run(run_id).data.tags["after"] == "outage"
+
+
+def test_sink_end_while_offline_leaves_the_run_running_with_its_end_in_the_outbox(
+    store, monkeypatch
+):
+    c, run_id = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    sink = RunSink(run_id, DEAD)
+    sink.log_batch(metrics=[Metric("loss", 0.5, 1, 1)])
+    sink.end("FINISHED")
+    assert [op["op"] for op in sink.outbox.pending()] == ["log_batch", "set_terminated"]
+    assert c.get_run(run_id).info.status == "RUNNING"  # never FINISHED with data missing
+    outbox.replay(sink.outbox, c)
+    assert c.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_refused_call_raises_instead_of_going_to_the_outbox(store):
+    c, run_id = store
+    sink = RunSink(run_id, c.tracking_uri)
+    sink.log_params({"p": "1"})
+    with pytest.raises(Exception, match=r"(?i)param"):
+        sink.log_batch(params={"p": "2"})  # MLflow refuses to change a param
+    assert not sink.offline and not sink.outbox.exists()
