@@ -141,7 +141,7 @@ def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float = 120.0) -> N
 def lab_network(config: TrainConfig) -> nn.Module:
     """The bare network as the lab built it: ours with ``torch.nn.Dropout`` for our
     ``Dropout`` (the same layer, with a slower mask on CPU)."""
-    net = get_spec(config.model).builder(config)
+    net = get_spec(config.model).build(config)
     for parent in list(net.modules()):
         for name, child in parent.named_children():
             if isinstance(child, Dropout):

@@ -1,6 +1,6 @@
 """What tracking adds to a one-epoch ``cnn`` run on full MNIST, as a ratio in one process.
 
-The same one-epoch run twice per repeat, alternating which goes first: ``engine.fit`` alone
+The same one-epoch run twice per repeat, alternating which goes first: ``training.fit`` alone
 (plain) and ``workflows.train`` against a local ``mlflow server`` (tracked: run creation, params,
 datasets, one metrics call per epoch, the checkpoint after each epoch, plots, report, the
 model). Both start from the loaded splits and build the model. Target: tracked / plain - 1 <= 2 %.
@@ -30,7 +30,7 @@ import torch
 from mnist_tracker import data
 from mnist_tracker.config import TrainConfig, resolve_config
 from mnist_tracker.models import create_model
-from mnist_tracker.reporting import figures
+from mnist_tracker.reporting import images
 from mnist_tracker.tracking import RunSink, records
 from mnist_tracker.training import checkpoint, fit, resolve_runtime
 from mnist_tracker.workflows import train as train_mod
@@ -46,9 +46,11 @@ TIMED = [
     (RunSink, "log_inputs", "datasets"),
     (MetricLogger, "on_epoch_end", "epoch metrics"),
     (RunSink, "log_metrics", "run metrics"),
-    (figures, "learning_curves", "plots"),
-    (figures, "confusion_matrix_figure", "plots"),
-    (RunSink, "log_text", "plots"),
+    (images, "learning_curves_png", "plots"),
+    (images, "confusion_matrix_png", "plots"),
+    (images, "misclassified_grid", "plots"),
+    (RunSink, "log_bytes", "plots"),
+    (RunSink, "log_image", "plots"),
     (train_mod, "classification_report", "report"),
     (RunSink, "log_dict", "config.json and report"),
     (RunSink, "log_model", "model"),

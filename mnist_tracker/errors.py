@@ -69,6 +69,10 @@ class InvalidQuery(UserError):
     """MLflow rejected a search filter; the message is MLflow's reason."""
 
 
+class RegistryError(UserError):
+    """The model registry refused a registration or an alias (MLflow's reason, one line)."""
+
+
 class SyncError(UserError):
     """An outbox cannot be sent as asked (no outbox there, the server refused an operation)."""
 

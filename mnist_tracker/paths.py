@@ -24,6 +24,14 @@ def run_dir(run_id: str) -> Path:
     return home() / "runs" / run_id
 
 
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def checkpoint_path(run_id: str) -> Path:
+    """Where run ``run_id`` keeps the checkpoint of its newest finished epoch."""
+    return run_dir(run_id) / CHECKPOINT_FILE
+
+
 def outbox_dir(run_id: str) -> Path:
     """The folder of run ``run_id``'s outbox (tracking calls not sent yet)."""
     return run_dir(run_id) / "outbox"

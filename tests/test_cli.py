@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 
 from mnist_tracker.cli import main
 
-from .conftest import SUBSET, copy_subset
+from .conftest import BIN, SUBSET, copy_subset
 
 
 def invoke(*args: str):
@@ -127,3 +129,37 @@ def test_data_check_on_corrupt_data(tmp_path):
 def test_unknown_command_is_one_line():
     result = invoke("trian")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
+
+
+def test_compare_refuses_a_sqlite_store_that_does_not_exist(tmp_path):
+    missing = tmp_path / "typo.db"
+    result = invoke("compare", "--tracking-uri", f"sqlite:///{missing}")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"Error: no tracking store at {missing} (from sqlite:///{missing}); pass the "
+        "--tracking-uri your runs were logged to"
+    ]
+    assert not missing.exists(), "MLflow would have created an empty store"
+
+
+def test_listing_models_needs_no_torch_and_a_new_store_prints_no_mlflow_info(tmp_path):
+    """`models` answers from the catalogue (no torch, no MLflow imported: under a second
+    here); MLflow's 'Creating initial MLflow database tables' INFO lines are not shown."""
+    code = (
+        "import sys, time; t = time.perf_counter(); from mnist_tracker.cli import main; "
+        "from click.testing import CliRunner; r = CliRunner().invoke(main, ['models']); "
+        "print(r.exit_code, time.perf_counter() - t, sorted(m for m in ('torch', 'mlflow', "
+        "'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    code_, seconds, loaded = out.stdout.split(" ", 2)
+    assert code_ == "0" and loaded.strip() == "[]", out.stdout + out.stderr
+    assert float(seconds) < 1.0, f"models took {seconds} s"
+    store = tmp_path / "new.db"
+    store.touch()
+    proc = subprocess.run(
+        [str(BIN / "mnist-tracker"), "compare", "--tracking-uri", f"sqlite:///{store}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (proc.returncode == 2 and "no experiments" in proc.stderr) or "not found" in proc.stderr
+    assert "Creating initial MLflow database tables" not in proc.stderr + proc.stdout

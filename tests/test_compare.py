@@ -34,6 +34,7 @@ from mnist_tracker.cli import main
 from mnist_tracker.cli.compare import compare_cmd
 from mnist_tracker.config import resolve_config
 from mnist_tracker.reporting import compare, render
+from mnist_tracker.tracking import artifacts
 from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import BIN, REPO, SUBSET, free_port
@@ -76,6 +77,8 @@ def vit_params(epochs: int = 3) -> dict[str, str]:
         "epochs": str(epochs),
         "batch_size": "32",
         "lr": "0.002",
+        "train_size": "54000",
+        "image_size": "28",
         "precision": "bf16",
         "device": "cpu",
     }
@@ -85,8 +88,9 @@ def vit_params(epochs: int = 3) -> dict[str, str]:
 def lab(mlflow_server):
     """Experiment ``main``: two real tiny training runs (cnn, deep_cnn) and runs logged through
     the client (a newer cnn, a finished vit, a RUNNING vit and a FAILED cnn that beat
-    everything, a run without a ``model`` param); experiment ``other``: one alexnet run that
-    ranks last; experiment ``empty``: nothing."""
+    everything, a run without a ``model`` param, a tuner's parent run with one that beats
+    everything too); experiment ``other``: one pretrained alexnet run that ranks last;
+    experiment ``empty``: nothing."""
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient(mlflow_server)
     tag = uuid.uuid4().hex[:8]
@@ -138,12 +142,20 @@ def lab(mlflow_server):
     runs["no_model"] = log_synthetic(
         client, main_id, "parent", params={"trials": "3"}, metrics={"test_accuracy": 1.0}
     )
+    runs["study"] = log_synthetic(  # what workflows.tune logs for a study's parent run
+        client,
+        main_id,
+        "study-parent",
+        params={"model": "cnn", "trials": "4", "epochs": "1", "sampler": "tpe"},
+        metrics={"test_accuracy": 1.0, "test_f1_macro": 1.0, "training_time_s": 0.5},
+    )
+    client.set_tag(runs["study"], artifacts.ROLE_TAG, "study")
     other_id = client.create_experiment(names.other)
     runs["alexnet"] = log_synthetic(
         client,
         other_id,
         "alexnet-other",
-        params={**vit_params(1), "model": "alexnet"},
+        params={**vit_params(1), "model": "alexnet", "pretrained": "true", "test_size": "10000"},
         metrics={"test_accuracy": 0.0, "test_f1_macro": 0.0, "training_time_s": 99.0},
     )
     client.create_experiment(names.empty)
@@ -169,17 +181,25 @@ def finished_training_runs(lab) -> list[str]:
     return [lab.runs[k] for k in ("cnn_a", "cnn_b", "deep", "vit")]
 
 
+def optional_int(params: dict[str, str], key: str) -> int | None:
+    return int(params[key]) if key in params else None
+
+
 def check_row_against_run(row: dict, run) -> None:
-    """Every value of a JSON row equals what the run logged (full precision)."""
+    """Every value of a JSON row equals what the run logged, to 12 significant digits (render's
+    float-noise cleanup; a float carries 15-17)."""
     params, metrics = run.data.params, run.data.metrics
     assert row["run_id"] == run.info.run_id
-    assert row["model"] == compare.display_name(params["model"])
-    assert row["accuracy_pct"] == metrics["test_accuracy"] * 100
-    assert row["f1_macro"] == metrics["test_f1_macro"]
-    assert row["training_time_s"] == metrics["training_time_s"]
+    assert row["model"] == params["model"]  # the registry key, for scripts
+    assert row["accuracy_pct"] == pytest.approx(metrics["test_accuracy"] * 100, rel=1e-12)
+    assert row["f1_macro"] == pytest.approx(metrics["test_f1_macro"], rel=1e-12)
+    assert row["training_time_s"] == pytest.approx(metrics["training_time_s"], rel=1e-12)
     assert row["epochs"] == int(params["epochs"])
     assert row["batch_size"] == int(params["batch_size"])
     assert row["lr"] == float(params["lr"])
+    for key in ("train_size", "test_size", "image_size"):
+        assert row[key] == optional_int(params, key), key
+    assert row["pretrained"] == {"true": True, "false": False}.get(params.get("pretrained"))
     assert row["precision"] == params["precision"] and row["device"] == params["device"]
     assert row["run_name"] == run.info.run_name
     start = datetime.fromtimestamp(run.info.start_time // 1000, tz=timezone.utc)
@@ -198,7 +218,10 @@ def test_json_rows_order_and_values(server_uri, lab):
     rows = json.loads(result.stdout)
     expected = best_per_model(lab.client, finished_training_runs(lab))
     assert [r["run_id"] for r in rows] == expected
-    assert {r["model"] for r in rows} == {"CNN", "Deep CNN", "ViT"}
+    assert {r["model"] for r in rows} == {"cnn", "deep_cnn", "vit"}
+    real = [r for r in rows if r["run_id"] in (lab.runs["cnn_a"], lab.runs["deep"])]
+    assert real and all(r["train_size"] and r["image_size"] == 28 for r in real)
+    assert all(r["pretrained"] is False for r in real)  # cnn and deep_cnn log "false"
     accuracies = [r["accuracy_pct"] for r in rows]
     assert accuracies == sorted(accuracies, reverse=True)
     for row in rows:
@@ -218,9 +241,11 @@ def test_csv_parses_to_the_same_values(server_uri, lab):
     for row, expected in zip(rows, as_json, strict=True):
         for key, value in expected.items():
             if isinstance(value, float):
-                assert float(row[key]) == value, key  # full precision survives
+                assert float(row[key]) == value, key  # the same rounded number
+            elif isinstance(value, bool):
+                assert row[key] == ("true" if value else "false"), key
             else:
-                assert row[key] == str(value), key
+                assert row[key] == ("" if value is None else str(value)), key
 
 
 @pytest.mark.slow
@@ -233,16 +258,20 @@ def test_markdown_table_has_the_lab_header(server_uri, lab):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header == list(render.HEADERS.values())
     assert set(lines[1].strip("|").split("|")) <= {"---", "---:"}
+    assert header[7:11] == ["Train images", "Test images", "Image size", "Pretrained"]
     assert len(lines) == 2 + len(as_json)
     for line, row in zip(lines[2:], as_json, strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
+        metrics = lab.client.get_run(row["run_id"]).data.metrics
         assert cells[:4] == [
-            row["model"],
-            f"{row['accuracy_pct']:.2f}",
-            f"{row['f1_macro']:.4f}",
-            f"{row['training_time_s']:.2f}",
+            compare.display_name(row["model"]),
+            f"{metrics['test_accuracy'] * 100:.2f}",
+            f"{metrics['test_f1_macro']:.4f}",
+            f"{metrics['training_time_s']:.2f}",
         ]
-        assert cells[10] == row["run_id"]
+        assert cells[header.index("Run ID")] == row["run_id"]
+        shown = {True: "true", False: "false", None: ""}[row["pretrained"]]
+        assert cells[header.index("Pretrained")] == shown
 
 
 @pytest.mark.slow
@@ -255,7 +284,7 @@ def test_table_is_aligned(server_uri, lab):
     assert set(rule) == {"-", " "}
     column = header.index("Run ID")
     for line, row in zip(rows, as_json, strict=True):
-        assert line.startswith(row["model"])
+        assert line.startswith(compare.display_name(row["model"]))
         assert line[column : column + 32] == row["run_id"]
         assert f"{row['accuracy_pct']:.2f}" in line
 
@@ -302,8 +331,30 @@ def test_several_experiments(server_uri, lab):
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert rows[-1]["run_id"] == lab.runs["alexnet"] and rows[-1]["model"] == "AlexNet"
+    assert rows[-1]["run_id"] == lab.runs["alexnet"] and rows[-1]["model"] == "alexnet"
+    assert rows[-1]["pretrained"] is True and rows[-1]["test_size"] == 10000
     assert len(rows) == 4
+
+
+@pytest.mark.slow
+def test_a_study_parent_run_is_no_row(server_uri, lab):
+    """A tuner's parent logs a ``model`` param (and here the best accuracy): still no row, and
+    not counted in ``n_runs``, whatever the selection."""
+    client = MlflowClient(server_uri)
+    for mode in ("best", "all"):
+        for unfinished in (False, True):
+            query = compare.Query(
+                experiments=(lab.names.main,), mode=mode, include_unfinished=unfinished
+            )
+            comparison = compare.compare(client, query)
+            assert lab.runs["study"] not in set(comparison.table["run_id"])
+            expected = finished_training_runs(lab)
+            if unfinished:
+                expected += [lab.runs["vit_running"], lab.runs["cnn_failed"]]
+            assert comparison.n_runs == len(expected)
+            if mode == "all":
+                assert set(comparison.table["run_id"]) == set(expected)
+    assert client.get_run(lab.runs["study"]).data.metrics["test_accuracy"] == 1.0
 
 
 @pytest.mark.slow
@@ -515,6 +566,10 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
             "epochs": 1,
             "batch_size": 64,
             "lr": 0.001,
+            "train_size": 54000,
+            "test_size": 10000,
+            "image_size": 28,
+            "pretrained": pd.NA,
             "precision": "fp32",
             "device": "cpu",
             "test_accuracy": a,
@@ -561,6 +616,59 @@ def test_markdown_escapes_pipes():
     runs = frame([("cnn", "a|b", 0, 0.5, 1.0)])
     line = render.render(compare.results_table(runs, "test_accuracy"), "markdown").splitlines()[2]
     assert "a\\|b" in line and line.count(" | ") == len(render.HEADERS) - 1
+
+
+def test_a_run_name_with_newlines_and_tabs_stays_on_one_line():
+    runs = frame([("cnn", "r1", 0, 0.5, 1.0), ("vit", "r2", 1, 0.4, 2.0)])
+    runs.loc[0, "run_name"] = "first\nsecond \t\r\n third"
+    table = compare.results_table(runs, "test_accuracy")
+    text = render.render(table, "table").splitlines()
+    assert len(text) == 4  # header, rule, two rows
+    assert "first second third" in text[2] and text[3].startswith("ViT")
+    column = text[0].index("Run ID")  # still aligned after the name
+    assert text[2][column : column + 3] == "r1 " and text[3][column : column + 3] == "r2 "
+    markdown = render.render(table, "markdown").splitlines()
+    assert len(markdown) == 4
+    cells = [c.strip() for c in markdown[2].strip("|").split("|")]
+    assert len(cells) == len(render.HEADERS)
+    assert cells[list(render.HEADERS).index("run_name")] == "first second third"
+    # Scripts get the name as logged.
+    assert json.loads(render.render(table, "json"))[0]["run_name"] == runs.loc[0, "run_name"]
+
+
+def test_script_formats_carry_registry_keys_and_no_float_noise(sqlite_uri):
+    """A run with accuracy 0.9943 (0.9943 * 100 == 99.42999999999999 in floats): json and csv
+    say 99.43; the table and markdown keep the lab's names and rounding."""
+    client = MlflowClient(sqlite_uri)
+    experiment_id = client.create_experiment("noise")
+    assert 0.9943 * 100 != 99.43  # the noise this test is about
+    metrics = {
+        "test_accuracy": 0.9943,
+        "test_f1_macro": 0.99428571428571,
+        "training_time_s": 101.1587654321,
+        "val_loss": 0.0123456789,
+    }
+    params = {**vit_params(), "model": "deep_cnn", "lr": "0.0003", "pretrained": "false"}
+    run_id = log_synthetic(client, experiment_id, "deep", params=params, metrics=metrics)
+    args = ("--experiment", "noise", "--metric", "val_loss", "--format")
+    result = invoke(*args, "json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["run_id"] == run_id and row["model"] == "deep_cnn"
+    assert row["accuracy_pct"] == 99.43 and '"accuracy_pct": 99.43,' in result.stdout
+    assert row["f1_macro"] == 0.994286 and row["training_time_s"] == 101.159
+    assert row["lr"] == 0.0003 and row["val_loss"] == 0.0123457
+    assert row["pretrained"] is False and row["train_size"] == 54000 and row["test_size"] is None
+    result = invoke(*args, "csv")
+    assert result.exit_code == 0, result.output
+    (csv_row,) = csv.DictReader(io.StringIO(result.stdout))
+    assert csv_row["model"] == "deep_cnn" and csv_row["accuracy_pct"] == "99.43"
+    assert csv_row["f1_macro"] == "0.994286" and csv_row["training_time_s"] == "101.159"
+    assert csv_row["lr"] == "0.0003" and csv_row["val_loss"] == "0.0123457"
+    assert csv_row["pretrained"] == "false" and csv_row["test_size"] == ""
+    markdown = invoke(*args, "markdown").stdout.splitlines()
+    assert markdown[2].startswith("| Deep CNN | 99.43 | 0.9943 | 101.16 |")
+    assert invoke(*args, "table").stdout.splitlines()[2].startswith("Deep CNN")
 
 
 def test_the_commands_module_stays_light():

@@ -8,6 +8,7 @@ import http.server
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,3 +205,34 @@ def test_full_mnist_verifies(full_data_dir):
     test_counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert data.label_counts(mnist.train_y) == train_counts
     assert data.label_counts(mnist.test_y) == test_counts
+
+
+def test_a_failed_download_leaves_no_empty_data_folder(monkeypatch, tmp_path):
+    """The default ./data is made for the download; when every mirror fails it goes again."""
+    monkeypatch.setattr(data.source, "MIRRORS", ["http://127.0.0.1:9/"])
+    monkeypatch.delenv("MNIST_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataError, match="download failed"):
+        data.load_mnist()
+    assert not (tmp_path / "data").exists()
+
+
+def test_digits_from_a_photo_look_like_mnist(tmp_path):
+    """A test digit drawn large, dark on light and off centre comes back close to the
+    original: white on black, 20 x 20 box, centred by mass (what `predict` feeds the model)."""
+    from PIL import Image
+
+    from mnist_tracker.data.images import read_digits
+
+    mnist = data.load_mnist(SUBSET, download_missing=False)
+    original = mnist.test_x[3].numpy().astype(float)
+    canvas = np.full((300, 260), 255, dtype=np.uint8)
+    canvas[40 : 40 + 224, 10 : 10 + 224] = 255 - np.kron(original, np.ones((8, 8))).astype(np.uint8)
+    Image.fromarray(canvas).save(tmp_path / "photo.png")
+    (back,) = read_digits(tmp_path / "photo.png")
+    assert back.dtype == np.uint8 and back.shape == (28, 28)
+    assert np.corrcoef(back.ravel(), original.ravel())[0, 1] > 0.8
+    assert read_digits(SUBSET / "t10k-images-idx3-ubyte.gz").shape == (500, 28, 28)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(data.DataError, match=r"notes\.txt: not an image"):
+        read_digits(tmp_path / "notes.txt")

@@ -65,7 +65,7 @@ def test_training_run_through_the_authenticated_server(logged_in, experiment_nam
     (run,) = MlflowClient().search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     paths = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
-    assert "plots/learning_curves.html" in paths, "artifacts went through the served store"
+    assert "plots/learning_curves.png" in paths, "artifacts went through the served store"
     assert logged_in["password"] not in proc.stderr + proc.stdout
 
 

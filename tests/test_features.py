@@ -11,6 +11,7 @@ learn agree too.
 from __future__ import annotations
 
 import mlflow
+import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from mnist_tracker import errors
 from mnist_tracker.config import ConfigError, resolve_config
-from mnist_tracker.models import InputSpec, ModelSpec, create_model, registry
+from mnist_tracker.models import InputSpec, ModelSpec, create_model, specs
 from mnist_tracker.models.transfer import split_features
 from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit, loop
 from mnist_tracker.workflows.train import TrainOptions, prepare_data, train
@@ -127,7 +128,7 @@ def stand_in(monkeypatch) -> str:
         channels_last=True,
         split=split_features,
     )
-    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    monkeypatch.setitem(specs._REGISTRY, spec.name, spec)
     return spec.name
 
 
@@ -226,11 +227,12 @@ def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(sqlite_uri, ex
     assert "computed once" in run.data.tags["feature_cache_reason"]
     assert run.data.metrics["feature_cache_time_s"] > 0
 
-    loaded = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    network = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/alexnet/artifacts/network")
     images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     with torch.inference_mode():
         expected = outcome.model.to("cpu").eval()(torch.from_numpy(images)).numpy()
-    np.testing.assert_allclose(np.asarray(loaded.predict(images)), expected, rtol=1e-3, atol=1e-4)
+        logits = network(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-4)
 
 
 def test_required_cache_that_cannot_run_is_a_config_error(monkeypatch):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+import PIL.Image
 import pytest
 from mlflow.entities import Metric
 
@@ -136,3 +138,20 @@ def test_a_refused_call_raises_instead_of_going_to_the_outbox(store):
     with pytest.raises(Exception, match=r"(?i)param"):
         sink.log_batch(params={"p": "2"})  # MLflow refuses to change a param
     assert not sink.offline and not sink.outbox.exists()
+
+
+def test_an_image_kept_offline_is_logged_with_its_key_and_step(store, monkeypatch, tmp_path):
+    c, run_id = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    sink = RunSink(run_id, DEAD)
+    image = np.zeros((40, 30, 3), dtype=np.uint8)
+    image[10:20, 5:25] = (200, 30, 30)
+    sink.log_image(image, "misclassified", step=3)
+    (op,) = sink.outbox.pending()
+    assert (op["op"], op["key"], op["step"]) == ("log_image", "misclassified", 3)
+    outbox.replay(sink.outbox, c)
+    logged = [a.path for a in c.list_artifacts(run_id, "images")]
+    png = [p for p in logged if p.startswith("images/misclassified+step+3+") and p.endswith(".png")]
+    assert len(png) == 1, logged
+    back = np.asarray(PIL.Image.open(c.download_artifacts(run_id, png[0], str(tmp_path))))
+    np.testing.assert_array_equal(back[..., :3], image)

@@ -45,7 +45,7 @@ VIT_MATRIX = (np.eye(10, dtype=int) * 40 + 1).tolist()
 
 @pytest.fixture(scope="module")
 def report_runs(mlflow_server):
-    """A real tiny cnn run (artifacts from the runner) and a synthetic vit run with a known
+    """A real tiny cnn run (artifacts from the train workflow) and a synthetic vit run with a known
     history and a ``reports/confusion_matrix.json`` artifact."""
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient(mlflow_server)
@@ -134,6 +134,23 @@ def test_report_figures_hold_the_runs_numbers(server_uri, report_runs, tmp_path)
         (trace,) = bars[name]
         assert trace["type"] == "bar" and trace["x"] == labels
         assert trace["y"] == [run.data.metrics[key] * scale for _, run in order]
+
+    # The three panels start at 0 (accuracy on 0-100 %, F1 on 0-1, time up to the longest run),
+    # with room above the tallest bar for its value label, which is never clipped.
+    layout = figures["fig-comparison"]["layout"]
+    longest = max(run.data.metrics["training_time_s"] for _, run in order)
+    for axis, name, top in (
+        ("yaxis", "Accuracy (%)", 100.0),
+        ("yaxis2", "F1", 1.0),
+        ("yaxis3", "Training Time (s)", longest),
+    ):
+        low, high = layout[axis]["range"]
+        assert low == 0, axis
+        assert top <= high < 1.2 * top, axis  # the whole scale, and not much more
+        (trace,) = bars[name]
+        assert high - max(trace["y"]) >= 0.08 * high, axis  # headroom for the label
+        assert trace["textposition"] == "outside" and trace["cliponaxis"] is False
+        assert all(trace["text"]), axis  # every bar carries its value
 
     curves = traces(figures["fig-curves"])
     for label, run in order:

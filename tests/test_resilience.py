@@ -135,8 +135,8 @@ def test_signal_then_resume_gives_the_uninterrupted_run(
     assert run.info.status == "FINISHED"
     assert_same_epochs(client, run_id, reference)
     assert not local.exists(), "a finished run drops its local checkpoint"
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    assert loaded.predict(torch.zeros(2, 1, 28, 28).numpy()).shape == (2, 10)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/cnn")
+    assert loaded.predict(torch.zeros(2, 1, 28, 28).numpy()).shape == (2, 12)
 
 
 def test_resume_refuses_a_finished_run_and_settings(server_uri, experiment_name, cli_env):
@@ -255,11 +255,11 @@ def test_server_outage_mid_run_then_sync(tmp_path, cli_env, reference, monkeypat
         assert run.info.status == "FINISHED"
         assert_same_epochs(client, run_id, reference)
         paths = {a.path for a in client.list_artifacts(run_id, "plots")}
-        assert paths == {"plots/learning_curves.html", "plots/confusion_matrix.html"}
+        assert paths == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         mlflow.set_tracking_uri(server.uri)
-        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-        assert loaded.predict(torch.zeros(2, 1, 28, 28).numpy()).shape == (2, 10)
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/cnn")
+        assert loaded.predict(torch.zeros(2, 1, 28, 28).numpy()).shape == (2, 12)
 
         before = {key: history(client, run_id, key) for key in EPOCH_KEYS}
         models = mlflow.search_logged_models(

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import mlflow
+import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
@@ -112,15 +113,18 @@ def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_
 
     root = pathlib.Path(local)
     for name in (
-        "plots/learning_curves.html",
-        "plots/confusion_matrix.html",
+        "plots/learning_curves.png",
+        "plots/confusion_matrix.png",
+        "reports/confusion_matrix.json",
         "reports/classification_report.json",
         "config.json",
     ):
         assert (root / name).is_file(), name
     report = json.loads((root / "reports/classification_report.json").read_text())
     assert report["accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
-    assert "<div" in (root / "plots/learning_curves.html").read_text()
+    assert (root / "plots/learning_curves.png").read_bytes().startswith(b"\x89PNG")
+    matrix = json.loads((root / "reports/confusion_matrix.json").read_text())["matrix"]
+    assert sum(map(sum, matrix)) == 100  # every test image, once
 
     versions = client.search_model_versions(f"name='{experiment_name}'")
     assert len(versions) == 1 and versions[0].run_id == run.info.run_id
@@ -137,15 +141,22 @@ def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_
 def test_logged_model_predicts_like_the_trained_one(server_uri, experiment_name, model, overrides):
     config = resolve_config(model, epochs=1, limit_train=128, limit_test=64, **overrides)
     outcome = train(config, TrainOptions(data_dir=SUBSET, experiment=experiment_name))
-    loaded = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    loaded = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/{model}")  # named after it
+    network = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/{model}/artifacts/network")
     images = torch.from_numpy(np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32))
     trained = outcome.model.to("cpu").eval()
     for n in (1, 7):
         batch = images[:n]
-        logits = np.asarray(loaded.predict(batch.numpy()))
-        assert logits.shape == (n, 10)
+        served = loaded.predict(batch.numpy())
+        assert list(served.columns) == ["label", "probability", *(f"prob_{d}" for d in range(10))]
         with torch.inference_mode():
             expected = trained(batch).numpy()
+            logits = network(batch).numpy()
+        assert logits.shape == (n, 10)
+        probs = torch.softmax(torch.from_numpy(expected), 1).numpy()
+        np.testing.assert_array_equal(served["label"], expected.argmax(1))
+        np.testing.assert_allclose(served.iloc[:, 2:].to_numpy(), probs, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(served["probability"], probs.max(1), rtol=1e-3, atol=1e-5)
         np.testing.assert_array_equal(logits.argmax(1), expected.argmax(1))
         np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-4)
 

@@ -68,7 +68,7 @@ def test_four_trial_study(server_uri, experiment_name):
         )
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id, "optuna")}
     assert artifacts == {
-        f"optuna/{n}.html"
+        f"optuna/{n}.png"
         for n in (
             "optimization_history",
             "param_importances",

@@ -1,12 +1,15 @@
 """The ``mnist-tracker`` command line: parse options, build typed settings, call a workflow.
 
 One module per command group (``train``: train, sync; ``tune``; ``compare``: compare, suite;
-``info``: models, data check); shared option decorators in ``options``; what an error
-prints and its exit code in ``errors`` (bad input: one line, exit 2, before any run exists).
-Only click is imported at start-up; each command loads the library when it runs.
+``info``: models, data check; ``registry``: promote, predict); shared option decorators in
+``options``; what an error prints and its exit code in ``errors`` (bad input: one line, exit
+2, before any run exists). Only click is imported at start-up; each command loads the
+library when it runs.
 """
 
 from __future__ import annotations
+
+import os
 
 import click
 
@@ -14,6 +17,7 @@ from .. import __version__
 from .compare import compare_cmd, suite_cmd
 from .errors import OneLineErrors
 from .info import data_group, models_cmd
+from .registry import predict_cmd, promote_cmd
 from .train import sync_cmd, train
 from .tune import tune
 
@@ -22,7 +26,20 @@ from .tune import tune
 @click.version_option(__version__, prog_name="mnist-tracker")
 def main() -> None:
     """Train MNIST classifiers (cnn, deep_cnn, vgg16, alexnet, vit) and track them in MLflow."""
+    # MLflow's INFO lines ("Creating initial MLflow database tables...") are not for users;
+    # read when MLflow is first imported, which the commands do later. A user's value wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-for command in (train, sync_cmd, models_cmd, data_group, tune, compare_cmd, suite_cmd):
+for command in (
+    train,
+    sync_cmd,
+    models_cmd,
+    data_group,
+    tune,
+    compare_cmd,
+    suite_cmd,
+    promote_cmd,
+    predict_cmd,
+):
     main.add_command(command)

@@ -51,6 +51,24 @@ def _log_to_project_run(paths: list[Path]) -> None:
     sink = RunSink(run_id, set_tracking_uri(None))
     for path in paths:
         sink.log_artifact(path)
+    if sink.offline:
+        echo_err(
+            f"the tracking server went away ({sink.offline_reason}); the files wait in "
+            f"{sink.outbox.folder}: send them with `mnist-tracker sync {sink.outbox.folder}`"
+        )
+
+
+def _refuse_missing_sqlite(uri: str) -> None:
+    """A SQLite store that does not exist is a typo, not an empty store: MLflow would create
+    it (and its tables) on the first query."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if str(path) != ":memory:" and not path.is_file():
+        fail(
+            f"no tracking store at {path} (from {uri}); pass the --tracking-uri your runs were "
+            "logged to"
+        )
 
 
 def run_compare(query: Query) -> Comparison:
@@ -138,6 +156,7 @@ def compare_cmd(
     from ..tracking import set_tracking_uri
 
     uri = set_tracking_uri(tracking_uri)
+    _refuse_missing_sqlite(uri)
     query = compare_mod.Query(
         experiments=experiments or (DEFAULT_EXPERIMENT,),
         all_experiments=all_experiments,

@@ -38,9 +38,9 @@ class OptionalBool(click.ParamType):
         if isinstance(value, bool):
             return value
         lowered = str(value).strip().lower()
-        if lowered in ("true", "1", "yes", "y", "on"):
+        if lowered in ("true", "t", "1", "yes", "y", "on"):
             return True
-        if lowered in ("false", "0", "no", "n", "off"):
+        if lowered in ("false", "f", "0", "no", "n", "off"):
             return False
         self.fail(f"{value!r} is not a boolean; pass true or false", param, ctx)
 

@@ -49,11 +49,14 @@ def echo_err(line: str) -> None:
     "device",
 )  # fmt: skip
 @data_dir_option
-@option("--run-name", default=None, help="MLflow run name [default: MLflow's].")
+@option(
+    "--run-name", default=None, help="MLflow run name [default: <model>-<recipe>-<epochs>ep-<id>]."
+)
 @option("--register", default=None, help="Register the model under this name in the registry.")
+@flag("system_metrics", "Sample CPU, memory and GPU into the run's System metrics.", default=True)
 @tracking_options
 def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_uri, register,
-          **overrides) -> None:  # fmt: skip
+          system_metrics, **overrides) -> None:  # fmt: skip
     """Train one model and log the run (params, curves, model, plots) to MLflow.
 
     After each epoch a checkpoint is kept: a run stopped by Ctrl-C, SIGTERM or a crash goes on
@@ -87,6 +90,7 @@ def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_ur
         register=register,
         progress=sys.stderr.isatty(),
         echo=echo_err,
+        system_metrics=system_metrics,
     )
     _run(start, what, options, tracking_uri, resume_run_id)
 
@@ -130,8 +134,7 @@ def _ended_how(run_id: str, status: str) -> str:
 def _stop_hint(exc: BaseException, started: list[str], tracking_uri, uri: str) -> str:
     """The hint ``cli.errors`` prints after a run stopped: its state and how to go on."""
     from ..errors import Diverged, Interrupted
-    from ..paths import run_dir
-    from ..training.checkpoint import FILENAME
+    from ..paths import checkpoint_path
 
     if not started:
         return ""
@@ -142,7 +145,7 @@ def _stop_hint(exc: BaseException, started: list[str], tracking_uri, uri: str) -
     if not isinstance(exc, KeyboardInterrupt | Interrupted):
         return ""
     message = _ended_how(run_id, "KILLED")
-    if (run_dir(run_id) / FILENAME).is_file():
+    if checkpoint_path(run_id).is_file():
         uri_option = f" --tracking-uri {redact(uri)}" if tracking_uri else ""
         message += f" Continue it with: mnist-tracker train --resume {run_id}{uri_option}"
     return message

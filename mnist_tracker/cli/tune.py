@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from ..constants import PRUNERS, SAMPLERS
 from ..uris import redact
+from .errors import sigterm_as_interrupt
 from .options import data_dir_option, flag, option, tracking_options, training_options
 from .train import connect, echo_err
 
@@ -80,6 +81,7 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
     import optuna
 
     from ..workflows.study import TuneSettings
+    from ..workflows.tune import format_params
     from ..workflows.tune import tune as run_tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial suffices
@@ -89,15 +91,13 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
         f"mnist-tracker {__version__}: tuning {model_name}, {settings.trials} trial(s), "
         f"storage {redact(settings.storage) or 'in memory'}, tracking to {redact(uri)}"
     )
-    outcome = run_tune(settings, data_dir=data_dir, echo=echo_err)
+    with sigterm_as_interrupt():  # the running trial's run ends KILLED, as on Ctrl-C
+        outcome = run_tune(settings, data_dir=data_dir, echo=echo_err)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     if outcome.best_value is None:
         click.echo(f"study {outcome.study.study_name}: no trial completed ({counts})")
         return
-    params = " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in outcome.best_params.items()
-    )
+    params = format_params(outcome.best_params)
     click.echo(
         f"study {outcome.study.study_name}: best val_accuracy {outcome.best_value:.4f} "
         f"({counts}); best params: {params}"

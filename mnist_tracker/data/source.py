@@ -78,10 +78,21 @@ def _manifest(root: Path) -> dict | None:
 
 
 def download(root: Path, missing: list[IdxFile]) -> None:
-    """Fetch ``missing`` files from ``MIRRORS`` into ``root`` (progress bar from torchvision)."""
+    """Fetch ``missing`` files from ``MIRRORS`` into ``root`` (progress bar from torchvision);
+    DataError, and no folder left behind that this call created, when every mirror fails."""
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(root, missing)
+    except DataError:
+        if created and not any(root.iterdir()):
+            root.rmdir()  # a failed download leaves no empty ./data behind
+        raise
+
+
+def _fetch(root: Path, missing: list[IdxFile]) -> None:
     from torchvision.datasets.utils import download_url
 
-    root.mkdir(parents=True, exist_ok=True)
     for spec in missing:
         errors = []
         for mirror in MIRRORS:

@@ -5,28 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import Dropout
-from .registry import InputSpec, ModelSpec, register
-
-LAB_ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10}
-# --recipe fast for the cnn (the lab's architecture): batches of 512 (more images a second on a
-# CPU), a one-cycle schedule peaking at 1e-2 so that 4 epochs reach 99.3-99.4 %, lighter dropout
-# (the lab's 0.25 / 0.5 slow a 4-epoch run down), bf16 where the hardware runs it fast.
-CNN_FAST = {
-    "batch_size": 512,
-    "scheduler": "onecycle",
-    "lr": 1e-2,
-    "epochs": 4,
-    "precision": "auto",
-    "extra": {"dropout_conv": 0.1, "dropout_fc": 0.25},
-}
-CONV_SEARCH = {
-    "lr": ("float", 1e-4, 1e-2, True),
-    "weight_decay": ("float", 1e-6, 1e-3, True),
-    "batch_size": ("categorical", [32, 64, 128]),
-    "optimizer": ("categorical", ["adam", "adamw"]),
-    "dropout_conv": ("float", 0.0, 0.4, False),
-    "dropout_fc": ("float", 0.1, 0.6, False),
-}
+from .specs import BuildConfig
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -83,30 +62,9 @@ class DeepCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _register_conv_net(name: str, net: type[nn.Module], description: str, n_params: int, **kw):
-    """The two conv nets share the lab's Adam recipe, search space and channels_last."""
-    register(
-        ModelSpec(
-            name=name,
-            builder=lambda config: net(**config.extra),
-            input=InputSpec(),
-            recipe=dict(LAB_ADAM),
-            description=description,
-            n_params=n_params,
-            n_trainable=n_params,
-            search_space=CONV_SEARCH,
-            channels_last=True,
-            **kw,
-        )
-    )
+def build_cnn(config: BuildConfig) -> CNN:
+    return CNN(**config.extra)
 
 
-_register_conv_net(
-    "cnn", CNN, "3-block CNN (32-64-128) with a 256-128 head", 422_474, fast_recipe=CNN_FAST
-)
-_register_conv_net(
-    "deep_cnn",
-    DeepCNN,
-    "deeper CNN, 3 double-conv blocks (64-128-256), the lab's adapted Faster R-CNN",
-    2_331_338,
-)
+def build_deep_cnn(config: BuildConfig) -> DeepCNN:
+    return DeepCNN(**config.extra)

@@ -15,10 +15,8 @@ from torch import nn
 from torchvision import models as tvm
 
 from ..errors import ModelError
-from .registry import IMAGENET_MEAN, IMAGENET_STD, BuildConfig, InputSpec, ModelSpec, register
+from .specs import BuildConfig
 
-TRANSFER_RECIPE = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 5}
-IMAGENET_INPUT = InputSpec(image_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 DOWNLOAD_TIMEOUT_S = 30
 
 _ARCHS = {
@@ -89,35 +87,3 @@ def split_features(net: nn.Module) -> tuple[nn.Module, nn.Module]:
     in two parts. The backbone ends before the adaptive pool, whose output (7x7 for VGG, 6x6
     for AlexNet) is larger than its input at small image sizes."""
     return net.features, nn.Sequential(net.avgpool, nn.Flatten(1), net.classifier)
-
-
-TRANSFER_SEARCH = {
-    "lr": ("float", 1e-5, 1e-3, True),
-    "batch_size": ("categorical", [32, 64, 128]),
-    "unfreeze_blocks": ("int", 0, 2),
-}
-
-
-# name, description, parameters (all, trainable), smallest input side torchvision accepts
-_TRANSFER_MODELS = (
-    ("vgg16", "torchvision VGG16", 134_301_514, 119_586_826, 32),
-    ("alexnet", "torchvision AlexNet", 57_044_810, 54_575_114, 63),
-)
-for _name, _arch, _n_params, _n_trainable, _min_size in _TRANSFER_MODELS:
-    register(
-        ModelSpec(
-            name=_name,
-            builder=build_transfer,
-            input=IMAGENET_INPUT,
-            recipe=dict(TRANSFER_RECIPE),
-            description=f"{_arch}, ImageNet weights, frozen features, new 10-class head",
-            n_params=_n_params,
-            n_trainable=_n_trainable,
-            min_image_size=_min_size,
-            resizable=True,
-            has_pretrained=True,
-            search_space=TRANSFER_SEARCH,
-            channels_last=True,
-            split=split_features,
-        )
-    )

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import Dropout
-from .registry import InputSpec, ModelSpec, register
+from .specs import BuildConfig
 
 
 class Attention(nn.Module):
@@ -84,28 +84,5 @@ class ViT(nn.Module):
         return self.head(x[:, 0])
 
 
-register(
-    ModelSpec(
-        name="vit",
-        builder=lambda config: ViT(**config.extra),
-        input=InputSpec(),
-        recipe={
-            "optimizer": "adamw",
-            "lr": 1e-3,
-            "weight_decay": 0.05,
-            "epochs": 10,
-            "scheduler": "cosine",
-        },
-        description="ViT from scratch: 4x4 patches, dim 128, 6 pre-norm blocks, 8 heads",
-        n_params=1_199_882,
-        n_trainable=1_199_882,
-        search_space={
-            "lr": ("float", 1e-4, 3e-3, True),
-            "weight_decay": ("float", 1e-3, 0.1, True),
-            "batch_size": ("categorical", [64, 128]),
-            "depth": ("int", 3, 8),
-            "dim": ("categorical", [64, 128, 192]),
-            "dropout": ("float", 0.0, 0.2, False),
-        },
-    )
-)
+def build_vit(config: BuildConfig) -> ViT:
+    return ViT(**config.extra)

@@ -6,7 +6,12 @@ Flow: ``find_experiments`` -> ``store.search_runs`` (paged) -> ``runs_frame``
 
 Contracts:
 - Only runs that logged a ``model`` param count as training runs; other runs in the same
-  experiments (a tuner's parent run, the run ``mlflow run`` creates for ``compare``) are ignored.
+  experiments (the run ``mlflow run`` creates for ``compare``) are ignored. A tuner's parent run
+  (tag ``artifacts.ROLE_TAG`` = ``study``) logs a ``model`` param too but is no training run: it
+  is never a row and ``Comparison.n_runs`` does not count it.
+- The table holds data: ``model`` is the registry key (``deep_cnn``), metrics at full precision.
+  ``render`` shows the lab's display names and rounding (table, markdown) or rounds away float
+  noise for scripts (csv, json).
 - Unfinished runs (RUNNING, FAILED, KILLED, SCHEDULED) are filtered out by MLflow's search itself
   unless ``include_unfinished`` is set, so they never leave the store.
 - Rows are sorted by the chosen metric, best first (lower is better for losses and times), runs
@@ -31,7 +36,8 @@ import pandas as pd
 from ..constants import DEFAULT_EXPERIMENT
 from ..constants import RUN_MODES as MODES
 from ..errors import CompareError, InvalidQuery
-from ..tracking import store
+from ..tracking import registry, store
+from ..tracking.artifacts import ROLE_TAG
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
@@ -61,6 +67,11 @@ LAB_RESULTS = pd.DataFrame(
 
 # Metrics already shown by a lab column; any other --metric gets a column of its own.
 SHOWN_METRICS = {"test_accuracy", "test_f1_macro", "training_time_s"}
+
+STUDY_ROLE = "study"  # ROLE_TAG of a tuner's parent run: not a training run
+
+# The data a run saw (params logged by ``workflows.train``), shown after epochs, batch size, lr.
+DATA_PARAMS = ("train_size", "test_size", "image_size", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -139,18 +150,29 @@ def _number(text: str | None, kind: type) -> float | int | None:
         return None
 
 
+def _flag(text: str | None) -> bool | None:
+    """A boolean param (``format_param`` writes ``true`` / ``false``); None when absent."""
+    lowered = (text or "").strip().lower()
+    return True if lowered == "true" else False if lowered == "false" else None
+
+
+def is_training_run(run: Run) -> bool:
+    """A run that logged a ``model`` param and is not a tuner's parent (``ROLE_TAG`` study)."""
+    return bool(run.data.params.get("model")) and run.data.tags.get(ROLE_TAG) != STUDY_ROLE
+
+
 def runs_frame(runs: Sequence[Run], metric: str = DEFAULT_METRIC) -> pd.DataFrame:
-    """One row per training run (runs with a ``model`` param): ids, params, result metrics.
+    """One row per training run (``is_training_run``): ids, params, result metrics.
 
     Metrics are the runs' latest values; ``start_time`` is in ms since the epoch. A run without
-    a metric holds NaN for it.
+    a metric holds NaN for it; a missing int param is NA, a missing ``pretrained`` NA too.
     """
     metrics = list(dict.fromkeys(["test_accuracy", "test_f1_macro", "training_time_s", metric]))
     rows = []
     for run in runs:
-        params = run.data.params
-        if not params.get("model"):
+        if not is_training_run(run):
             continue
+        params = run.data.params
         row = {
             "model_key": params["model"],
             "run_id": run.info.run_id,
@@ -160,6 +182,10 @@ def runs_frame(runs: Sequence[Run], metric: str = DEFAULT_METRIC) -> pd.DataFram
             "epochs": _number(params.get("epochs"), int),
             "batch_size": _number(params.get("batch_size"), int),
             "lr": _number(params.get("lr"), float),
+            "train_size": _number(params.get("train_size"), int),
+            "test_size": _number(params.get("test_size"), int),
+            "image_size": _number(params.get("image_size"), int),
+            "pretrained": _flag(params.get("pretrained")),
             "precision": params.get("precision", ""),
             "device": params.get("device", ""),
         }
@@ -167,10 +193,11 @@ def runs_frame(runs: Sequence[Run], metric: str = DEFAULT_METRIC) -> pd.DataFram
             row[key] = run.data.metrics.get(key, math.nan)
         rows.append(row)
     columns = ["model_key", "run_id", "run_name", "status", "start_time", "epochs"]
-    columns += ["batch_size", "lr", "precision", "device", *metrics]
+    columns += ["batch_size", "lr", *DATA_PARAMS, "precision", "device", *metrics]
     frame = pd.DataFrame(rows, columns=columns)
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "train_size", "test_size", "image_size"):
         frame[key] = frame[key].astype("Int64")
+    frame["pretrained"] = frame["pretrained"].astype("boolean")
     return frame
 
 
@@ -212,25 +239,29 @@ def iso_time(ms: int) -> str:
 def results_table(selected: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The output columns (``HEADERS`` order; plus ``metric`` when no lab column shows it).
 
-    ``model`` is the lab's display name, ``accuracy_pct`` the test accuracy in percent,
-    ``f1_macro`` the macro F1 in [0, 1], ``training_time_s`` seconds, ``start_time`` ISO UTC.
-    Full precision is kept; rounding is left to ``render``.
+    ``model`` is the registry key (``display_name`` gives the lab's name), ``accuracy_pct`` the
+    test accuracy in percent, ``f1_macro`` the macro F1 in [0, 1], ``training_time_s`` seconds,
+    ``train_size`` / ``test_size`` image counts, ``image_size`` the side the network saw,
+    ``pretrained`` True / False / NA, ``start_time`` ISO UTC. Full precision is kept; display
+    names and rounding are left to ``render``.
     """
     table = pd.DataFrame(
         {
-            "model": selected["model_key"].map(display_name),
+            "model": selected["model_key"],
             "accuracy_pct": selected["test_accuracy"] * 100.0,
             "f1_macro": selected["test_f1_macro"],
             "training_time_s": selected["training_time_s"],
             "epochs": selected["epochs"],
             "batch_size": selected["batch_size"],
             "lr": selected["lr"],
+            **{key: selected[key] for key in DATA_PARAMS},
             "precision": selected["precision"],
             "device": selected["device"],
             "run_name": selected["run_name"],
             "run_id": selected["run_id"],
             "start_time": selected["start_time"].map(iso_time),
             "status": selected["status"],
+            "registry": "",  # filled by ``compare`` from the model registry
         }
     )
     if metric not in SHOWN_METRICS:
@@ -262,7 +293,10 @@ def compare(client: MlflowClient, query: Query) -> Comparison:
     if frame.empty:
         raise CompareError(_empty_message(query, names))
     selected = select_rows(frame, query.mode, query.metric)
-    return Comparison(results_table(selected, query.metric), query, names, len(frame))
+    table = results_table(selected, query.metric)
+    holders = registry.alias_holders(client)
+    table["registry"] = [", ".join(holders.get(run_id, [])) for run_id in table["run_id"]]
+    return Comparison(table, query, names, len(frame))
 
 
 def _empty_message(query: Query, names: Sequence[str]) -> str:

@@ -1,8 +1,7 @@
-"""Plotly figures: functions that take numbers and return figures; no I/O.
+"""Plotly figures of the comparison report: functions that take numbers and return figures.
 
-Per run (logged as artifacts by ``workflows.train``): ``learning_curves``,
-``confusion_matrix_figure``. Across runs (the comparison report): ``comparison_figure``,
-``curves_figure``, ``cost_figure``, ``samples_figure``, ``confusion_figure``. Every trace is
+``comparison_figure``, ``curves_figure``, ``cost_figure``, ``samples_figure``,
+``confusion_figure`` (a run's own figures are PNG images: ``images.py``). Every trace is
 built from plain Python lists, so the figure JSON holds readable numbers (plotly would
 otherwise base64-encode numpy arrays).
 """
@@ -18,11 +17,10 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ..tracking.artifacts import DIGITS
+from .compare import display_name
+from .render import one_line
 
-
-def page(fig: go.Figure) -> str:
-    """``fig`` as a standalone HTML page (plotly.js from its CDN, to keep each run small)."""
-    return fig.to_html(include_plotlyjs="cdn")
+BAR_HEADROOM = 1.15  # room above a bar panel's top for the tallest bar's value label
 
 
 def _line(x, y, name: str, dash: str, **kwargs) -> go.Scatter:
@@ -52,42 +50,13 @@ def _heatmap(matrix: Sequence[Sequence[int]], **kwargs) -> go.Heatmap:
     )
 
 
-def learning_curves(history: Sequence[dict[str, float]], title: str = "") -> go.Figure:
-    """Loss and accuracy per epoch of one run, for every split present in ``history``."""
-    epochs = range(1, len(history) + 1)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    for split, dash in (("train", "solid"), ("val", "dot"), ("test", "dash")):
-        if f"{split}_loss" not in history[0]:
-            continue
-        for col, metric in ((1, "loss"), (2, "accuracy")):
-            key = f"{split}_{metric}"
-            fig.add_trace(_line(epochs, [h[key] for h in history], key, dash), row=1, col=col)
-    _curve_axes(fig, "accuracy", tickformat=".1%")
-    fig.update_layout(title=title or "Learning curves", template="plotly_white", height=420)
-    return fig
-
-
-def confusion_matrix_figure(matrix: Sequence[Sequence[int]], title: str = "") -> go.Figure:
-    """One run's test-set confusion matrix (``artifacts.confusion_matrix``)."""
-    fig = go.Figure(_heatmap(matrix))
-    fig.update_layout(
-        title=title or "Confusion matrix (test set)",
-        xaxis_title="predicted",
-        yaxis_title="true",
-        yaxis_autorange="reversed",
-        template="plotly_white",
-        height=520,
-        width=560,
-    )
-    return fig
-
-
 def run_labels(table: pd.DataFrame) -> list[str]:
-    """One legend label per row: the model's name, plus the run name when a model repeats."""
+    """One legend label per row: the model's display name, plus the run name (on one line)
+    when a model repeats."""
     counts = table["model"].value_counts()
     return [
-        model if counts[model] == 1 else f"{model} · {run_name}"
-        for model, run_name in zip(table["model"], table["run_name"], strict=True)
+        display_name(model) if counts[model] == 1 else f"{display_name(model)} · {one_line(name)}"
+        for model, name in zip(table["model"], table["run_name"], strict=True)
     ]
 
 
@@ -102,15 +71,20 @@ def _values(series: pd.Series) -> list[float | None]:
 
 
 def comparison_figure(table: pd.DataFrame) -> go.Figure:
-    """The lab's ``model_comparison``: bars of accuracy (%), macro F1 and training time (s)."""
+    """The lab's ``model_comparison``: bars of accuracy (%), macro F1 and training time (s).
+
+    Every panel's y axis starts at 0: accuracy on 0-100 %, F1 on 0-1, time up to the longest
+    run; each range ends ``BAR_HEADROOM`` above that top, so the value label written above the
+    tallest bar fits inside the plot (and ``cliponaxis=False`` keeps it whole in any case).
+    """
     labels = run_labels(table)
-    panels = (
-        ("accuracy_pct", "Accuracy (%)", "{:.2f}"),
-        ("f1_macro", "F1", "{:.4f}"),
-        ("training_time_s", "Training Time (s)", "{:.1f}"),
+    panels = (  # column, title, label format, top of the scale (None: the data's), tick step
+        ("accuracy_pct", "Accuracy (%)", "{:.2f}", 100.0, 20),
+        ("f1_macro", "F1", "{:.4f}", 1.0, 0.2),
+        ("training_time_s", "Training Time (s)", "{:.1f}", None, None),
     )
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[title for _, title, _ in panels])
-    for col, (key, title, fmt) in enumerate(panels, start=1):
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[panel[1] for panel in panels])
+    for col, (key, title, fmt, scale_top, dtick) in enumerate(panels, start=1):
         values = _values(table[key])
         fig.add_trace(
             go.Bar(
@@ -119,15 +93,17 @@ def comparison_figure(table: pd.DataFrame) -> go.Figure:
                 name=title,
                 text=["" if v is None else fmt.format(v) for v in values],
                 textposition="outside",
+                cliponaxis=False,
                 marker_color=run_colors(len(labels)),
                 showlegend=False,
             ),
             row=1,
             col=col,
         )
-    present = [v for v in _values(table["accuracy_pct"]) if v is not None]
-    if present:  # accuracies sit close together: start the axis just below the lowest
-        fig.update_yaxes(range=[max(0.0, math.floor(min(present)) - 1.0), 100.5], row=1, col=1)
+        present = [v for v in values if v is not None and math.isfinite(v)]
+        top = max([scale_top or 0.0, *present]) or 1.0  # a bar past the scale still fits
+        axis = {"range": [0.0, top * BAR_HEADROOM]} | ({"dtick": dtick} if dtick else {})
+        fig.update_yaxes(**axis, row=1, col=col)
     fig.update_layout(
         title="Model comparison (test set)", template="plotly_white", height=460, bargap=0.35
     )

@@ -1,7 +1,14 @@
 """The comparison table as text: an aligned table, Markdown, CSV or JSON.
 
-``table`` and ``markdown`` round like the lab's table; ``csv`` and ``json`` keep full
-precision for scripts.
+For people, ``table`` and ``markdown``: the lab's display names (``Deep CNN``), its rounding
+(accuracy and time to 2 decimals, F1 to 4), text on one line (runs of whitespace in a run name,
+newlines and tabs included, become one space).
+
+For scripts, ``csv`` and ``json``: the column keys as names, ``model`` the registry key
+(``deep_cnn``), text as logged, and numbers at full precision without float noise: 12
+significant digits, more than any metric here carries, so 99.42999999999999 (0.9943 x 100 in
+binary) is 99.43 while nothing a run measured is rounded; ``lr`` as logged (the param string
+parsed); ``pretrained`` is true / false; missing values are empty / null.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 
 import pandas as pd
 
 from ..constants import FORMATS
 from ..errors import CompareError
+from .compare import display_name
 
 # Output columns, in order, with the headers of the human formats (table, markdown).
 HEADERS = {
@@ -26,19 +35,39 @@ HEADERS = {
     "epochs": "Epochs",
     "batch_size": "Batch size",
     "lr": "LR",
+    "train_size": "Train images",
+    "test_size": "Test images",
+    "image_size": "Image size",
+    "pretrained": "Pretrained",
     "precision": "Precision",
     "device": "Device",
     "run_name": "Run name",
     "run_id": "Run ID",
     "start_time": "Start time",
     "status": "Status",
+    "registry": "Registry",
 }
+
+# csv and json: binary float noise goes (0.9943 * 100 = 99.42999999999999 -> 99.43), precision
+# stays (a float's 15-17 digits, of which no metric here has more than 12 that mean anything).
+SIGNIFICANT_DIGITS = 12
+EXACT = {"lr"}
+_WHITESPACE = re.compile(r"\s+")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: every run of whitespace (newlines, tabs) as one space."""
+    return _WHITESPACE.sub(" ", text).strip()
 
 
 def _cell(column: str, value) -> str:
     """A value as the human formats show it (the lab's rounding); empty for missing."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if column == "model":
+        return one_line(display_name(str(value)))
+    if pd.api.types.is_bool(value):
+        return "true" if value else "false"
     if column in ("accuracy_pct", "training_time_s"):
         return f"{value:.2f}"
     if column == "f1_macro":
@@ -47,10 +76,19 @@ def _cell(column: str, value) -> str:
         return f"{value:g}"
     if column == "start_time":
         return str(value).replace("T", " ").removesuffix("Z")
-    return str(value)
+    return one_line(str(value))
+
+
+def _numeric(table: pd.DataFrame) -> list[bool]:
+    """Per column: right-aligned (numbers) or not (text, booleans)."""
+    return [
+        pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+        for c in table.columns
+    ]
 
 
 def human_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The headers (``HEADERS``) and the cells of the human formats, every one on one line."""
     headers = [HEADERS.get(c, c) for c in table.columns]
     rows = [
         [_cell(c, v) for c, v in zip(table.columns, rec, strict=True)]
@@ -62,7 +100,7 @@ def human_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 def render_table(table: pd.DataFrame) -> str:
     """An aligned terminal table: text left-aligned, numbers right-aligned."""
     headers, rows = human_rows(table)
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    numeric = _numeric(table)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -83,13 +121,20 @@ def render_markdown(table: pd.DataFrame) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    numeric = _numeric(table)
     rule = "|" + "|".join("---:" if num else "---" for num in numeric) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
+def script_number(column: str, value: float) -> float:
+    """A float as csv and json carry it: ``SIGNIFICANT_DIGITS``, ``lr`` exactly as parsed."""
+    if column in EXACT or not math.isfinite(value):
+        return value
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
 def _records(table: pd.DataFrame) -> list[dict]:
-    """Rows as plain Python values: floats at full precision, missing values as None."""
+    """Rows as plain Python values: floats rounded by ``script_number``, missing as None."""
     records = []
     for rec in table.to_dict("records"):
         clean = {}
@@ -98,25 +143,33 @@ def _records(table: pd.DataFrame) -> list[dict]:
                 value = None
             elif hasattr(value, "item"):  # numpy scalar
                 value = value.item()
+            if isinstance(value, float):
+                value = script_number(key, value)
             clean[key] = value
         records.append(clean)
     return records
 
 
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def render_csv(table: pd.DataFrame) -> str:
-    """CSV with the column keys as header; floats in full (``repr``) precision, missing empty."""
+    """CSV with the column keys as header; the values of ``render_json``, missing empty."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.columns)
     for record in _records(table):
-        writer.writerow(
-            ["" if v is None else repr(v) if isinstance(v, float) else v for v in record.values()]
-        )
+        writer.writerow([_csv_cell(v) for v in record.values()])
     return buffer.getvalue().rstrip("\n")
 
 
 def render_json(table: pd.DataFrame) -> str:
-    """A JSON list of row objects keyed by column; full float precision; missing as null."""
+    """A JSON list of row objects keyed by column (registry keys, rounded numbers, null)."""
     return json.dumps(_records(table), indent=2)
 
 

@@ -59,7 +59,8 @@ class ReportInputs:
 
 
 def table_html(table: pd.DataFrame, caption: str) -> str:
-    """An HTML table with the human headers and rounding of ``compare.render_table``."""
+    """An HTML table as ``render.render_table`` shows it: human headers, display names, the
+    lab's rounding, every cell on one line."""
     headers, rows = human_rows(table)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(

@@ -2,9 +2,14 @@
 
 A training run writes (``workflows.train``) and ``reporting`` reads:
 
-- ``MODEL``: the logged PyTorch model (pt2): float32 ``(N, 1, 28, 28)`` in [0, 1] -> logits.
+- the logged model, named after its architecture (``cnn``: ``runs:/<run_id>/cnn``; the run's
+  tag ``MODEL_URI_TAG`` holds its ``models:/`` URI): a pyfunc taking float32
+  ``(N, 1, 28, 28)`` pixels in [0, 1] and returning label, probability, prob_0..prob_9, whose
+  artifact ``network`` is the PyTorch model (pt2: pixels -> logits).
 - ``CONFIG``: ``TrainConfig.to_dict()`` as JSON, so a run can be rebuilt from its artifacts.
-- ``LEARNING_CURVES`` / ``CONFUSION_FIGURE``: plotly HTML figures.
+- ``LEARNING_CURVES`` / ``CONFUSION_FIGURE``: PNG images (the MLflow UI previews them, offline).
+- ``MISCLASSIFIED``: the key of ``log_image`` grids of misclassified test digits, one per epoch
+  (step = epoch), which the UI's image view compares across runs.
 - ``CONFUSION_MATRIX``: ``{"labels": [0..9], "matrix": [[count, ...] x 10]}``, rows the true
   digit, columns the predicted one (``confusion_payload`` / ``read_confusion``).
 - ``CLASSIFICATION_REPORT``: scikit-learn's ``classification_report(output_dict=True)``.
@@ -21,10 +26,11 @@ import numpy as np
 
 from ..constants import DEFAULT_EXPERIMENT  # noqa: F401 - the experiment runs go to by default
 
-MODEL = "model"
+MODEL_URI_TAG = "mnist_tracker.model_uri"
 CONFIG = "config.json"
-LEARNING_CURVES = "plots/learning_curves.html"
-CONFUSION_FIGURE = "plots/confusion_matrix.html"
+LEARNING_CURVES = "plots/learning_curves.png"
+CONFUSION_FIGURE = "plots/confusion_matrix.png"
+MISCLASSIFIED = "misclassified"
 CONFUSION_MATRIX = "reports/confusion_matrix.json"
 CLASSIFICATION_REPORT = "reports/classification_report.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -60,9 +60,6 @@ def env_vars(env: dict[str, str], override: bool = True):
                 os.environ[key] = value
 
 
-# Fail fast: no retries, a short timeout (a dead server otherwise costs MLflow's minutes).
-QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
-
 _UNREACHABLE = (
     "Max retries exceeded",
     "Failed to establish a new connection",

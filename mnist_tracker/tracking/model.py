@@ -1,9 +1,11 @@
 """Logging the model: the ``MODEL`` artifact (MLflow's PyTorch flavour, saved as pt2).
 
 Contracts:
-- ``log_model`` logs [0, 1] pixels (N, 1, 28, 28) -> logits (N, 10) to a run, in the run's
-  experiment, with signature, a two-image input example (so the exported program keeps the
-  batch dimension dynamic) and explicit pip requirements (inference would cost seconds).
+- ``log_model`` logs the model to a run, in the run's experiment, named after its architecture:
+  a pyfunc (``serving.py``: [0, 1] pixels (N, 1, 28, 28) -> label, probability, prob_0..9)
+  around the network (PyTorch flavour, pt2: pixels -> logits (N, 10)), each with signature,
+  a two-image input example (so the exported program keeps the batch dimension dynamic) and
+  explicit pip requirements (inference would cost seconds).
 - ``save_for_replay`` / ``log_saved`` are the outbox's form of the same call: weights, example
   and config on disk, rebuilt and logged exactly as the run would have.
 """
@@ -12,18 +14,24 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 
 from ..config import TrainConfig
+from ..errors import ModelError
 from ..models import create_model
 from . import artifacts
 from .client import client, env_vars
 
 REPLAY_FILES = ("model.pt", "example.pt", "config.json")
+# The pyfunc's code, logged as the model ("models from code": nothing pickled).
+SERVING_CODE = Path(__file__).resolve().parent.parent / "serving.py"
 
 
 def pip_requirements() -> list[str]:
@@ -36,31 +44,72 @@ def pip_requirements() -> list[str]:
 
 
 def log_model(
-    model: torch.nn.Module, example: torch.Tensor, run_id: str, register: str | None = None
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    run_id: str,
+    name: str,
+    register: str | None = None,
+    step: int = 0,
 ):
-    """Log ``model`` as the ``MODEL`` artifact of ``run_id``; ``register`` also registers it."""
+    """Log ``model`` to ``run_id`` as the logged model ``name`` (the architecture, e.g. ``cnn``:
+    ``runs:/<run_id>/cnn``); ``register`` also registers it. Returns MLflow's ModelInfo.
+
+    The pyfunc is ``serving.py`` (digit and probabilities out); the network is its artifact
+    ``network`` in MLflow's PyTorch flavour. The run's metrics at ``step`` (the last epoch:
+    test accuracy, F1, ...) are linked to the logged model, so its page shows them.
+    """
     import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     cpu_model = copy.deepcopy(model).to("cpu").float().eval()
     example = example[:2].to("cpu").float()
     with torch.inference_mode():
         logits = cpu_model(example)
-    signature = infer_signature(example.numpy(), logits.numpy())
-    # A logged model belongs to an experiment, which MLflow takes from the process's default
-    # unless told: the run's own.
-    experiment_id = client().get_run(run_id).info.experiment_id
-    with env_vars({"MLFLOW_EXPERIMENT_ID": experiment_id}):
-        return mlflow.pytorch.log_model(
+    with tempfile.TemporaryDirectory() as tmp:
+        network = Path(tmp) / "network"
+        mlflow.pytorch.save_model(
             cpu_model,
-            name=artifacts.MODEL,
+            str(network),
             serialization_format="pt2",
+            signature=infer_signature(example.numpy(), logits.numpy()),
             input_example=example.numpy(),
-            signature=signature,
             pip_requirements=pip_requirements(),
-            registered_model_name=register,
-            run_id=run_id,
         )
+        # A logged model belongs to an experiment, which MLflow takes from the process's
+        # default unless told: the run's own.
+        experiment_id = client().get_run(run_id).info.experiment_id
+        quiet = {
+            "MLFLOW_EXPERIMENT_ID": experiment_id,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+        with env_vars(quiet), warnings.catch_warnings():
+            # MLflow's hints (integer columns, type hints) are about other models' inputs.
+            warnings.simplefilter("ignore", UserWarning)
+            # Model.log, not pyfunc.log_model: only the former takes the run (no fluent run).
+            info = Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=mlflow.pyfunc,
+                python_model=str(SERVING_CODE),
+                artifacts={"network": str(network)},
+                signature=infer_signature(example.numpy(), _served(logits)),
+                input_example=example.numpy(),
+                pip_requirements=pip_requirements(),
+                registered_model_name=register,
+                run_id=run_id,
+                step=step,
+            )
+    client().set_tag(run_id, artifacts.MODEL_URI_TAG, info.model_uri)
+    return info
+
+
+def _served(logits: torch.Tensor) -> pd.DataFrame:
+    """What ``serving.DigitClassifier`` returns for ``logits`` (for the signature)."""
+    probs = torch.softmax(logits.float(), dim=1).numpy()
+    frame = pd.DataFrame(probs, columns=[f"prob_{d}" for d in range(10)])
+    frame.insert(0, "probability", probs.max(axis=1))
+    frame.insert(0, "label", probs.argmax(axis=1).astype(np.int64))
+    return frame
 
 
 def save_for_replay(
@@ -74,11 +123,26 @@ def save_for_replay(
     return files
 
 
-def log_saved(folder: Path, run_id: str, register: str | None) -> None:
+def log_saved(folder: Path, run_id: str, register: str | None, step: int = 0) -> None:
     """Rebuild the model from ``save_for_replay``'s files and log it to ``run_id``."""
     config = TrainConfig(**json.loads((folder / "config.json").read_text()))
     # The weights below replace every parameter: no need for the ImageNet download.
     model = create_model(config.replace(pretrained=False))
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     example = torch.load(folder / "example.pt", weights_only=True)
-    log_model(model, example, run_id, register=register)
+    log_model(model, example, run_id, config.model, register=register, step=step)
+
+
+def load_served(model_uri: str):
+    """The pyfunc model at ``model_uri`` (``runs:/RUN/cnn``, ``models:/NAME@champion``), or
+    ModelError saying the URI could not be loaded and why."""
+    with env_vars({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return mlflow.pyfunc.load_model(model_uri)
+        except Exception as exc:  # a bad URI, an unknown alias, an unreachable store
+            reason = " ".join(str(exc).split())[:300]
+            raise ModelError(
+                f"cannot load the model {model_uri} ({reason}); pass runs:/RUN_ID/MODEL or "
+                "models:/NAME@ALIAS from this tracking store"
+            ) from None

@@ -127,8 +127,20 @@ def apply(client: MlflowClient, op: dict, folder: Path) -> None:
         client.log_inputs(run_id, datasets=decode_inputs(op["datasets"]))
     elif kind == "log_artifact":
         client.log_artifact(run_id, str(files / op["name"]), op["artifact_path"])
+    elif kind == "log_image":
+        import PIL.Image
+
+        with PIL.Image.open(files / "image.png") as image:
+            client.log_image(
+                run_id,
+                image.copy(),
+                key=op["key"],
+                step=op["step"],
+                timestamp=op["timestamp"],
+                synchronous=True,
+            )
     elif kind == "log_model":
-        model_mod.log_saved(files, run_id, op.get("register"))
+        model_mod.log_saved(files, run_id, op.get("register"), op.get("step", 0))
     elif kind == "set_terminated":
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:

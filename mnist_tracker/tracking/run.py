@@ -56,6 +56,11 @@ class TrackedRun:
     status: str = "FINISHED"
     end_tags: dict[str, str] = field(default_factory=dict)
 
+    def rename(self, name: str) -> None:
+        """Give the run the display name ``name``."""
+        self.sink.set_tags({MLFLOW_RUN_NAME: name})
+        self.run_name = name
+
     def end_as(self, status: str, tags: dict[str, str] | None = None) -> None:
         """End the run with ``status`` (and ``tags``) when the block exits normally."""
         self.status, self.end_tags = status, dict(tags or {})
@@ -98,6 +103,8 @@ def open_run(spec: RunSpec) -> TrackedRun:
         run_id = run.info.run_id
         return TrackedRun(run_id, experiment_id, run.info.run_name, RunSink(run_id, uri))
     run = mlflow_client.get_run(run_id)
+    if spec.resume_run_id is not None and run.info.status != "RUNNING":
+        mlflow_client.update_run(run_id, status="RUNNING")  # it trains again
     sink = RunSink(run_id, uri)
     tags = dict(spec.tags) | ({MLFLOW_RUN_NAME: spec.run_name} if spec.run_name else {})
     if tags:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 
@@ -146,29 +148,50 @@ class RunSink:
             files={path.name: path},
         )
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        """``text`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """``data`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
-            path.write_text(text)
+            path.write_bytes(data)
             folder = str(Path(artifact_file).parent)
             self.log_artifact(path, None if folder == "." else folder)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.log_bytes(text.encode("utf-8"), artifact_file)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """An RGB uint8 image under ``key`` at ``step`` (MLflow's image view, across runs)."""
+        timestamp = int(time.time() * 1000)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "image.png"
+            PIL.Image.fromarray(image).save(path)
+            self._call(
+                {"op": "log_image", "key": key, "step": step, "timestamp": timestamp},
+                lambda: self.client.log_image(
+                    self.run_id, image, key=key, step=step, timestamp=timestamp, synchronous=True
+                ),
+                files={"image.png": path},
+            )
 
     def log_dict(self, obj: dict, artifact_file: str) -> None:
         self.log_text(json.dumps(obj, indent=2), artifact_file)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor, config, register=None):
+    def log_model(
+        self, model: torch.nn.Module, example: torch.Tensor, config, register=None, step=0
+    ):
         """``model.log_model`` online; offline the weights, the example and the config are
         kept so that ``sync`` rebuilds and logs the same model."""
 
         def send():
-            model_mod.log_model(model, example, self.run_id, register=register)
+            model_mod.log_model(
+                model, example, self.run_id, config.model, register=register, step=step
+            )
 
         if self._send(send, probe_now=True):
             return
         with tempfile.TemporaryDirectory() as tmp:
             files = model_mod.save_for_replay(model, example, config, Path(tmp))
-            self._keep({"op": "log_model", "register": register}, files)
+            self._keep({"op": "log_model", "register": register, "step": step}, files)
 
     # -- the end ----------------------------------------------------------------------------
 

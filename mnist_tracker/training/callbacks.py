@@ -28,7 +28,7 @@ import torch
 
 from ..errors import Diverged
 from . import checkpoint
-from .loop import Batch, weights_finite
+from .loop import Batch, EvalResult, weights_finite
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,6 +67,7 @@ class FitState:
     per_batch: bool = False  # the scheduler steps per batch (one-cycle), else per epoch
     epoch: int = 0
     training_time_s: float = 0.0
+    evals: dict[str, EvalResult] = field(default_factory=dict)  # this epoch's, by split
     elapsed_s: Callable[[], float] = lambda: 0.0  # total time of the run so far
 
     def capture(self) -> dict:

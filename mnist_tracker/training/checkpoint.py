@@ -7,8 +7,8 @@ Contracts:
 - Keys: ``epoch`` (last finished, from 1), ``model``, ``optimizer``, ``scheduler`` and
   ``scaler`` (state dicts or None), ``rng`` (the RNG states that decide dropout and batch
   order), ``history`` (per-epoch metrics so far), ``training_time_s``, ``total_time_s``, and,
-  added by the runner, ``config`` (``TrainConfig.to_dict()``) and ``register`` (a model
-  registry name or None).
+  added by ``workflows.callbacks.Checkpointer``, ``config`` (``TrainConfig.to_dict()``) and
+  ``register`` (a model registry name or None).
 - ``capture`` and ``restore`` are inverses: a run restored from ``capture(epoch=k)`` computes
   the same epochs k+1.. as the uninterrupted run (on the CPU, bit for bit in practice).
 """
@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FILENAME = "checkpoint.pt"
+from ..paths import CHECKPOINT_FILE
+
+FILENAME = CHECKPOINT_FILE  # the checkpoint's file name, locally and as an artifact
 
 
 def save(state: dict, path: Path) -> Path:

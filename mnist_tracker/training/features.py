@@ -1,7 +1,7 @@
 """Frozen-backbone feature cache: whether it can run, and in what it stores the features.
 
 When a model's backbone is frozen and nothing in it behaves differently in training (no
-dropout, no batch norm), its output for an image is the same every epoch: ``engine.fit``
+dropout, no batch norm), its output for an image is the same every epoch: ``fit``
 computes it once per split (``encode``) and trains the head on the stored features.
 
 Contracts:

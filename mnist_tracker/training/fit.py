@@ -179,6 +179,7 @@ def _run_epoch(state: FitState, hooks, splits: Splits, inputs, setup_s: float):
             f"{split}_accuracy": result.accuracy,
             f"{split}_f1_macro": result.f1_macro,
         }
+        state.evals[split] = result
         test = result if split == "test" else test
     state.history.append(metrics)
     return metrics, test

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import numpy as np
+
 from ..config import TrainConfig
-from ..paths import run_dir
+from ..paths import checkpoint_path
+from ..reporting import images
 from ..tracking import RunSink, artifacts
 from ..training import checkpoint
 from ..training.callbacks import Callback, FitState
@@ -27,6 +30,24 @@ class MetricLogger(Callback):
         self.sink.log_metrics(metrics, step=state.epoch)
 
 
+class MisclassifiedDigits(Callback):
+    """After each epoch, a grid of the test digits the model got wrong, logged with
+    ``log_image`` (key ``artifacts.MISCLASSIFIED``, step = epoch) so the MLflow UI's image
+    view shows how the mistakes change, and compares runs."""
+
+    def __init__(self, sink: RunSink, images: np.ndarray, labels: np.ndarray, title: str):
+        self.sink, self.images, self.labels, self.title = sink, images, labels, title
+
+    def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
+        test = state.evals.get("test")
+        if test is None:
+            return
+        title = f"{self.title}, epoch {state.epoch}: true → predicted"
+        grid = images.misclassified_grid(self.images, self.labels, test.predictions, title)
+        if grid is not None:
+            self.sink.log_image(grid, artifacts.MISCLASSIFIED, step=state.epoch)
+
+
 class Checkpointer(Callback):
     """Keeps the newest epoch's checkpoint in the run's folder and uploads it when due.
 
@@ -42,7 +63,7 @@ class Checkpointer(Callback):
         echo: Callable[[str], None] | None = None,
     ):
         self.sink, self.config, self.register = sink, config, register
-        self.path = run_dir(sink.run_id) / checkpoint.FILENAME
+        self.path = checkpoint_path(sink.run_id)
         self.epoch = self.uploaded = 0
         self.echo = echo or (lambda _line: None)
         self.broken = False

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
 from ..errors import ResumeError
-from ..paths import outbox_dir, run_dir
+from ..paths import checkpoint_path, outbox_dir, run_dir
 from ..tracking import artifacts, outbox, store
+from ..tracking.client import one_line
 from ..training import checkpoint
 from .train import Resume, TrainOptions, TrainOutcome, prepare_data, train
 
@@ -61,7 +62,7 @@ def find_checkpoint(run_id: str) -> dict:
     """The newest checkpoint of ``run_id`` (see the module's contract); ResumeError when there
     is none, or none recent enough."""
     logged = max(store.logged_steps(run_id, "train_loss"), default=0)
-    local = run_dir(run_id) / checkpoint.FILENAME
+    local = checkpoint_path(run_id)
     state = checkpoint.load(local) if local.is_file() else None
     if state is None or state["epoch"] < logged:
         remote = _remote_checkpoint(run_id)
@@ -92,7 +93,13 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
     check_resumable(run_id)
     pending = outbox.Outbox(outbox_dir(run_id))
     if pending.pending():
-        outbox.replay(pending)
+        try:
+            outbox.replay(pending)
+        except Exception as exc:
+            raise ResumeError(
+                f"run {run_id} has an outbox the server did not take ({one_line(exc, None, 300)});"
+                f" send it with `mnist-tracker sync {run_dir(run_id)}` first"
+            ) from None
     check_resumable(run_id)  # the outbox may have ended the run
     state = find_checkpoint(run_id)
     config = TrainConfig(**state["config"]).replace()  # validated
@@ -106,6 +113,7 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
         data_dir=options.data_dir,
         progress=options.progress,
         echo=options.echo,
+        system_metrics=options.system_metrics,
         attach=False,
         register=state.get("register"),
     )

@@ -27,12 +27,13 @@ from ..data import MNIST, Splits, load_mnist, split_data
 from ..errors import Diverged
 from ..models import count_params, create_model, get_spec
 from ..paths import ensure_home
-from ..reporting import figures
+from ..reporting import images
 from ..tracking import RunSpec, TrackedRun, artifacts, records, store, tracked_run
+from ..tracking.system import system_metrics
 from ..training import FitResult, fit, resolve_runtime, seed_everything
 from ..training.callbacks import Callback, EpochPrinter, ProgressBar
 from ..training.features import CachePlan, plan_cache
-from .callbacks import Checkpointer, MetricLogger
+from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits
 
 RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
 
@@ -47,7 +48,9 @@ class TrainOptions:
     only (search trials: no datasets, plots, report or model); ``checkpoints=False`` keeps
     none (a trial is retried or pruned, never resumed). ``progress``: a bar per epoch;
     ``echo``: one line per epoch and notes. ``callbacks`` run after the logging ones (the
-    tuner's pruning); ``on_run_start(run_id)`` as soon as the run exists.
+    tuner's pruning); ``on_run_start(run_id)`` as soon as the run exists. ``system_metrics``:
+    CPU / memory / GPU sampled into the run's System metrics tab. Without ``run_name`` a new
+    run is named ``<model>-<recipe>-<epochs>ep-<first 6 characters of its id>``.
     """
 
     data_dir: str | os.PathLike | None = None
@@ -64,6 +67,7 @@ class TrainOptions:
     echo: Callable[[str], None] | None = None
     callbacks: Sequence[Callback] = ()
     on_run_start: Callable[[str], None] | None = None
+    system_metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -162,9 +166,11 @@ def train(
         resume_run_id=None if resume_from is None else resume_from.run_id,
         status_tags=options.status_tags,
     )
-    with tracked_run(spec) as run:
+    with tracked_run(spec) as run, system_metrics(run.run_id, run.sink.uri, options.system_metrics):
         if options.on_run_start is not None:
             options.on_run_start(run.run_id)
+        if options.run_name is None and resume_from is None:
+            run.rename(default_run_name(prep.config, run.run_id))
         _log_start(run, prep, options, resume_from)
         keeper = (
             Checkpointer(run.sink, prep.config, options.register, options.echo)
@@ -173,7 +179,9 @@ def train(
         )
         result = _fit(run, prep, options, keeper, resume_from)
         outcome = TrainOutcome(run.run_id, run.experiment_id, prep.config, result, prep.model)
-        if result.stopped is not None:
+        if result.stopped is not None:  # a callback's decision (a pruned trial): KILLED
+            if keeper is not None:
+                keeper.upload()
             run.end_as(result.stopped.status, result.stopped.tags)
         else:
             _log_finish(run, prep, options, result)
@@ -202,6 +210,9 @@ def _fit(run: TrackedRun, prep: _Prepared, options: TrainOptions, keeper, resume
     callbacks: list[Callback] = [ProgressBar()] if options.progress else []
     callbacks += [keeper] if keeper is not None else []
     callbacks.append(MetricLogger(run.sink))
+    if options.log_artifacts and prep.splits.test_y is not None:
+        test_x, test_y = prep.splits.test_x.numpy(), prep.splits.test_y.numpy()
+        callbacks.append(MisclassifiedDigits(run.sink, test_x, test_y, _title(prep, run)))
     if options.echo is not None:
         callbacks.append(EpochPrinter(options.echo))
     callbacks += list(options.callbacks)
@@ -220,6 +231,15 @@ def _fit(run: TrackedRun, prep: _Prepared, options: TrainOptions, keeper, resume
         raise
 
 
+def default_run_name(config: TrainConfig, run_id: str) -> str:
+    """``cnn-lab-10ep-1a2b3c``: what ran, readable in the UI's run list, tied to the id."""
+    return f"{config.model}-{config.recipe}-{config.epochs}ep-{run_id[:6]}"
+
+
+def _title(prep: _Prepared, run: TrackedRun) -> str:
+    return f"{prep.config.model} ({run.run_name})"
+
+
 def _log_missing_epochs(run: TrackedRun, history: list[dict[str, float]]) -> None:
     """Send the checkpoint's epochs the server does not have (a run stopped between its
     checkpoint and its metrics, or whose metrics sat in an outbox), so none is missing."""
@@ -234,17 +254,13 @@ def _log_finish(run: TrackedRun, prep: _Prepared, options: TrainOptions, result)
     run.sink.log_metrics({k: result.final[k] for k in RUN_METRICS if k in result.final})
     if not options.log_artifacts or result.test_labels is None:
         return
-    title = f"{prep.config.model} ({run.run_name})"
+    title = _title(prep, run)
     labels, predictions = result.test_labels, result.test_predictions
     matrix = artifacts.confusion_payload(labels, predictions)
     sink = run.sink
-    sink.log_text(
-        figures.page(figures.learning_curves(result.history, title)), artifacts.LEARNING_CURVES
-    )
-    sink.log_text(
-        figures.page(figures.confusion_matrix_figure(matrix["matrix"], title)),
-        artifacts.CONFUSION_FIGURE,
-    )
+    sink.log_bytes(images.learning_curves_png(result.history, title), artifacts.LEARNING_CURVES)
+    confusion = images.confusion_matrix_png(matrix["matrix"], f"{title}: test set")
+    sink.log_bytes(confusion, artifacts.CONFUSION_FIGURE)
     sink.log_dict(matrix, artifacts.CONFUSION_MATRIX)
     report = classification_report(
         labels,
@@ -256,4 +272,5 @@ def _log_finish(run: TrackedRun, prep: _Prepared, options: TrainOptions, result)
     )
     sink.log_dict(report, artifacts.CLASSIFICATION_REPORT)
     example = prep.splits.test_x[:2].unsqueeze(1).float().div(255.0)
-    sink.log_model(prep.model, example, prep.config, register=options.register)
+    last_epoch = len(result.history)  # its test metrics are linked to the logged model
+    sink.log_model(prep.model, example, prep.config, register=options.register, step=last_epoch)

@@ -26,7 +26,17 @@ from optuna.trial import TrialState
 
 from .. import data as data_mod
 from ..config import format_param
-from ..tracking import RunSink, RunSpec, artifacts, open_run, set_tracking_uri, store
+from ..errors import StoreError
+from ..reporting import images
+from ..tracking import (
+    RunSink,
+    RunSpec,
+    artifacts,
+    attached_run_id,
+    open_run,
+    set_tracking_uri,
+    store,
+)
 from ..training.callbacks import Callback, FitState, Stop
 from ..uris import redact
 from .study import (
@@ -61,7 +71,8 @@ class TuneOutcome:
 # MLflow parent run
 
 
-def _parent_sink(run_id: str) -> RunSink:
+def _sink_of(run_id: str) -> RunSink:
+    """The sink of run ``run_id`` (the parent, or a dead worker's trial) on the current URI."""
     return RunSink(run_id, set_tracking_uri(None))
 
 
@@ -74,7 +85,9 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings) -> str:
     if existing:
         return existing
     tags = {"optuna.study_name": study.study_name, artifacts.ROLE_TAG: "study"}
-    run = open_run(RunSpec(settings.experiment, study.study_name, tags))
+    # Under ``mlflow run`` the parent is MLflow's run: tagged, not renamed.
+    name = None if attached_run_id() else study.study_name
+    run = open_run(RunSpec(settings.experiment, name, tags))
     params = {
         "model": settings.model,
         "trials": settings.trials,
@@ -94,23 +107,30 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings) -> str:
     return run.run_id
 
 
-def _finalize_parent(study: optuna.Study, parent_run_id: str, state: StudyState) -> None:
-    """Log the study's results and figures to the parent run and end it FINISHED."""
-    sink = _parent_sink(parent_run_id)
+def _finalize_parent(study: optuna.Study, parent_run_id: str, state: StudyState, say) -> None:
+    """Log the study's results and figures to the parent run and end it FINISHED (or, with
+    the server away, keep them in its outbox and say how to send them)."""
+    sink = _sink_of(parent_run_id)
     metrics = {"n_complete": state.complete, "n_pruned": state.pruned, "n_failed": state.failed}
     if state.complete:
         best = study.best_trial
         metrics |= {"best_value": best.value, "best_trial_number": best.number}
         sink.log_params({f"best_{k}": format_param(v) for k, v in best.params.items()})
     sink.log_metrics(metrics)
-    for name, html in study_figures(study, state).items():
-        sink.log_text(html, f"optuna/{name}.html")
+    for name, png in study_figures(study, state).items():
+        sink.log_bytes(png, f"optuna/{name}.png")
     sink.end("FINISHED")
+    if sink.offline:
+        say(
+            f"the tracking server went away ({sink.offline_reason}); the study's results wait "
+            f"in {sink.outbox.folder}: send them with `mnist-tracker sync {sink.outbox.folder}`"
+        )
 
 
-def study_figures(study: optuna.Study, state: StudyState) -> dict[str, str]:
-    """Optuna's plotly figures as standalone HTML (plotly.js from its CDN)."""
-    from optuna import visualization as vis
+def study_figures(study: optuna.Study, state: StudyState) -> dict[str, bytes]:
+    """Optuna's figures as PNG images (its matplotlib versions: previewed by the MLflow UI,
+    offline; plotly's HTML would need plotly.js from the internet, or 5 MB a figure)."""
+    from optuna.visualization import matplotlib as vis
 
     makers: dict[str, Callable] = {}
     if state.complete:
@@ -125,7 +145,7 @@ def study_figures(study: optuna.Study, state: StudyState) -> dict[str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                figures[name] = make(study).to_html(include_plotlyjs="cdn")
+                figures[name] = images.figure_png(make(study))
             except (ValueError, RuntimeError):
                 continue  # e.g. importances when every trial sampled the same values
     return figures
@@ -173,10 +193,12 @@ def tune(
                 direction="maximize",
                 load_if_exists=True,
             )
+            study.set_metric_names(["val_accuracy"])  # named in optuna-dashboard and figures
             parent_run_id = _ensure_parent(study, settings)
         say(f"study {study_name}: parent run {parent_run_id}")
-        objective = _Objective(base, splits, study_name, parent_run_id, settings, lock, say)
-        objective.epoch_hook = epoch_hook
+        objective = _Objective(
+            base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
+        )
         finished = _work(study, settings, lock, objective, say)
         return _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say)
     finally:
@@ -191,7 +213,7 @@ def _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, sa
     if finished:
         with lock.held():
             if not study.user_attrs.get("results_logged"):
-                _finalize_parent(study, parent_run_id, state)
+                _finalize_parent(study, parent_run_id, state, say)
                 study.set_user_attr("results_logged", True)
                 owner = True
         if owner and settings.final and state.complete:
@@ -250,24 +272,36 @@ def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked
     """End FAILED the MLflow runs of trials whose worker died (the trial went FAIL by
     heartbeat while its run still says RUNNING). Runs are found by their tags, so a run the
     worker created just before dying is found too. ``checked`` remembers trial numbers done."""
-    experiment_id = None
+    parent = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.number in checked:
             continue
+        parent = parent or store.get_run(parent_run_id)
+        if parent is None:  # the server is away: look again on the next round
+            return
+        try:
+            runs = store.search_runs(
+                [parent.info.experiment_id],
+                f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                f"and tags.`optuna.trial_number` = '{trial.number}' "
+                "and attributes.status = 'RUNNING'",
+            )
+        except StoreError:
+            return
         checked.add(trial.number)
-        experiment_id = experiment_id or store.get_run(parent_run_id).info.experiment_id
-        runs = store.search_runs(
-            [experiment_id],
-            f"tags.mlflow.parentRunId = '{parent_run_id}' "
-            f"and tags.`optuna.trial_number` = '{trial.number}' "
-            "and attributes.status = 'RUNNING'",
-        )
         for run in runs:
-            sink = _parent_sink(run.info.run_id)
+            sink = _sink_of(run.info.run_id)
             error = "worker stopped sending heartbeats; trial retried"
             sink.set_tags({"optuna.state": "FAIL", "error": error})
             sink.end("FAILED")
             say(f"trial {trial.number}: its worker died; run {run.info.run_id} FAILED, retried")
+
+
+def format_params(params: dict) -> str:
+    """``lr=0.001234 batch_size=64``: floats to 4 significant digits, for one log line."""
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
 
 
 class Pruning(Callback):
@@ -289,11 +323,10 @@ class Pruning(Callback):
 class _Objective:
     """One trial: suggest a config, train it as a child run, report val accuracy per epoch."""
 
-    epoch_hook: EpochHook | None = None
-
-    def __init__(self, base, splits, study_name, parent_run_id, settings, lock, say):
+    def __init__(self, base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook):
         self.base, self.splits, self.study_name = base, splits, study_name
         self.parent_run_id, self.settings, self.lock, self.say = parent_run_id, settings, lock, say
+        self.epoch_hook = epoch_hook
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -333,17 +366,17 @@ class _Objective:
             self.say(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned()
         value = outcome.result.final["val_accuracy"]
-        self.say(f"trial {trial.number}: val_accuracy {value:.4f}  {trial.params}")
+        self.say(f"trial {trial.number}: val_accuracy {value:.4f}  {format_params(trial.params)}")
         return value
 
 
 def _train_final(study, base, data_dir, parent_run_id, say) -> str:
     """Train the best trial's config on the whole training set, evaluate on test, log it."""
     config = config_from_params(base, study.best_trial.params).replace(val_size=0)
-    say(
-        f"final: training the best config (trial {study.best_trial.number}) on the full "
-        "training set"
+    images = (
+        f"{base.limit_train:,} training images" if base.limit_train else "the full training set"
     )
+    say(f"final: training the best config (trial {study.best_trial.number}) on {images}")
     options = TrainOptions(
         data_dir=data_dir,
         experiment=store.run_experiment_name(parent_run_id),
@@ -358,5 +391,5 @@ def _train_final(study, base, data_dir, parent_run_id, say) -> str:
         echo=say,
     )
     outcome = train(config, options)
-    _parent_sink(parent_run_id).set_tags({"final_run_id": outcome.run_id})
+    _sink_of(parent_run_id).set_tags({"final_run_id": outcome.run_id})
     return outcome.run_id

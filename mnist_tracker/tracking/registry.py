@@ -1,0 +1,65 @@
+"""The model registry: register a run's logged model, move an alias, say who holds which.
+
+Aliases (``models:/NAME@champion``) are MLflow's replacement for the deprecated stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from ..errors import RegistryError
+from .client import client
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    alias: str
+    previous: str | None  # the version the alias pointed at before, if any
+
+
+def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
+    """Register ``model_uri`` (a run's logged model) as a new version of ``name`` and point
+    ``alias`` at it. A version of ``name`` already made from ``run_id`` is reused, so
+    promoting the same run twice registers it once."""
+    c = client()
+    try:
+        previous = _alias_version(name, alias)
+        existing = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if existing:
+            version = existing[0].version
+        else:  # creates the registered model the first time; resolves models:/ URIs
+            version = mlflow.register_model(model_uri, name).version
+        c.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:
+        raise RegistryError(
+            f"the registry refused {name}@{alias} ({' '.join(exc.message.split())[:300]})"
+        ) from None
+    return Promotion(name, str(version), alias, previous)
+
+
+def _alias_version(name: str, alias: str) -> str | None:
+    try:
+        return client().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+def alias_holders(mlflow_client=None) -> dict[str, list[str]]:
+    """``{run_id: ["NAME@alias (vN)", ...]}`` for every alias in the registry (one search,
+    then one look-up per alias; registries hold few). Empty when the store has no registry."""
+    c = mlflow_client or client()
+    holders: dict[str, list[str]] = {}
+    try:
+        models = c.search_registered_models(max_results=1000)
+        for model in models:
+            for alias, version in sorted((model.aliases or {}).items()):
+                run_id = c.get_model_version(model.name, version).run_id
+                holders.setdefault(run_id, []).append(f"{model.name}@{alias} (v{version})")
+    except MlflowException:
+        return {}
+    return holders
