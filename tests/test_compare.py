@@ -638,7 +638,8 @@ def test_a_run_name_with_newlines_and_tabs_stays_on_one_line():
 
 def test_script_formats_carry_registry_keys_and_no_float_noise(sqlite_uri):
     """A run with accuracy 0.9943 (0.9943 * 100 == 99.42999999999999 in floats): json and csv
-    say 99.43; the table and markdown keep the lab's names and rounding."""
+    say 99.43 and keep every other digit that was measured; the table and markdown keep the
+    lab's names and rounding."""
     client = MlflowClient(sqlite_uri)
     experiment_id = client.create_experiment("noise")
     assert 0.9943 * 100 != 99.43  # the noise this test is about
@@ -656,15 +657,17 @@ def test_script_formats_carry_registry_keys_and_no_float_noise(sqlite_uri):
     (row,) = json.loads(result.stdout)
     assert row["run_id"] == run_id and row["model"] == "deep_cnn"
     assert row["accuracy_pct"] == 99.43 and '"accuracy_pct": 99.43,' in result.stdout
-    assert row["f1_macro"] == 0.994286 and row["training_time_s"] == 101.159
-    assert row["lr"] == 0.0003 and row["val_loss"] == 0.0123457
+    # Full precision (12 significant digits), nothing rounded to a display width:
+    assert row["f1_macro"] == 0.994285714286 and row["training_time_s"] == 101.158765432
+    assert row["lr"] == 0.0003 and row["val_loss"] == 0.0123456789
     assert row["pretrained"] is False and row["train_size"] == 54000 and row["test_size"] is None
     result = invoke(*args, "csv")
     assert result.exit_code == 0, result.output
     (csv_row,) = csv.DictReader(io.StringIO(result.stdout))
     assert csv_row["model"] == "deep_cnn" and csv_row["accuracy_pct"] == "99.43"
-    assert csv_row["f1_macro"] == "0.994286" and csv_row["training_time_s"] == "101.159"
-    assert csv_row["lr"] == "0.0003" and csv_row["val_loss"] == "0.0123457"
+    assert csv_row["f1_macro"] == "0.994285714286"
+    assert csv_row["training_time_s"] == "101.158765432"
+    assert csv_row["lr"] == "0.0003" and csv_row["val_loss"] == "0.0123456789"
     assert csv_row["pretrained"] == "false" and csv_row["test_size"] == ""
     markdown = invoke(*args, "markdown").stdout.splitlines()
     assert markdown[2].startswith("| Deep CNN | 99.43 | 0.9943 | 101.16 |")
