@@ -193,7 +193,9 @@ def tune(
                 direction="maximize",
                 load_if_exists=True,
             )
-            study.set_metric_names(["val_accuracy"])  # named in optuna-dashboard and figures
+            with warnings.catch_warnings():  # experimental in Optuna, stable enough here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(["val_accuracy"])  # named in optuna-dashboard, figures
             parent_run_id = _ensure_parent(study, settings)
         say(f"study {study_name}: parent run {parent_run_id}")
         objective = _Objective(
