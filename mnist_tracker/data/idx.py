@@ -75,7 +75,8 @@ FILES: dict[str, IdxFile] = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
+    """The content of ``path``, decompressed when it ends in ``.gz``; DataError if unreadable."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fh:
@@ -94,7 +95,7 @@ def parse_idx(path: Path, spec: IdxFile, expected: dict | None = None) -> np.nda
     ``expected`` overrides the official count and sha256 (``{"count": .., "sha256": ..}``),
     as a manifest does for a subset.
     """
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     count = spec.count if expected is None else int(expected["count"])
     sha = spec.sha256 if expected is None else expected["sha256"]
     header_len = 16 if spec.magic == 2051 else 8

@@ -8,13 +8,13 @@ its centre of mass in the 28 x 28 image (LeCun's preprocessing of the original s
 
 from __future__ import annotations
 
-import gzip
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .idx import read_bytes
 
 IDX_IMAGES_MAGIC = 2051
 
@@ -25,20 +25,10 @@ def read_digits(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass PNG, JPEG or IDX image files")
-    raw = _read(path)
+    raw = read_bytes(path)
     if len(raw) >= 4 and struct.unpack(">i", raw[:4])[0] == IDX_IMAGES_MAGIC:
         return _idx_images(path, raw)
     return mnist_like(_grey(path))[None]
-
-
-def _read(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
 
 
 def _idx_images(path: Path, raw: bytes) -> np.ndarray:
