@@ -108,3 +108,26 @@ def figure_png(fig) -> bytes:
         return _png(target, bbox_inches="tight", dpi=DPI)
     finally:
         plt.close(target)
+
+
+def comparison_png(labels: Sequence[str], accuracy_pct, f1, seconds) -> bytes:
+    """The lab's ``model_comparison.png``: bars of test accuracy (%), macro F1 and training time
+    (s) per run, each value written above its bar, every axis from 0."""
+    fig = _figure(14, 4.6)
+    axes = fig.subplots(1, 3)
+    panels = (
+        (accuracy_pct, "Accuracy (%)", "{:.2f}", 100.0),
+        (f1, "F1", "{:.4f}", 1.0),
+        (seconds, "Training Time (s)", "{:.1f}", None),
+    )
+    colors = [f"C{i % 10}" for i in range(len(labels))]
+    for ax, (values, name, fmt, top) in zip(axes, panels, strict=True):
+        shown = [0.0 if v is None or v != v else float(v) for v in values]  # NaN / None: 0
+        bars = ax.bar(range(len(labels)), shown, color=colors)
+        ax.bar_label(bars, labels=[fmt.format(v) for v in shown], fontsize=8, padding=2)
+        ax.set_ylim(0, (top or max(shown, default=1.0) or 1.0) * 1.15)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Model comparison (test set)")
+    return _png(fig)

@@ -8,7 +8,6 @@ for the shown runs only, through ``tracking.store``) and the MNIST files (sample
 from __future__ import annotations
 
 import html
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,12 +21,14 @@ from plotly.offline import get_plotlyjs
 from ..data import load_mnist
 from ..errors import DataError
 from ..tracking import artifacts, store
+from . import images
 from .compare import LAB_RESULTS, Comparison, lower_is_better
 from .figures import (
     comparison_figure,
     confusion_figure,
     cost_figure,
     curves_figure,
+    run_labels,
     samples_figure,
 )
 from .render import human_rows
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 CURVE_METRICS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 N_SAMPLES = 20
 MAX_DETAILED_RUNS = 12  # runs whose curves and confusion matrices the page draws
-PNG_HINT = (
-    "no PNG of the comparison figure: no static-image engine; `pip install kaleido` "
-    "(it drives Chrome: run `plotly_get_chrome` once if none is installed) and run again"
-)
 
 
 @dataclass
@@ -222,15 +219,16 @@ def gather(client: MlflowClient, comparison: Comparison, data_dir: str | None) -
     return inputs
 
 
-def write_png(fig: go.Figure, path: Path) -> str:
-    """Write ``fig`` as a PNG when a static-image engine works; return a one-line note."""
-    if importlib.util.find_spec("kaleido") is None:
-        return PNG_HINT
-    try:
-        fig.write_image(str(path), width=1400, height=500)
-    except Exception as exc:  # kaleido present but unusable (no Chrome, version mismatch, ...)
-        reason = " ".join(str(exc).split())[:200]
-        return f"no PNG of the comparison figure: the static-image engine failed ({reason})"
+def write_png(table: pd.DataFrame, path: Path) -> str:
+    """The comparison figure as a PNG beside the page (matplotlib: no browser or internet
+    needed); return the one-line note saying where."""
+    png = images.comparison_png(
+        run_labels(table),
+        table["accuracy_pct"].tolist(),
+        table["f1_macro"].tolist(),
+        table["training_time_s"].tolist(),
+    )
+    path.write_bytes(png)
     return f"wrote {path}"
 
 
@@ -248,6 +246,6 @@ def write_report(
     """
     path = Path(path)
     inputs = gather(client, comparison, data_dir)
-    inputs.notes.append(write_png(comparison_figure(comparison.table), path.with_suffix(".png")))
+    inputs.notes.append(write_png(comparison.table, path.with_suffix(".png")))
     path.write_text(render_report(comparison, inputs, source), encoding="utf-8")
     return inputs.notes
