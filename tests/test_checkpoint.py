@@ -97,3 +97,16 @@ def test_divergence_stops_with_the_epoch_and_keeps_the_last_good_state(mnist):
     assert "nan" in info.value.reason or "not finite" in info.value.reason
     assert [s["epoch"] for s in states] == list(range(1, info.value.epoch))
     assert all(torch.isfinite(t).all() for t in states[0]["model"].values())
+
+
+def test_divergence_is_caught_mid_epoch_by_the_periodic_check(mnist):
+    """100 batches an epoch: the loss blows up in the first steps and the every-50-batches
+    check stops the run after 100 images, before the epoch's end (200) is reached."""
+    config, splits = _setup(mnist, "cnn", epochs=2, batch_size=2, optimizer="sgd", lr=1e4)
+    assert len(splits.train_y) == 200
+    states = []
+    torch.manual_seed(config.seed)
+    with pytest.raises(errors.Diverged) as info:
+        fit(config, splits, create_model(config), [OnCheckpoint(states.append)])
+    assert info.value.epoch == 1 and states == []
+    assert "after 100 images" in info.value.reason, info.value.reason
