@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from mnist_tracker.cli import main
 from mnist_tracker.cli.compare import suite_cmd
-from mnist_tracker.config import ConfigError
+from mnist_tracker.config import ConfigError, resolve_config
+from mnist_tracker.data import load_mnist
 from mnist_tracker.workflows import suite
 
 from .conftest import BIN, REPO, SUBSET
@@ -160,3 +161,24 @@ def test_mlflow_run_suite_nests_the_models(server_uri, experiment_name, cli_env,
     assert child.data.params["model"] == "cnn" and child.data.params["epochs"] == "1"
     assert suite.SUITE_TAG in child.data.tags
     assert child.info.run_id in proc.stdout and "1 of 1 model(s) finished" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_while_training_does_not_stop_the_others(server_uri, experiment_name):
+    """The first model diverges in its first epoch, inside its run (FAILED, tagged); the next
+    one still trains and finishes; the summary says which failed and why."""
+    mnist = load_mnist(SUBSET, download_missing=False)
+    diverging = resolve_config(
+        "cnn", epochs=2, batch_size=2, optimizer="sgd", lr=1e4, limit_train=200, limit_test=64
+    )
+    fine = resolve_config("cnn", epochs=1, limit_train=128, limit_test=64)
+    result = suite.run_suite([diverging, fine], mnist, experiment=experiment_name)
+    failed, finished = result.outcomes
+    assert not failed.ok and "training diverged in epoch 1" in failed.error
+    assert finished.ok
+    runs = {r.info.run_id: r for r in runs_of(experiment_name)}
+    assert runs[finished.run_id].info.status == "FINISHED"
+    (broken,) = [r for r in runs.values() if r.info.run_id != finished.run_id]
+    assert broken.info.status == "FAILED" and broken.data.tags["diverged_epoch"] == "1"
+    assert suite.SUITE_TAG in broken.data.tags
+    assert "1 of 2 model(s) finished, 1 failed" in suite.summary_lines(result)[-1]
