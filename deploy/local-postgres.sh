@@ -36,9 +36,9 @@ case "$cmd" in
     as_pg "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
       -o "-h 127.0.0.1 -p $port -k $dir" start >/dev/null
     if [ "${fresh:-0}" = 1 ]; then
-      PGHOST="$dir" PGPORT="$port" PGUSER=postgres as_pg env PGHOST="$dir" PGPORT="$port" \
-        PGUSER=postgres MLFLOW_DB_PASSWORD="$MLFLOW_DB_PASSWORD" \
-        OPTUNA_DB_PASSWORD="$OPTUNA_DB_PASSWORD" sh "$here/postgres-init.sh" >/dev/null
+      # The passwords reach it through the environment (runuser keeps it), not argv.
+      export PGHOST="$dir" PGPORT="$port" PGUSER=postgres MLFLOW_DB_PASSWORD OPTUNA_DB_PASSWORD
+      as_pg sh "$here/postgres-init.sh" >/dev/null
     fi
     echo "postgresql on 127.0.0.1:$port (data in $dir)"
     ;;

@@ -4,7 +4,9 @@ compose file's own command, tuning workers on a PostgreSQL study, and the compos
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 import subprocess
 import time
 import urllib.error
@@ -16,7 +18,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from .conftest import BIN, REPO, SUBSET, pg_url, wait_for_running_trial
+from .conftest import (
+    BIN,
+    REPO,
+    SUBSET,
+    free_port,
+    pg_url,
+    running_server,
+    wait_for_running_trial,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -214,9 +224,310 @@ def test_compose_runs_the_shared_mlflow_command(compose):
     dockerfile = (REPO / "deploy" / "mlflow.Dockerfile").read_text()
     assert "COPY deploy/mlflow-server.sh /app/deploy/mlflow-server.sh" in dockerfile
     script = (REPO / "deploy" / "mlflow-server.sh").read_text()
-    for flag in ("--serve-artifacts", "--app-name basic-auth", "--allowed-hosts",
-                 "--artifacts-destination", "--backend-store-uri"):  # fmt: skip
+    for flag in ("--serve-artifacts", "--app-name basic-auth", "--allowed-hosts"):
         assert flag in script
+    # Read by `mlflow server` from MLFLOW_BACKEND_STORE_URI / MLFLOW_ARTIFACTS_DESTINATION.
+    for flag in ("--artifacts-destination", "--backend-store-uri"):
+        assert flag not in script, f"{flag} puts a secret where `ps` shows it"
+    assert "COPY deploy/refuse-example-secrets.sh /app/deploy/" in dockerfile
     assert "mlflow" in mlflow["environment"]["MLFLOW_ALLOWED_HOSTS"].split(",")
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     assert mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets: off command lines, no auth config left behind, example passwords refused
+
+SERVER_SCRIPT = REPO / "deploy" / "mlflow-server.sh"
+GUARD = REPO / "deploy" / "refuse-example-secrets.sh"
+GUARD_IN_CONTAINER = "/mnist-tracker/refuse-example-secrets.sh"
+FIX = (
+    "replace it with a long random value: "
+    "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+)
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    with open(f"/proc/{pid}/{name}", "rb") as fh:
+        return fh.read()
+
+
+def _processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) of every process this user can see."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            argv = _read_proc(pid, "cmdline").decode(errors="replace").split("\0")[:-1]
+            stat = _read_proc(pid, "stat").decode(errors="replace")
+        except OSError:  # gone, or not ours to read
+            continue
+        found[pid] = (int(stat.rsplit(")", 1)[1].split()[1]), argv)
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = _read_proc(pid, "environ").decode(errors="replace")
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def _server_tree(key: str, value: str) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """The running server started (by deploy/mlflow-server.sh) with ``key=value`` in its
+    environment: the topmost process so started and every process below it (pid -> argv),
+    and the environment it was given."""
+    procs = _processes()
+    started = {pid for pid in procs if _environ(pid).get(key) == value}
+    roots = [pid for pid in started if procs[pid][0] not in started]
+    assert len(roots) == 1, f"one server with {key}={value} expected: {roots}"
+    root = roots[0]
+    tree = {root}
+    while grown := {pid for pid, (ppid, _) in procs.items() if ppid in tree} - tree:
+        tree |= grown
+    return {pid: procs[pid][1] for pid in tree}, _environ(root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = _read_proc(pid, "stat").decode().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _port(uri: str) -> str:
+    return uri.rsplit(":", 1)[1]
+
+
+def test_server_command_lines_hold_no_secret(auth_server, postgres):
+    """`ps` shows every user each process's arguments: the server's shell, `mlflow server`,
+    its uvicorn supervisor and workers must not carry a password or a store URL there."""
+    tree, env = _server_tree("MLFLOW_PORT", _port(auth_server["uri"]))
+    commands = [" ".join(argv) for argv in tree.values()]
+    assert any(re.search(r"/mlflow server\b", c) for c in commands), commands
+    assert any("uvicorn" in c for c in commands), f"the workers were not looked at: {commands}"
+    assert len(tree) >= 5, f"shell, mlflow, uvicorn and two workers expected: {commands}"
+    secrets = {  # named, so that a failure does not print them
+        "database password": postgres["mlflow_password"],
+        "admin password": auth_server["password"],
+        "session key": env["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        "store URL": "postgresql://",
+    }
+    for argv in tree.values():
+        leaked = [name for name, secret in secrets.items() if secret in " ".join(argv)]
+        assert not leaked, f"on the command line of {argv[:3]}"
+    assert any(str(SERVER_SCRIPT) in c for c in commands), "the script's shell stays the parent"
+
+
+def test_stopped_server_leaves_no_auth_config(auth_server, tmp_path):
+    """The same script and environment as the session's server, on another port with a private
+    TMPDIR: while it runs, its basic_auth.ini (auth database password) is there, private to
+    this user; terminated as `docker compose stop` and the fixtures do, it stops promptly,
+    takes its workers with it and removes the file."""
+    _, env = _server_tree("MLFLOW_PORT", _port(auth_server["uri"]))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    port = free_port()
+    env.update(TMPDIR=str(private_tmp), MLFLOW_PORT=str(port), MLFLOW_WORKERS="1")
+    with running_server(["sh", str(SERVER_SCRIPT)], tmp_path, port, env):
+        (config,) = private_tmp.glob("*/basic_auth.ini")
+        assert "mlflow_auth" in config.read_text()
+        assert config.stat().st_mode & 0o077 == 0
+        assert config.parent.stat().st_mode & 0o077 == 0
+        pids = set(_server_tree("TMPDIR", str(private_tmp))[0])
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 15, "not stopped by SIGTERM (killed after 20 s)"
+    assert not config.parent.exists(), "basic_auth.ini was left behind"
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes outlived the server: {left}"
+
+
+@pytest.fixture
+def fake_mlflow(tmp_path):
+    """A bin folder whose `mlflow` (and `psql`) records its argv, environment and whether the
+    auth config exists, then exits 99, or with FAKE_WAIT_FOR_TERM set waits for SIGTERM and
+    exits 0: the deploy scripts run against it start no server."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    log = tmp_path / "fake-log"
+    log.mkdir()
+    script = f"""#!/bin/sh
+printf '%s\\n' "$0" "$@" > {log}/argv
+env > {log}/env
+[ -f "${{MLFLOW_AUTH_CONFIG_PATH:-/nonexistent}}" ] && echo yes > {log}/config-existed
+[ -n "${{FAKE_WAIT_FOR_TERM:-}}" ] || exit 99
+trap 'echo term > {log}/term; exit 0' TERM
+echo started > {log}/started
+while :; do sleep 0.05; done
+"""
+    for name in ("mlflow", "psql"):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    return {"bin": bin_dir, "log": log}
+
+
+def _script_env(fake_mlflow, tmp_path, **overrides) -> dict[str, str]:
+    """A complete, valid environment for the deploy scripts, fake `mlflow`/`psql` first on
+    PATH, a private TMPDIR; ``overrides`` replace (or, as None, remove) variables."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {
+        "PATH": f"{fake_mlflow['bin']}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "TMPDIR": str(tmp_path / "tmp"),
+        "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:Db-pw-4e9f1c@127.0.0.1:9/mlflow",
+        "MLFLOW_AUTH_DATABASE_URI": "postgresql://mlflow:Db-pw-4e9f1c@127.0.0.1:9/mlflow_auth",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "Admin-pw-77d2a0",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "Flask-key-0b5e3d",
+        "MLFLOW_DB_PASSWORD": "Db-pw-4e9f1c",
+        "OPTUNA_DB_PASSWORD": "Optuna-pw-19ac6e",
+        "PGHOST": "/nonexistent",
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def _refusal(command: list[str], env: dict[str, str]) -> list[str]:
+    """Run a deploy entry point expected to refuse its environment: it exits 1 within seconds,
+    starting nothing; returns its stderr lines."""
+    started = time.monotonic()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 5
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    for line in lines:
+        assert line.startswith("refusing to start: ") and line.endswith(FIX), line
+        assert "change-me" not in line, "the refused value is not printed"
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "change-me-mlflow-admin", "MLFLOW_AUTH_ADMIN_PASSWORD is"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "change-me-flask-session-key",
+         "MLFLOW_FLASK_SERVER_SECRET_KEY is"),
+        ("MLFLOW_BACKEND_STORE_URI", "postgresql://mlflow:change-me-mlflow-db@postgres:5432/mlflow",
+         "the password in MLFLOW_BACKEND_STORE_URI is"),
+        ("MLFLOW_AUTH_DATABASE_URI",
+         "postgresql://mlflow:change-me-mlflow-db@postgres:5432/mlflow_auth",
+         "the password in MLFLOW_AUTH_DATABASE_URI is"),
+        ("AWS_SECRET_ACCESS_KEY", "change-me-s3-secret-key", "AWS_SECRET_ACCESS_KEY is"),
+    ],
+)  # fmt: skip
+def test_server_script_refuses_example_secrets(fake_mlflow, tmp_path, name, value, says):
+    env = _script_env(fake_mlflow, tmp_path, **{name: value})
+    (line,) = _refusal(["sh", str(SERVER_SCRIPT)], env)
+    assert says in line
+    assert not (fake_mlflow["log"] / "argv").exists(), "mlflow was started"
+    assert not list((tmp_path / "tmp").iterdir()), "no auth config was written"
+
+
+def test_server_script_passes_secrets_by_environment(fake_mlflow, tmp_path):
+    """With real secrets the script starts `mlflow server`, with no secret among its arguments
+    (MLflow reads them from the environment), the auth config present while it runs and gone
+    after, and exits with mlflow's status."""
+    env = _script_env(fake_mlflow, tmp_path)
+    proc = subprocess.run(["sh", str(SERVER_SCRIPT)], env=env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert proc.returncode == 99, proc.stderr
+    argv = (fake_mlflow["log"] / "argv").read_text().splitlines()
+    assert argv[1] == "server" and "--serve-artifacts" in argv and "basic-auth" in argv
+    for secret in ("Db-pw-4e9f1c", "Admin-pw-77d2a0", "Flask-key-0b5e3d", "postgresql://"):
+        assert not [arg for arg in argv if secret in arg], argv
+    seen = dict(
+        line.split("=", 1) for line in (fake_mlflow["log"] / "env").read_text().splitlines()
+        if "=" in line
+    )  # fmt: skip
+    assert seen["MLFLOW_BACKEND_STORE_URI"] == env["MLFLOW_BACKEND_STORE_URI"]
+    assert seen["MLFLOW_ARTIFACTS_DESTINATION"] == env["MLFLOW_ARTIFACTS_DESTINATION"]
+    assert (fake_mlflow["log"] / "config-existed").exists()
+    assert not list((tmp_path / "tmp").iterdir()), "the auth config folder was left behind"
+
+
+def test_server_script_forwards_sigterm_and_cleans_up(fake_mlflow, tmp_path):
+    env = _script_env(fake_mlflow, tmp_path, FAKE_WAIT_FOR_TERM="1")
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(["sh", str(SERVER_SCRIPT)], env=env, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 10
+        while not (fake_mlflow["log"] / "started").exists():
+            assert proc.poll() is None, (tmp_path / "stderr").read_text()
+            assert time.monotonic() < deadline, "mlflow (fake) was not started"
+            time.sleep(0.05)
+        assert len(list((tmp_path / "tmp").glob("*/basic_auth.ini"))) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0, "exits with mlflow's status"
+    finally:
+        proc.kill()
+    assert (fake_mlflow["log"] / "term").read_text().strip() == "term", "SIGTERM forwarded"
+    assert not list((tmp_path / "tmp").iterdir()), "the auth config folder was left behind"
+
+
+def test_postgres_init_refuses_example_passwords(fake_mlflow, tmp_path):
+    env = _script_env(fake_mlflow, tmp_path, MLFLOW_DB_PASSWORD="change-me-mlflow-db")
+    (line,) = _refusal(["sh", str(REPO / "deploy" / "postgres-init.sh")], env)
+    assert "MLFLOW_DB_PASSWORD is" in line
+    assert not (fake_mlflow["log"] / "argv").exists(), "psql was run"
+    # With real ones psql runs, the passwords in its environment, not among its arguments.
+    env = _script_env(fake_mlflow, tmp_path)
+    proc = subprocess.run(["sh", str(REPO / "deploy" / "postgres-init.sh")], env=env,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 99, proc.stderr
+    argv = (fake_mlflow["log"] / "argv").read_text()
+    assert "Db-pw-4e9f1c" not in argv and "Optuna-pw-19ac6e" not in argv
+
+
+def _example_env(service: dict) -> dict[str, str]:
+    """A service's environment as compose builds it from an unedited copy of .env.example."""
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+    def value(match: re.Match) -> str:
+        name, op, arg = match.groups()
+        return example.get(name, arg if op == "-" else "")
+
+    pattern = re.compile(r"\$\{([A-Z0-9_]+)(?::([?-])([^}]*))?\}")
+    return {k: pattern.sub(value, str(v)) for k, v in service.get("environment", {}).items()}
+
+
+def _holds_example(value: str) -> bool:
+    return value.startswith("change-me") or bool(re.search(r"://[^:/@]+:change-me[^@]*@", value))
+
+
+def test_compose_refuses_the_example_env(compose, fake_mlflow, tmp_path):
+    """Every service that takes a secret refuses an unedited .env.example, naming each variable
+    that holds a placeholder: its entry point is run here as compose would run it."""
+    checked = set()
+    for name, service in compose["services"].items():
+        env = _example_env(service)
+        placeholders = sorted(k for k, v in env.items() if _holds_example(v))
+        if not placeholders:
+            continue
+        entrypoint = service.get("entrypoint") or []
+        if entrypoint[1:2] == [GUARD_IN_CONTAINER]:
+            assert f"./deploy/refuse-example-secrets.sh:{GUARD_IN_CONTAINER}:ro" in service.get(
+                "volumes", []
+            ), name
+            command = ["sh", str(GUARD), *entrypoint[2 : entrypoint.index("--")]]
+        elif service.get("command") == ["/app/deploy/mlflow-server.sh"]:
+            command = ["sh", str(SERVER_SCRIPT)]
+            env["PATH"] = _script_env(fake_mlflow, tmp_path)["PATH"]
+        else:
+            pytest.fail(f"{name} takes {placeholders} but does not refuse example values")
+        lines = _refusal(command, env)
+        named = sorted(
+            k for k in placeholders if any(f" {k} is the example" in line for line in lines)
+        )
+        assert named == placeholders and len(lines) == len(placeholders), (name, lines)
+        checked.add(name)
+    assert {"postgres", "object-store", "create-bucket", "mlflow", "trainer", "tuner"} <= checked
