@@ -16,24 +16,40 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .constants import FEATURE_CACHE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULERS
+from .constants import (
+    FEATURE_CACHE,
+    MAX_EXPERIMENT_NAME_LENGTH,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULERS,
+)
 from .errors import ConfigError
 from .models import get_spec
 
 __all__ = [
     "FEATURE_CACHE",
+    "MAX_BATCH_SIZE",
     "OPTIMIZERS",
     "PRECISIONS",
     "RECIPES",
     "SCHEDULERS",
     "ConfigError",
     "TrainConfig",
+    "fit_to_data",
     "format_param",
     "params_equal",
     "parse_param",
     "resolve_config",
     "validate",
+    "validate_experiment_name",
 ]
+
+# The largest batch accepted: 16 times the largest of any recipe or search space (512, the
+# cnn's fast recipe). A training step holds every layer's activations for the backward pass,
+# about 2 MB an image for the deep_cnn in fp32: some 16 GB at 8192, and a whole MNIST
+# (60,000) as one batch is what got runs OOM-killed.
+MAX_BATCH_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,11 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"batch size must be at least 1 (got {config.batch_size}); pass --batch-size 1 or more"
         )
+    if config.batch_size > MAX_BATCH_SIZE:
+        raise ConfigError(
+            f"batch size {config.batch_size} is above the maximum of {MAX_BATCH_SIZE} (a batch "
+            f"that large runs out of memory); pass --batch-size {MAX_BATCH_SIZE} or less"
+        )
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise ConfigError(f"lr must be a positive number (got {config.lr}); pass e.g. --lr 1e-3")
     if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
@@ -161,17 +182,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"unknown feature cache setting {config.feature_cache!r}; choose from {FEATURE_CACHE}"
         )
-    if spec.resizable:
-        if config.image_size < spec.min_image_size:
-            raise ConfigError(
-                f"image size {config.image_size} is below {config.model}'s minimum of "
-                f"{spec.min_image_size}; pass --image-size {spec.min_image_size} or more"
-            )
-    elif config.image_size != spec.input.image_size:
-        raise ConfigError(
-            f"{config.model} takes {spec.input.image_size}x{spec.input.image_size} images only "
-            f"(got --image-size {config.image_size}); leave --image-size out"
-        )
+    _validate_image_size(config)
     if config.pretrained and not spec.has_pretrained:
         raise ConfigError(
             f"{config.model} has no pretrained weights; leave --pretrained out or use "
@@ -194,6 +205,63 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"val size must be 0 or more (got {config.val_size})")
     if config.device not in ("auto", "cpu", "mps") and not config.device.startswith("cuda"):
         raise ConfigError(f"unknown device {config.device!r}; pass auto, cpu, cuda, cuda:N or mps")
+
+
+def _validate_image_size(config: TrainConfig) -> None:
+    """A resizable model's side within its bounds; any other model's its one input size."""
+    spec = get_spec(config.model)
+    if not spec.resizable:
+        if config.image_size != spec.input.image_size:
+            raise ConfigError(
+                f"{config.model} takes {spec.input.image_size}x{spec.input.image_size} images "
+                f"only (got --image-size {config.image_size}); leave --image-size out"
+            )
+        return
+    if config.image_size < spec.min_image_size:
+        raise ConfigError(
+            f"image size {config.image_size} is below {config.model}'s minimum of "
+            f"{spec.min_image_size}; pass --image-size {spec.min_image_size} or more"
+        )
+    if config.image_size > spec.max_image_size:
+        raise ConfigError(
+            f"image size {config.image_size} is above {config.model}'s maximum of "
+            f"{spec.max_image_size}; pass --image-size {spec.max_image_size} or less "
+            "(224, the default, is what its weights were trained at)"
+        )
+
+
+def fit_to_data(config: TrainConfig, train_size: int, test_size: int | None) -> TrainConfig:
+    """``config`` as it runs on the splits it got: ``train_size`` training images (after the
+    validation hold-out), ``test_size`` test images (None: the test set was not loaded).
+
+    A ``limit_*`` above what the split holds becomes the count used, so the logged params say
+    what ran (``--limit-train 1000000000`` on MNIST logs 60000). A batch larger than the
+    training set raises ConfigError.
+    """
+    changes: dict[str, int] = {}
+    if config.limit_train is not None and config.limit_train > train_size:
+        changes["limit_train"] = train_size
+    if test_size is not None and config.limit_test is not None and config.limit_test > test_size:
+        changes["limit_test"] = test_size
+    if config.batch_size > train_size:
+        more = ", or a larger --limit-train" if config.limit_train == train_size else ""
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than the training set ({train_size} "
+            f"images); pass --batch-size {train_size} or less{more}"
+        )
+    return config.replace(**changes) if changes else config
+
+
+def validate_experiment_name(name: str, option: str = "--experiment") -> None:
+    """Raise ConfigError for an experiment name no MLflow store takes: empty (or blank), or
+    longer than ``MAX_EXPERIMENT_NAME_LENGTH``. ``option`` is where the name came from."""
+    if not name.strip():
+        raise ConfigError(f"the experiment name is empty; pass {option} NAME, or leave it out")
+    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise ConfigError(
+            f"the experiment name is {len(name)} characters long, more than the "
+            f"{MAX_EXPERIMENT_NAME_LENGTH} an MLflow store holds; pass a shorter {option}"
+        )
 
 
 def resolve_config(model: str, recipe: str | None = None, **overrides: Any) -> TrainConfig:

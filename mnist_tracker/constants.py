@@ -12,3 +12,9 @@ RUN_MODES = ("best", "latest", "all")
 FORMATS = ("table", "markdown", "csv", "json")
 
 DEFAULT_EXPERIMENT = "mnist"
+
+# MLflow's SQL stores keep an experiment's name in a VARCHAR(256) column
+# (mlflow/store/tracking/dbmodels/models.py, SqlExperiment.name): PostgreSQL and MySQL refuse a
+# longer one once the run is under way, while MLflow's own check allows 500 and SQLite stores
+# anything. 256 is the length every store takes.
+MAX_EXPERIMENT_NAME_LENGTH = 256

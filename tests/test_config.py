@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_tracker.config import ConfigError, params_equal, parse_param, resolve_config
+from mnist_tracker.config import (
+    MAX_BATCH_SIZE,
+    ConfigError,
+    fit_to_data,
+    params_equal,
+    parse_param,
+    resolve_config,
+    validate_experiment_name,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -60,6 +68,9 @@ def test_overrides_and_unfrozen_random_features():
         ("cnn", {"batch_size": 0}, "batch size must be at least 1"),
         ("vgg16", {"image_size": 31}, "below vgg16's minimum of 32"),
         ("alexnet", {"image_size": 62}, "below alexnet's minimum of 63"),
+        ("alexnet", {"image_size": 10000}, "above alexnet's maximum of 512"),
+        ("vgg16", {"image_size": 513}, "above vgg16's maximum of 512"),
+        ("cnn", {"batch_size": MAX_BATCH_SIZE + 1}, "above the maximum of 8192"),
         ("cnn", {"image_size": 64}, "takes 28x28 images only"),
         ("cnn", {"limit_train": 0}, "--limit-train must be at least 1"),
         ("cnn", {"limit_test": -5}, "--limit-test must be at least 1"),
@@ -124,3 +135,33 @@ def test_recipe_and_feature_cache_are_logged_params():
     for key, text in params.items():
         if not key.startswith("model."):
             assert parse_param(key, text) == getattr(config, key), key
+
+
+def test_the_bounds_themselves_are_accepted():
+    assert resolve_config("alexnet", image_size=512).image_size == 512
+    assert resolve_config("cnn", batch_size=MAX_BATCH_SIZE).batch_size == MAX_BATCH_SIZE
+    validate_experiment_name("x" * 256)
+
+
+def test_limits_above_the_data_become_the_counts_that_ran():
+    """``--limit-train 1000000000`` on 60,000 images ran 60,000: that is what gets logged."""
+    config = resolve_config("cnn", limit_train=1_000_000_000, limit_test=20_000)
+    fitted = fit_to_data(config, train_size=60_000, test_size=10_000)
+    assert (fitted.limit_train, fitted.limit_test) == (60_000, 10_000)
+    assert fitted.to_params()["limit_train"] == "60000"
+    unchanged = fitted.replace(limit_train=config.limit_train, limit_test=config.limit_test)
+    assert unchanged == config  # nothing else changed
+    small = resolve_config("cnn", limit_train=64)
+    assert fit_to_data(small, 64, 500) is small  # limits within the data stay as given
+    assert fit_to_data(config, 60_000, None).limit_test == 20_000  # no test set loaded
+
+
+@pytest.mark.parametrize(
+    ("limit", "hint"), [(64, "pass --batch-size 64 or less, or a larger --limit-train"), (None, "")]
+)
+def test_a_batch_larger_than_the_training_set_is_refused(limit, hint):
+    config = resolve_config("cnn", batch_size=128, limit_train=limit)
+    with pytest.raises(ConfigError, match="batch size 128 is larger than the training set") as err:
+        fit_to_data(config, train_size=64, test_size=None)
+    assert hint in str(err.value)
+    assert ("--limit-train" in str(err.value)) == bool(limit)

@@ -51,7 +51,8 @@ class ModelSpec:
     the tests. ``channels_last``: a conv net that trains faster in that memory format.
     ``split(net)``, when given, returns ``(backbone, head)``: modules of ``net`` (shared, not
     copies) with ``head(backbone(x))`` equal to ``net(x)``, so a frozen backbone's output can
-    be cached.
+    be cached. ``min_image_size`` / ``max_image_size`` bound ``--image-size`` of a
+    ``resizable`` model.
 
     ``search_space`` maps a name to ``("float", low, high, log)``, ``("int", low, high)`` or
     ``("categorical", choices)``. Names that are TrainConfig fields set the config; the
@@ -66,6 +67,12 @@ class ModelSpec:
     n_params: int
     n_trainable: int
     min_image_size: int = 28
+    # The largest side a resizable model is fed. The pretrained weights were trained at 224
+    # and a 28x28 digit has nothing more to show at 18x; at 512 a VGG16 forward pass already
+    # costs about 5x the 15 GFLOP an image of 224, and its first feature map alone is 64 MB
+    # an image (64 x 512 x 512 float32). Far above that, as at 10000, the first batch cannot
+    # even be allocated.
+    max_image_size: int = 512
     resizable: bool = False
     has_pretrained: bool = False
     search_space: dict[str, Any] = field(default_factory=dict)
