@@ -1,11 +1,19 @@
-"""URIs with passwords: hide them before anything is printed, logged or tagged.
+"""URIs with passwords: hide them before anything is printed, logged or tagged; tracking URIs
+that MLflow could not open, refused before anything starts (``validate_tracking_uri``).
 
 Standard library only, so that the CLI modules can use it without loading MLflow or torch.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+from .errors import ConfigError
 
 
 def redact(uri: str | None) -> str:
@@ -26,3 +34,82 @@ def scrub(text: str, uri: str | None) -> str:
     text = text.replace(uri, redact(uri))
     password = urlsplit(uri).password
     return text.replace(password, "***") if password else text
+
+
+# The tracking stores MLflow has built in (mlflow/tracking/_tracking_service/utils.py): servers,
+# SQLAlchemy databases ("postgresql+psycopg2://" too), Databricks and local folders (file:).
+_SERVERS = ("http", "https")
+_DATABASES = ("postgresql", "mysql", "mssql")
+_DATABRICKS = ("databricks", "databricks-uc", "uc")
+SUPPORTED_STORES = (
+    "http(s)://HOST:PORT (a tracking server), sqlite:///PATH, file:PATH (or a folder), "
+    "postgresql://..., mysql://..., mssql://... or databricks"
+)
+
+
+def validate_tracking_uri(uri: str, source: str = "--tracking-uri") -> None:
+    """Raise ConfigError unless MLflow can open ``uri`` as a tracking store: a scheme it knows
+    (built in, or registered by an installed MLflow plugin), a server URL with a host, and for
+    a local store (``sqlite:///PATH``, ``file:PATH``, a folder) a folder that exists or can be
+    created and that can be written. ``source`` says where ``uri`` came from, for the message.
+
+    Leaves nothing behind: the folder made to prove that a folder can be written is removed.
+    """
+    parts = urlsplit(uri)
+    scheme = "" if len(parts.scheme) == 1 else parts.scheme.lower()  # C:\runs: a folder
+    base = scheme.split("+", 1)[0]
+    shown = f"{source} {redact(uri)}"
+    if uri in _DATABRICKS or scheme in _DATABRICKS:  # "databricks" alone, or with a profile
+        return
+    if base in _SERVERS:
+        if not parts.hostname:
+            raise ConfigError(f"{shown} names no host; pass e.g. http://127.0.0.1:5000")
+    elif base == "sqlite":
+        _check_sqlite(uri, shown)
+    elif scheme in ("", "file"):
+        folder = Path(url2pathname(parts.path) if scheme else uri)
+        if folder.is_file():
+            raise ConfigError(f"{shown}: {folder} is a file, not a folder; pass a folder path")
+        _check_folder(folder, shown)
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
+            raise ConfigError(
+                f"{shown} is a file store, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE"
+                "=true; pass --tracking-uri sqlite:///mlflow.db, or set that variable"
+            )
+    elif base not in _DATABASES and scheme not in _plugins():
+        raise ConfigError(f"{shown}: unsupported scheme {scheme}://; pass {SUPPORTED_STORES}")
+
+
+def _plugins() -> set[str]:
+    """The URI schemes that installed MLflow plugins add (entry points, as MLflow finds them)."""
+    return {entry.name for entry in metadata.entry_points(group="mlflow.tracking_store")}
+
+
+def _check_sqlite(uri: str, shown: str) -> None:
+    """A SQLite file that exists, or a folder it can be created in (MLflow makes the folders)."""
+    database = uri.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
+    if database in ("", ":memory:"):
+        return
+    path = Path(database)
+    if path.is_dir():
+        raise ConfigError(f"{shown}: {path} is a folder, not a SQLite file; pass a file path")
+    if not path.is_file():
+        _check_folder(path.parent, shown)
+
+
+def _check_folder(folder: Path, shown: str) -> None:
+    """``folder`` exists or can be created, and can be written: proved by making (and
+    removing) a folder in it or in its nearest existing parent; ConfigError naming it if not."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    hint = "pass a path in a folder you can write"
+    if not existing.is_dir():
+        raise ConfigError(f"{shown}: {existing} is a file, not a folder; {hint}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".mnist-tracker-probe-", dir=existing)
+    except OSError as exc:
+        what = "cannot be written" if existing == folder else "cannot be created"
+        reason = exc.strerror or exc
+        raise ConfigError(f"{shown}: folder {folder} {what} ({reason}); {hint}") from None
+    os.rmdir(probe)

@@ -163,3 +163,138 @@ def test_listing_models_needs_no_torch_and_a_new_store_prints_no_mlflow_info(tmp
     )  # fmt: skip
     assert (proc.returncode == 2 and "no experiments" in proc.stderr) or "not found" in proc.stderr
     assert "Creating initial MLflow database tables" not in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: input MLflow or the machine would refuse only later, refused up front.
+
+
+def assert_store_untouched(uri: str) -> None:
+    """No run, and no experiment but MLflow's own Default, in the store (if there is one)."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    if not os.path.exists(uri.removeprefix("sqlite:///")):
+        return  # nothing was even created
+    client = MlflowClient(uri)
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    assert [e.name for e in experiments] == ["Default"]
+    ids = [e.experiment_id for e in experiments]
+    assert client.search_runs(ids, run_view_type=ViewType.ALL) == []
+
+
+def one_error_line(result, *parts: str, alone: bool = True) -> str:
+    """The one ``Error:`` line of a refused command (exit 2, no traceback), which names every
+    one of ``parts``; ``alone``: nothing else on stderr (refused while parsing the options)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.stderr
+    assert not alone or len(lines) == 1, result.stderr
+    for part in parts:
+        assert part in errors[0], errors[0]
+    return errors[0]
+
+
+TINY_RUN = ["--epochs", "1", "--limit-train", "64", "--limit-test", "64"]
+EMPTY_NAME = "the experiment name is empty"
+LONG_NAME = "the experiment name is 600 characters long, more than the 256"
+EXPERIMENTS = [
+    (["train", "--model", "cnn", *TINY_RUN, "--experiment", ""], EMPTY_NAME),
+    (["train", "--model", "cnn", *TINY_RUN, "--experiment", "  "], EMPTY_NAME),
+    (["train", "--model", "cnn", *TINY_RUN, "--experiment", "x" * 600], LONG_NAME),
+    (["train", "--model", "cnn", *TINY_RUN, "--experiment", "x" * 257], "257 characters"),
+    (["tune", "--model", "cnn", "--val-size", "100", "--experiment", ""], EMPTY_NAME),
+    (["suite", "--models", "cnn", *TINY_RUN, "--experiment", "x" * 600], LONG_NAME),
+    (["compare", "--experiment", "mnist", "--experiment", ""], EMPTY_NAME),
+    (["promote", "--name", "m", "--experiment", "x" * 600], LONG_NAME),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("args", "message"), EXPERIMENTS, ids=[f"{a[0]}-{len(a[-1])}" for a, _ in EXPERIMENTS]
+)
+def test_experiment_names_no_store_takes_are_refused(args, message, sqlite_uri):
+    """MLflow refuses an empty name, and PostgreSQL / MySQL stores a name over 256 characters
+    (its VARCHAR(256) column), once the run would start: refused while parsing instead."""
+    one_error_line(invoke(*args, "--tracking-uri", sqlite_uri), message, "--experiment")
+    assert_store_untouched(sqlite_uri)
+
+
+BAD_URIS = [
+    ("ftp://x", ["unsupported scheme ftp://", "http(s)://", "sqlite:///", "file:", "databricks"]),
+    ("gopher://u:s3cret@h/", ["unsupported scheme gopher://", "u:***@h"]),
+    ("sqlite:////proc/nope/x.db", ["folder /proc/nope cannot be created"]),
+    ("file:///proc/nope", ["folder /proc/nope cannot be created"]),
+    ("http://", ["names no host"]),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("uri", "parts"), BAD_URIS, ids=[u for u, _ in BAD_URIS])
+@pytest.mark.parametrize("given", ["option", "env"])
+def test_tracking_uris_mlflow_cannot_open_are_refused(uri, parts, given, monkeypatch, tmp_path):
+    """Before: MLflow's traceback (an unknown scheme, a folder it cannot make) once the command
+    was under way. As --tracking-uri or as $MLFLOW_TRACKING_URI: one line, nothing created."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the folder, not the opt-in, is wrong
+    args = ["train", "--model", "cnn", *TINY_RUN]
+    if given == "option":
+        result = invoke(*args, "--tracking-uri", uri)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        result = invoke(*args)
+    source = "--tracking-uri" if given == "option" else "$MLFLOW_TRACKING_URI"
+    line = one_error_line(result, source, *parts)
+    assert "s3cret" not in line
+    assert not os.path.exists("/proc/nope") and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.fast
+def test_a_file_store_without_mlflows_opt_in_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = invoke("compare", "--tracking-uri", f"file://{tmp_path / 'mlruns'}")
+    one_error_line(result, "file store", "MLFLOW_ALLOW_FILE_STORE=true", "sqlite:///")
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:5000",
+        "https://u:pw@mlflow.example.com",
+        "sqlite:///mlflow.db",
+        "sqlite:///new/folder/mlflow.db",
+        "sqlite://",
+        "postgresql://u:pw@db:5432/mlflow",
+        "postgresql+psycopg2://db/mlflow",
+        "mysql+pymysql://db/mlflow",
+        "databricks",
+        "databricks://profile",
+    ],
+)
+def test_tracking_uris_mlflow_opens_pass_and_leave_nothing_behind(uri, tmp_path):
+    from mnist_tracker.uris import validate_tracking_uri
+
+    validate_tracking_uri(uri)
+    assert list(tmp_path.iterdir()) == [], "the writability probe is removed"
+
+
+SIZES = [
+    (["--model", "alexnet", "--image-size", "10000"], "above alexnet's maximum of 512"),
+    (["--model", "vgg16", "--image-size", "513"], "pass --image-size 512 or less"),
+    (["--model", "cnn", "--batch-size", "100000"], "batch size 100000 is above the maximum"),
+    (["--model", "cnn", "--batch-size", "8193"], "pass --batch-size 8192 or less"),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("args", "message"), SIZES, ids=[" ".join(a) for a, _ in SIZES])
+def test_sizes_that_cannot_be_allocated_are_refused(args, message, sqlite_uri):
+    """Before: the run was created, then the first batch failed to allocate (or the process
+    was OOM-killed)."""
+    result = invoke("train", *args, *TINY_RUN, "--tracking-uri", sqlite_uri)
+    one_error_line(result, message)
+    assert_store_untouched(sqlite_uri)

@@ -15,6 +15,7 @@ from ..constants import DEFAULT_EXPERIMENT, FORMATS, RUN_MODES
 from ..uris import redact
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
+    check_experiments,
     data_dir_option,
     flag,
     option,
@@ -84,6 +85,7 @@ def run_compare(query: Query) -> Comparison:
     "--experiment",
     "experiments",
     multiple=True,
+    callback=check_experiments,
     help=f"Experiment to read; repeat for several [default: {DEFAULT_EXPERIMENT}].",
 )
 @flag("all_experiments", "Read every experiment in the store.", default=False)

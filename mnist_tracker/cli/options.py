@@ -8,6 +8,7 @@ passes undeclared parameters as ``--name value``.
 from __future__ import annotations
 
 import functools
+import os
 
 import click
 
@@ -19,6 +20,7 @@ from ..constants import (
     RECIPES,
     SCHEDULERS,
 )
+from ..uris import validate_tracking_uri
 
 
 def option(*names: str, **kwargs):
@@ -86,7 +88,10 @@ TRAINING_OPTIONS: dict[str, dict] = {
     "weight_decay": {"type": float, "help": "Weight decay [default: recipe]."},
     "optimizer": {"type": click.Choice(OPTIMIZERS), "help": "Optimizer [default: recipe]."},
     "scheduler": {"type": click.Choice(SCHEDULERS), "help": "LR schedule [default: recipe]."},
-    "image_size": {"type": int, "help": "Input side for vgg16/alexnet [default: 224]."},
+    "image_size": {
+        "type": int,
+        "help": "Input side for vgg16/alexnet, up to 512 [default: 224].",
+    },
     "recipe": {
         "type": click.Choice(RECIPES),
         "help": "Defaults to start from: the lab's, or the model's fast one (cnn) [default: lab].",
@@ -130,10 +135,31 @@ def data_dir_option(fn):
     )(fn)
 
 
+def check_tracking_uri(_ctx, _param, value: str | None) -> str | None:
+    """The ``--tracking-uri`` callback: the URI, else ``$MLFLOW_TRACKING_URI`` (which MLflow
+    reads when none is given), refused before anything starts if MLflow could not open it."""
+    if value:
+        validate_tracking_uri(value)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        validate_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], source="$MLFLOW_TRACKING_URI")
+    return value
+
+
+def check_experiments(_ctx, param, value):
+    """The ``--experiment`` callback (one name, or a tuple of them): names no MLflow store
+    takes (empty, too long) refused before anything starts."""
+    from ..config import validate_experiment_name  # no torch: the models' specs only
+
+    for name in value if isinstance(value, tuple) else (value,):
+        validate_experiment_name(name, "--experiment")
+    return value
+
+
 def tracking_uri_option(fn):
     return option(
         "--tracking-uri",
         default=None,
+        callback=check_tracking_uri,
         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else MLflow's sqlite:///mlflow.db].",
     )(fn)
 
@@ -142,5 +168,9 @@ def tracking_options(fn):
     """``--experiment`` and ``--tracking-uri``."""
     fn = tracking_uri_option(fn)
     return option(
-        "--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment."
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        show_default=True,
+        callback=check_experiments,
+        help="MLflow experiment.",
     )(fn)

@@ -6,7 +6,7 @@ import click
 
 from ..constants import DEFAULT_EXPERIMENT
 from ..uris import redact
-from .options import option, tracking_uri_option
+from .options import check_experiments, option, tracking_uri_option
 from .train import echo_err
 
 
@@ -19,6 +19,7 @@ from .train import echo_err
     "--experiment",
     "experiments",
     multiple=True,
+    callback=check_experiments,
     help=f"Experiment(s) to search; repeatable [default: {DEFAULT_EXPERIMENT}].",
 )
 @tracking_uri_option
