@@ -298,3 +298,18 @@ def test_sizes_that_cannot_be_allocated_are_refused(args, message, sqlite_uri):
     result = invoke("train", *args, *TINY_RUN, "--tracking-uri", sqlite_uri)
     one_error_line(result, message)
     assert_store_untouched(sqlite_uri)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "text", ["{not json", '["files"]', '{"files": {"train_images": {"count": "many"}}}']
+)
+def test_a_malformed_manifest_is_one_line_exit_2_no_run(text, tmp_path, sqlite_uri):
+    folder = copy_subset(tmp_path / "subset")
+    manifest = folder / "mnist-manifest.json"
+    manifest.write_text(text)
+    args = ("--data-dir", str(folder), "--tracking-uri", sqlite_uri)
+    result = invoke("train", "--model", "cnn", *TINY_RUN, *args)
+    one_error_line(result, str(manifest), "fix it, or delete it", alone=False)
+    assert_store_untouched(sqlite_uri)
+    one_error_line(invoke("data", "check", "--data-dir", str(folder)), str(manifest))

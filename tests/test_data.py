@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import json
 import shutil
 import threading
 
@@ -236,3 +237,39 @@ def test_digits_from_a_photo_look_like_mnist(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(data.DataError, match=r"notes\.txt: not an image"):
         read_digits(tmp_path / "notes.txt")
+
+
+def _files(**entries) -> str:
+    return json.dumps({"files": entries})
+
+
+SHA = "0" * 64
+BAD_MANIFESTS = [
+    ("{not json", "is not valid JSON"),
+    ('[{"files": {}}]', 'the manifest is an array, not an object with "files"'),
+    ('"files"', "the manifest is a string"),
+    ('{"description": "a subset"}', 'has no "files" object'),
+    ('{"files": ["train_images"]}', 'has no "files" object'),
+    (_files(train_images={"count": "1000", "sha256": SHA}), '"files.train_images" needs'),
+    (_files(train_images={"count": 1000}), 'needs "count" (a whole number) and "sha256"'),
+    (_files(train_images={"count": True, "sha256": SHA}), '"files.train_images" needs'),
+    (_files(train_labels=1000), '"files.train_labels" needs'),
+    (_files(test_labels={"count": 500, "sha256": "abc"}), "64 lowercase hex digits"),
+    (
+        _files(train_imgs={"count": 1000, "sha256": SHA}),
+        'unknown manifest entry "files.train_imgs"',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_MANIFESTS, ids=[t for t, _ in BAD_MANIFESTS])
+def test_a_malformed_manifest_is_one_data_error_naming_it(tmp_path, text, message):
+    """Before: a list or an ill-typed entry crashed with AttributeError / KeyError / TypeError
+    (a traceback); now every shape is a DataError naming the file and the fix."""
+    folder = copy_subset(tmp_path)
+    (folder / data.MANIFEST_NAME).write_text(text)
+    with pytest.raises(data.DataError) as err:
+        data.load_mnist(folder, download_missing=False)
+    line = str(err.value)
+    assert line.startswith(str(folder / data.MANIFEST_NAME)) and message in line, line
+    assert "fix it, or delete it" in line and "\n" not in line

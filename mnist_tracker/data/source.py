@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,15 +67,61 @@ def locate(root: Path, spec: IdxFile) -> Path | None:
     return None
 
 
-def _manifest(root: Path) -> dict | None:
+def _manifest(root: Path) -> dict[str, dict] | None:
+    """The ``files`` of the first manifest under ``root`` (None: there is none): for an IDX
+    file's key, the ``{"count", "sha256"}`` a subset has instead of full MNIST's."""
     for folder in (root, root / "MNIST" / "raw", root / "raw"):
         path = folder / MANIFEST_NAME
         if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: unreadable manifest ({exc})") from exc
+            return _read_manifest(path)
     return None
+
+
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_manifest(path: Path) -> dict[str, dict]:
+    """A manifest's ``files``: ``{"files": {"train_images": {"count": 1000, "sha256": "..."},
+    ...}}`` (other keys, a description, are ignored; a file it leaves out is checked against
+    full MNIST). DataError naming the file and what is wrong with it otherwise."""
+    fix = "fix it, or delete it to check the files against full MNIST"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc.strerror or exc}); {fix}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"{path}: the manifest is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(manifest, dict):
+        kind = _JSON_TYPES.get(type(manifest), "a number")
+        raise DataError(f'{path}: the manifest is {kind}, not an object with "files"; {fix}')
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise DataError(
+            f'{path}: the manifest has no "files" object (an entry per IDX file, e.g. '
+            f'"train_images": {{"count": 1000, "sha256": "..."}}); {fix}'
+        )
+    for key, entry in files.items():
+        if key not in FILES:
+            raise DataError(
+                f'{path}: unknown manifest entry "files.{key}" (the entries are '
+                f"{', '.join(FILES)}); {fix}"
+            )
+        if not _is_entry(entry):
+            raise DataError(
+                f'{path}: manifest entry "files.{key}" needs "count" (a whole number) and '
+                f'"sha256" (64 lowercase hex digits), got {json.dumps(entry)[:80]}; {fix}'
+            )
+    return files
+
+
+def _is_entry(entry) -> bool:
+    """``{"count": N, "sha256": "<64 hex digits>"}``, N a whole number (not a boolean)."""
+    if not isinstance(entry, dict):
+        return False
+    count, sha = entry.get("count"), entry.get("sha256")
+    whole = isinstance(count, int) and not isinstance(count, bool) and count >= 0
+    return whole and isinstance(sha, str) and _SHA256.fullmatch(sha) is not None
 
 
 def download(root: Path, missing: list[IdxFile]) -> None:
@@ -140,14 +187,10 @@ def load_mnist(
             )
         download(root, missing)
         found = {key: locate(root, spec) for key, spec in wanted.items()}
-    manifest = _manifest(root)
+    manifest = _manifest(root) or {}
     arrays = {}
     for key, spec in wanted.items():
-        path = found[key]
-        expected = None
-        if manifest is not None and key in manifest.get("files", {}):
-            expected = manifest["files"][key]
-        arrays[key] = parse_idx(path, spec, expected)
+        arrays[key] = parse_idx(found[key], spec, manifest.get(key))
     tensors: dict[str, torch.Tensor | None] = {"test_x": None, "test_y": None}
     for split in ("train", "test") if include_test else ("train",):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
