@@ -313,3 +313,27 @@ def test_a_malformed_manifest_is_one_line_exit_2_no_run(text, tmp_path, sqlite_u
     one_error_line(result, str(manifest), "fix it, or delete it", alone=False)
     assert_store_untouched(sqlite_uri)
     one_error_line(invoke("data", "check", "--data-dir", str(folder)), str(manifest))
+
+
+@pytest.mark.fast
+def test_compare_shows_each_run_on_one_line_whatever_its_name(sqlite_uri):
+    """A run named "a\\nb" is one row; a name with a terminal's control sequences (ESC ] sets
+    the window title, BEL ends it, U+202E reverses what follows) shows them as escapes."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    experiment_id = client.create_experiment("mnist")
+    names = {"cnn": "a\nb", "vit": "x\x1b]0;pwned\x07\x00y\u202ez"}
+    for model, name in names.items():
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        client.log_param(run_id, "model", model)
+        client.log_metric(run_id, "test_accuracy", 0.9 if model == "cnn" else 0.8)
+        client.set_terminated(run_id)
+    for fmt in ("table", "markdown"):
+        result = invoke("compare", "--tracking-uri", sqlite_uri, "--format", fmt)
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.strip("\n").split("\n")
+        assert len(lines) == 4, result.stdout  # header, rule, one line a run
+        assert "a b" in lines[2] and lines[2].lstrip("| ").startswith("CNN")
+        assert "x\\x1b]0;pwned\\x07\\x00y\\u202ez" in lines[3], lines[3]
+        assert not any(c in result.stdout for c in "\x1b\x07\x00\u202e")

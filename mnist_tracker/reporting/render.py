@@ -2,7 +2,8 @@
 
 For people, ``table`` and ``markdown``: the lab's display names (``Deep CNN``), its rounding
 (accuracy and time to 2 decimals, F1 to 4), text on one line (runs of whitespace in a run name,
-newlines and tabs included, become one space).
+newlines and tabs included, become one space; other control characters, such as a terminal's
+escape sequences, show as escapes: ``\\x1b``).
 
 For scripts, ``csv`` and ``json``: the column keys as names, ``model`` the registry key
 (``deep_cnn``), text as logged, and numbers at full precision without float noise: 12
@@ -53,11 +54,17 @@ HEADERS = {
 SIGNIFICANT_DIGITS = 12
 EXACT = {"lr"}
 _WHITESPACE = re.compile(r"\s+")
+# What a terminal would obey rather than show, after whitespace became spaces: the other C0 and
+# C1 controls (ESC starts a sequence that recolours the screen, retitles the window or hides
+# text; BEL, NUL, backspace) and the bidirectional overrides that reorder what follows.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def one_line(text: str) -> str:
-    """``text`` on one line: every run of whitespace (newlines, tabs) as one space."""
-    return _WHITESPACE.sub(" ", text).strip()
+    """``text`` as one line of plain characters: every run of whitespace (newlines, tabs) as
+    one space, any other control character as its visible escape (``\\x1b``, ``\\u202e``)."""
+    spaced = _WHITESPACE.sub(" ", text).strip()
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), spaced)
 
 
 def _cell(column: str, value) -> str:
