@@ -337,3 +337,86 @@ def test_compare_shows_each_run_on_one_line_whatever_its_name(sqlite_uri):
         assert "a b" in lines[2] and lines[2].lstrip("| ").startswith("CNN")
         assert "x\\x1b]0;pwned\\x07\\x00y\\u202ez" in lines[3], lines[3]
         assert not any(c in result.stdout for c in "\x1b\x07\x00\u202e")
+
+
+def _study_of(model: str | None, storage: str, **attrs: str):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="shared", storage=storage, direction="maximize")
+    for key, value in (({"model": model} if model else {}) | attrs).items():
+        study.set_user_attr(key, value)
+    return study
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("recorded", ["attribute", "parent run"])
+def test_tune_refuses_a_study_made_for_another_model(recorded, tmp_path, sqlite_uri):
+    """Before: the vit's trials went into the cnn's study (its parent run, its best params),
+    failing on the search space they do not share. Now: one line before any trial. A study
+    made before the model was recorded is known by its parent run's ``model`` param."""
+    from mlflow.tracking import MlflowClient
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    client = MlflowClient(sqlite_uri)
+    runs_before = 0
+    if recorded == "attribute":
+        study = _study_of("cnn", storage)
+    else:
+        parent = client.create_run(client.create_experiment("mnist")).info.run_id
+        client.log_param(parent, "model", "cnn")
+        study = _study_of(None, storage, mlflow_parent_run_id=parent)
+        runs_before = 1
+    args = ["--storage", storage, "--study-name", "shared", "--trials", "1", "--val-size", "100"]
+    result = invoke("tune", "--model", "vit", *args, "--tracking-uri", sqlite_uri)
+    one_error_line(
+        result, "study 'shared' searches cnn, not vit", "--model cnn", "--study-name", alone=False
+    )
+    assert study.trials == [], "no trial ran"
+    assert study.user_attrs.get("model") == ("cnn" if recorded == "attribute" else None)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert len(client.search_runs(experiments)) == runs_before
+
+
+@pytest.mark.fast
+def test_tune_refuses_a_search_whose_batches_outgrow_the_training_set(sqlite_uri):
+    """The cnn's search draws batch sizes up to 128: with 64 training images those trials
+    would fail one by one; refused before the study starts."""
+    args = ["--limit-train", "64", "--val-size", "100", "--trials", "1"]
+    result = invoke("tune", "--model", "cnn", *args, "--tracking-uri", sqlite_uri)
+    one_error_line(result, "batch sizes up to 128", "pass --limit-train 128 or more", alone=False)
+    assert_store_untouched(sqlite_uri)
+
+
+@pytest.mark.fast
+def test_a_new_study_records_its_model_and_admits_only_it():
+    import optuna
+
+    from mnist_tracker.errors import TuneError
+    from mnist_tracker.workflows.study import MODEL_ATTR, claim_model
+
+    study = optuna.create_study(study_name="fresh", direction="maximize")
+    claim_model(study, "cnn")
+    assert study.user_attrs[MODEL_ATTR] == "cnn"
+    claim_model(study, "cnn")  # the same model's next worker joins
+    with pytest.raises(TuneError, match="pass --model cnn to add trials to it"):
+        claim_model(study, "deep_cnn")
+
+
+@pytest.mark.fast
+def test_tune_logs_the_limit_its_trials_ran_with(sqlite_uri):
+    """``--limit-train 1000000000`` on the subset: 200 images after the hold-out of 800 ran,
+    and the parent and the trial say 200."""
+    from mlflow.tracking import MlflowClient
+
+    args = ["--trials", "1", "--epochs", "1", "--val-size", "800", "--pruner", "none"]
+    args += ["--limit-train", "1000000000", "--no-final", "--tracking-uri", sqlite_uri]
+    result = invoke("tune", "--model", "cnn", *args)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(sqlite_uri)
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    assert len(runs) == 2  # the parent and its one trial
+    for run in runs:
+        assert run.data.params["limit_train"] == "200", run.data.tags.get("mlflow.runName")
+    (trial,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert trial.data.params["train_size"] == "200"

@@ -10,6 +10,8 @@ Contracts:
   so ``settings.trials`` is the study's exact total.
 - ``study_state`` counts trials as the total does: a failed attempt that was retried (its
   worker died; heartbeats) does not count.
+- A study searches one model: recorded in its user attributes (``MODEL_ATTR``) when created;
+  ``claim_model`` refuses another model's worker before it runs a trial.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from ..config import TrainConfig, resolve_config
+from ..config import TrainConfig, fit_to_data, resolve_config, validate_experiment_name
 from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
 from ..errors import TuneError
 from ..models import get_spec
 from ..uris import redact, scrub
 
 PARENT_ATTR = "mlflow_parent_run_id"
+MODEL_ATTR = "model"  # the registry name of the model the study searches
 CONNECT_TIMEOUT_S = 5  # a storage that cannot be reached fails well within 10 s
 
 
@@ -76,6 +79,7 @@ class TuneSettings:
             raise TuneError(
                 f"val size must be at least 1 (got {self.val_size}); the search needs it"
             )
+        validate_experiment_name(self.experiment)
 
     def base_config(self) -> TrainConfig:
         """The model's recipe with these settings applied (before any suggestion)."""
@@ -121,6 +125,42 @@ def suggest_config(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         else:
             extra[name] = value
     return base.replace(**changes, extra=extra)
+
+
+def search_base(base: TrainConfig, train_size: int) -> TrainConfig:
+    """The trials' base config on a training split of ``train_size`` images: its limits as they
+    run (``config.fit_to_data``); TuneError if the search space holds a batch size larger than
+    that split, which would fail the trials that drew it."""
+    space = get_spec(base.model).search_space.get("batch_size")
+    sizes = [base.batch_size]
+    if space is not None:
+        sizes += list(space[1]) if space[0] == "categorical" else [space[2]]
+    largest = max(sizes)
+    if largest > train_size:
+        limited = base.limit_train is not None and base.limit_train <= train_size
+        fix = f"pass --limit-train {largest} or more" if limited else "pass a smaller --val-size"
+        raise TuneError(
+            f"the search tries batch sizes up to {largest}, more than the {train_size} training "
+            f"images it has (after the --val-size hold-out); {fix}"
+        )
+    return fit_to_data(base, train_size, None)
+
+
+def claim_model(study: optuna.Study, model: str, logged_model: str | None = None) -> None:
+    """Record that ``study`` searches ``model`` (``MODEL_ATTR``), or raise TuneError if it was
+    created for another one: its trials, parent run and best params are that model's.
+
+    ``logged_model``: the model its parent run logged, for a study created before the
+    attribute was recorded.
+    """
+    recorded = study.user_attrs.get(MODEL_ATTR) or logged_model
+    if recorded is not None and recorded != model:
+        raise TuneError(
+            f"study {study.study_name!r} searches {recorded}, not {model}; pass --model "
+            f"{recorded} to add trials to it, or a new --study-name to search {model}"
+        )
+    if MODEL_ATTR not in study.user_attrs:
+        study.set_user_attr(MODEL_ATTR, model)
 
 
 def config_from_params(base: TrainConfig, params: dict) -> TrainConfig:

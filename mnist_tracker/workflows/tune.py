@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import data as data_mod
-from ..config import format_param
+from ..config import TrainConfig, format_param
 from ..errors import StoreError
 from ..reporting import images
 from ..tracking import (
@@ -40,15 +40,18 @@ from ..tracking import (
 from ..training.callbacks import Callback, FitState, Stop
 from ..uris import redact
 from .study import (
+    MODEL_ATTR,
     PARENT_ATTR,
     StudyLock,
     StudyState,
     TuneSettings,
+    claim_model,
     config_from_params,
     heartbeat_enabled,
     make_pruner,
     make_sampler,
     open_storage,
+    search_base,
     study_state,
     suggest_config,
 )
@@ -76,8 +79,9 @@ def _sink_of(run_id: str) -> RunSink:
     return RunSink(run_id, set_tracking_uri(None))
 
 
-def _ensure_parent(study: optuna.Study, settings: TuneSettings) -> str:
-    """The study's parent run id, creating the run (and logging the settings) if absent.
+def _ensure_parent(study: optuna.Study, settings: TuneSettings, base: TrainConfig) -> str:
+    """The study's parent run id, creating the run (and logging the settings and the trials'
+    ``base`` config) if absent.
 
     Call with the study lock held. Under ``mlflow run`` the run MLflow created is the parent.
     """
@@ -92,12 +96,12 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings) -> str:
         "model": settings.model,
         "trials": settings.trials,
         "timeout": settings.timeout,
-        "epochs": settings.base_config().epochs,
+        "epochs": base.epochs,
         "sampler": settings.sampler,
         "pruner": settings.pruner,
         "val_size": settings.val_size,
         "seed": settings.seed,
-        "limit_train": settings.limit_train,
+        "limit_train": base.limit_train,  # what the trials used: at most the images there are
         "storage": redact(settings.storage) or "memory",
         "study_name": study.study_name,
         "objective": "val_accuracy (maximize)",
@@ -181,6 +185,7 @@ def tune(
         splits = data_mod.split_data(
             mnist, seed=base.seed, limit_train=base.limit_train, val_size=base.val_size
         )
+        trial_base = search_base(base, len(splits.train_y))
         seed = settings.seed if settings.storage is None else None  # shared: each worker its own
         with lock.held():
             # Under the lock: the first workers to meet would otherwise race to create
@@ -193,18 +198,28 @@ def tune(
                 direction="maximize",
                 load_if_exists=True,
             )
+            claim_model(study, settings.model, _logged_model(study))  # before any trial
             with warnings.catch_warnings():  # experimental in Optuna, stable enough here
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(["val_accuracy"])  # named in optuna-dashboard, figures
-            parent_run_id = _ensure_parent(study, settings)
+            parent_run_id = _ensure_parent(study, settings, trial_base)
         say(f"study {study_name}: parent run {parent_run_id}")
         objective = _Objective(
-            base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
+            trial_base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
         )
         finished = _work(study, settings, lock, objective, say)
         return _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say)
     finally:
         lock.close()
+
+
+def _logged_model(study: optuna.Study) -> str | None:
+    """The model a study's parent run logged, for a study created before ``claim_model``
+    recorded it (None when there is no such run, or it says none)."""
+    if MODEL_ATTR in study.user_attrs or PARENT_ATTR not in study.user_attrs:
+        return None
+    parent = store.get_run(study.user_attrs[PARENT_ATTR])
+    return None if parent is None else parent.data.params.get("model")
 
 
 def _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say) -> TuneOutcome:
