@@ -77,6 +77,10 @@ class SyncError(UserError):
     """An outbox cannot be sent as asked (no outbox there, the server refused an operation)."""
 
 
+class RunLocked(UserError):
+    """Another process holds the run (training, resuming or syncing it); the message names it."""
+
+
 class RunFailed(Exception):
     """A started run could not finish; it was ended FAILED. ``epoch``: where it stopped."""
 

@@ -7,6 +7,7 @@ Standard library only, so that the CLI modules can use it without loading MLflow
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -27,13 +28,26 @@ def redact(uri: str | None) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def scrub(text: str, uri: str | None) -> str:
-    """``text`` with ``uri``'s password (and ``uri`` itself) replaced by their redacted forms."""
-    if not uri:
-        return text
-    text = text.replace(uri, redact(uri))
-    password = urlsplit(uri).password
-    return text.replace(password, "***") if password else text
+# ``scheme://user:password@``: any URL's password, whoever wrote it into a message.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+# Secrets MLflow and the stack read from the environment; a message may quote them.
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY")
+
+
+def scrub(text: str, uri: str | None = None) -> str:
+    """``text`` with every password hidden: ``uri``'s, any ``scheme://user:password@`` URL's,
+    and the values of the ``SECRET_ENV`` variables (safe to print, log or tag)."""
+    if uri:
+        text = text.replace(uri, redact(uri))
+        password = urlsplit(uri).password
+        if password:
+            text = text.replace(password, "***")
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
+    for name in SECRET_ENV:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 4:  # a one-letter "secret" would blank the message
+            text = text.replace(secret, "***")
+    return text
 
 
 # The tracking stores MLflow has built in (mlflow/tracking/_tracking_service/utils.py): servers,

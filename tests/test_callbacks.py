@@ -134,13 +134,21 @@ def test_the_error_map(exc, code, printed, capsys):
     assert err.startswith(printed) and err.count("\n") == 1, err
 
 
-def test_hints_follow_the_message_and_bugs_keep_their_traceback(capsys):
+def test_hints_follow_the_message_and_bugs_keep_their_traceback(capsys, monkeypatch):
     exc = errors.Diverged("loss is nan", epoch=2)
     setattr(exc, HINT_ATTR, "The run was marked FAILED.")
     assert report(exc) == 1
     assert capsys.readouterr().err.strip().endswith("(loss is nan). The run was marked FAILED.")
-    with pytest.raises(ValueError, match="a bug"):
-        report(ValueError("a bug"))  # not bad input: re-raised for Python's traceback
+    # Not bad input: the traceback, with any password hidden (issue 11).
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-secret")
+    try:
+        raise ValueError("a bug at http://admin:pw-in-url@host:5000/ with hunter2-secret")
+    except ValueError as bug:
+        assert report(bug) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "ValueError: a bug" in err
+    assert "pw-in-url" not in err and "hunter2-secret" not in err
+    assert "http://admin:***@host:5000/" in err
 
 
 def test_ctrl_c_keeps_its_hint_through_clicks_abort(capsys):

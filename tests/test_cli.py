@@ -422,15 +422,7 @@ def test_tune_logs_the_limit_its_trials_ran_with(sqlite_uri):
     assert trial.data.params["train_size"] == "200"
 
 
-NEEDS_PREPARE = pytest.mark.xfail(
-    strict=True,
-    reason="workflows/train.py _prepare must call config.fit_to_data on its splits (issue 11); "
-    "remove this mark with that edit",
-)
-
-
 @pytest.mark.fast
-@NEEDS_PREPARE
 def test_train_logs_the_limits_that_ran(sqlite_uri):
     from mlflow.tracking import MlflowClient
 
@@ -448,7 +440,6 @@ def test_train_logs_the_limits_that_ran(sqlite_uri):
 
 
 @pytest.mark.fast
-@NEEDS_PREPARE
 def test_a_batch_larger_than_the_training_set_is_refused_before_the_run(sqlite_uri):
     args = ["--epochs", "1", "--batch-size", "128", "--limit-train", "64", "--limit-test", "64"]
     result = invoke("train", "--model", "cnn", *args, "--tracking-uri", sqlite_uri)

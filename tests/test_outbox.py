@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 from mlflow.entities import Metric
 
-from mnist_tracker.tracking import client, outbox
+from mnist_tracker.errors import SyncError
+from mnist_tracker.tracking import artifacts, client, outbox
 from mnist_tracker.tracking import sink as sink_mod
 from mnist_tracker.tracking.sink import RunSink
 
@@ -76,20 +78,81 @@ def test_replay_sends_in_order_once_and_goes_on_after_a_cut(store, tmp_path):
     assert (result.sent, result.already_done) == (3, 1)
     assert _metric_steps(c, run_id) == [(2, 2.0), (3, 3.0)]  # step 1 was "sent before"
     assert c.get_run(run_id).info.status == "FINISHED"
+    assert not box.folder.exists(), "a fully sent outbox is removed"
     again = outbox.replay(box, c)
-    assert (again.sent, again.already_done) == (0, 4)
+    assert (again.sent, again.already_done) == (0, 0)
     assert _metric_steps(c, run_id) == [(2, 2.0), (3, 3.0)]
 
 
-def test_replay_raises_on_a_refused_operation_and_keeps_what_was_sent(store, tmp_path):
+def test_replay_goes_past_a_refused_operation_and_holds_the_end_back(store, tmp_path):
     c, run_id = store
     box = outbox.Outbox(tmp_path / "outbox")
     box.add({"op": "log_batch", "run_id": run_id, "params": {"p": "1"}, "tags": {}, "metrics": []})
     box.add({"op": "teleport", "run_id": run_id})
-    with pytest.raises(ValueError, match="unknown outbox operation 'teleport'"):
-        outbox.replay(box, c)
-    assert box.done() == {0} and [op["id"] for op in box.pending()] == [1]
-    assert c.get_run(run_id).data.params == {"p": "1"}
+    metric = {"key": "loss", "value": 0.5, "timestamp": 1, "step": 1}
+    box.add({"op": "log_batch", "run_id": run_id, "params": {}, "tags": {}, "metrics": [metric]})
+    box.add({"op": "set_terminated", "run_id": run_id, "status": "FINISHED", "end_time": 9})
+    result = outbox.replay(box, c)
+    assert [(f.op_id, f.op) for f in result.failed] == [(1, "teleport")]
+    assert "unknown outbox operation 'teleport'" in result.failed[0].reason
+    assert result.sent == 2 and result.ended is None
+    assert box.done() == {0, 2} and [op["id"] for op in box.pending()] == [1, 3]
+    run = c.get_run(run_id)
+    assert run.data.params == {"p": "1"} and _metric_steps(c, run_id) == [(1, 0.5)]
+    assert run.info.status == "RUNNING", "never FINISHED with an operation missing"
+    pending = run.data.tags[artifacts.PENDING_TAG]
+    assert str(box.folder) in pending and "teleport" in pending and "mnist-tracker sync" in pending
+
+    # Fixed (here: the operation removed from the file); the next replay ends the run.
+    lines = box.ops_path.read_text().splitlines()
+    box.ops_path.write_text("\n".join(line for line in lines if "teleport" not in line) + "\n")
+    again = outbox.replay(box, c)
+    assert again.ended == "FINISHED" and again.complete
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and artifacts.PENDING_TAG not in run.data.tags
+
+
+def _checkpoint_op(box, tmp_path, epoch, run_id):
+    source = tmp_path / f"checkpoint-{epoch}.pt"
+    source.write_bytes(b"x" * epoch)
+    return box.add(
+        {"op": "log_artifact", "name": "checkpoint.pt", "artifact_path": "checkpoints",
+         "run_id": run_id},
+        files={"checkpoint.pt": source},
+    )  # fmt: skip
+
+
+def test_old_checkpoint_uploads_are_skipped_and_all_when_the_run_finished(store, tmp_path):
+    c, run_id = store
+    box = outbox.Outbox(tmp_path / "outbox")
+    for epoch in (1, 2, 3):
+        _checkpoint_op(box, tmp_path, epoch, run_id)
+    result = outbox.replay(box, c)
+    assert (result.sent, result.skipped) == (1, 2)
+    back = c.download_artifacts(run_id, "checkpoints/checkpoint.pt", str(tmp_path / "dl"))
+    assert Path(back).read_bytes() == b"xxx", "the newest checkpoint is the one sent"
+
+    finished = outbox.Outbox(tmp_path / "finished")
+    _checkpoint_op(finished, tmp_path, 4, run_id)
+    finished.add({"op": "set_terminated", "run_id": run_id, "status": "FINISHED", "end_time": 9})
+    result = outbox.replay(finished, c)
+    assert (result.sent, result.skipped, result.ended) == (1, 1, "FINISHED")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("ops.jsonl", '{"op": "log_batch", "id": 0}\nnot json\n', "ops.jsonl line 2"),
+        ("ops.jsonl", '["a list"]\n', "ops.jsonl line 1"),
+        ("done.txt", "0\nzero\n", "done.txt line 2"),
+    ],
+)
+def test_a_damaged_outbox_file_is_one_sync_error_naming_it(tmp_path, name, content, message):
+    box = outbox.Outbox(tmp_path / "outbox")
+    box.add({"op": "log_batch", "metrics": [], "params": {}, "tags": {}, "run_id": "r"})
+    (box.folder / name).write_text(content)
+    with pytest.raises(SyncError, match=message):
+        box.pending()
 
 
 def test_sink_turns_offline_keeps_every_call_in_order_then_replays(store, monkeypatch):

@@ -8,6 +8,8 @@
 | ``Interrupted`` (SIGTERM)            | ``Stopped by signal N. <hint>``       | 128 + N    |
 | anything else                        | the traceback (a bug, or an outage)   | 1          |
 
+Everything printed has its passwords hidden (``uris.scrub``), the traceback included.
+
 A command adds what happened to its run with ``hinting(fn)``: ``fn(exc)`` returns the hint
 (the run's state, how to resume). Nothing here catches a bare ValueError.
 """
@@ -17,17 +19,19 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 
 import click
 
 from ..errors import USAGE_EXIT, Interrupted, RunFailed, UserError
+from ..uris import scrub
 
 HINT_ATTR = "mnist_tracker_hint"
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return scrub(" ".join(str(text).split()))
 
 
 def _with_hint(text: str, exc: BaseException) -> str:
@@ -37,15 +41,14 @@ def _with_hint(text: str, exc: BaseException) -> str:
 
 
 def report(exc: BaseException) -> int:
-    """Print ``exc`` as the table above says (to stderr) and return its exit code; re-raise
-    what the table leaves to Python (a traceback)."""
+    """Print ``exc`` as the table above says (to stderr) and return its exit code."""
     if isinstance(exc, click.exceptions.Exit):
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt | click.Abort):
-        click.echo(_with_hint("Interrupted.", exc), err=True)
+        click.echo(scrub(_with_hint("Interrupted.", exc)), err=True)
         return 130
     if isinstance(exc, Interrupted):
-        click.echo(_with_hint(f"Stopped by signal {exc.signum}.", exc), err=True)
+        click.echo(scrub(_with_hint(f"Stopped by signal {exc.signum}.", exc)), err=True)
         return 128 + exc.signum
     if isinstance(exc, click.ClickException):
         click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
@@ -54,9 +57,11 @@ def report(exc: BaseException) -> int:
         click.echo(f"Error: {_one_line(exc)}", err=True)
         return exc.exit_code
     if isinstance(exc, RunFailed):
-        click.echo(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc), err=True)
+        click.echo(scrub(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc)), err=True)
         return exc.exit_code
-    raise exc
+    # A bug or an outage: the traceback, as Python would print it, passwords hidden.
+    click.echo(scrub("".join(traceback.format_exception(exc))).rstrip(), err=True)
+    return 1
 
 
 class OneLineErrors(click.Group):

@@ -12,7 +12,14 @@ import click
 from .. import __version__
 from ..uris import redact
 from .errors import fail, hinting, sigterm_as_interrupt
-from .options import data_dir_option, flag, option, tracking_options, training_options
+from .options import (
+    check_tracking_uri,
+    data_dir_option,
+    flag,
+    option,
+    tracking_options,
+    training_options,
+)
 
 
 def connect(tracking_uri: str | None) -> str:
@@ -112,9 +119,9 @@ def _run(start, what: str, options, tracking_uri: str | None, run_id: str | None
     )
     if outcome.offline_reason:
         echo_err(
-            f"The tracking server went away during the run ({outcome.offline_reason}). Training "
-            f"finished; what could not be sent is kept in {outcome.outbox}. When the server is "
-            f"back, send it with: mnist-tracker sync {outcome.outbox.parent}"
+            f"The tracking server did not get everything ({outcome.offline_reason}). Training "
+            f"finished; what could not be sent is kept in {outcome.outbox}, and the run shows "
+            f"RUNNING until it is sent with: mnist-tracker sync {outcome.outbox.parent}"
         )
         return
     echo_err(ui_hint(uri, outcome.experiment_id, outcome.run_id))
@@ -166,6 +173,7 @@ def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
 @option(
     "--tracking-uri",
     default=None,
+    callback=check_tracking_uri,
     help="Server to send to [default: $MLFLOW_TRACKING_URI, else the URI the run used].",
 )
 def sync_cmd(path, tracking_uri) -> None:
@@ -177,7 +185,6 @@ def sync_cmd(path, tracking_uri) -> None:
     """
     from ..errors import SyncError
     from ..tracking import outbox
-    from ..tracking.client import one_line
 
     boxes = outbox.find(path)
     if path and not boxes:
@@ -186,6 +193,7 @@ def sync_cmd(path, tracking_uri) -> None:
     if not pending:
         click.echo(f"nothing to send: {len(boxes)} outbox(es), all sent")
         return
+    refused = []
     for box in pending:
         meta = box.meta()
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta["tracking_uri"]
@@ -194,14 +202,40 @@ def sync_cmd(path, tracking_uri) -> None:
                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")  # fmt: skip
         uri = connect(uri)
         run_id = meta.get("run_id", box.folder.parent.name)
-        try:
-            result = outbox.replay(box)
-        except Exception as exc:
-            raise SyncError(
-                f"run {run_id}: the server did not take an operation ({one_line(exc, uri, 300)}"
-                "); what was sent is recorded, run sync again once that is fixed"
-            ) from None
-        click.echo(
-            f"run {run_id}: sent {result.sent} operation(s) to {redact(uri)}"
-            + (f" ({result.already_done} sent before)" if result.already_done else "")
+        refused += _sync_one(box, run_id, uri)
+    if refused:
+        raise SyncError(
+            f"{refused[0]}; the rest was sent and the run stays RUNNING; run sync again once "
+            f"that is fixed" + (f" ({len(refused)} runs refused)" if len(refused) > 1 else "")
         )
+
+
+def _sync_one(box, run_id: str, uri: str) -> list[str]:
+    """Replay ``box`` with the run's lease held; what the server refused (one line), if any."""
+    from ..errors import SyncError
+    from ..tracking import lease, outbox
+    from ..tracking.client import one_line
+
+    held = lease.hold(run_id)
+    try:
+        result = outbox.replay(box)
+    except Exception as exc:  # the server stopped answering mid-way
+        raise SyncError(
+            f"run {run_id}: the server went away during sync ({one_line(exc, uri, 300)}); what "
+            "was sent is recorded, run sync again once it is back"
+        ) from None
+    finally:
+        held.release()
+    done = f" ({result.already_done} sent before)" if result.already_done else ""
+    skipped = f", {result.skipped} obsolete checkpoint upload(s) skipped" if result.skipped else ""
+    ended = f"; run ended {result.ended}" if result.ended else ""
+    click.echo(
+        f"run {run_id}: sent {result.sent} operation(s) to {redact(uri)}{done}{skipped}{ended}"
+    )
+    if not result.failed:
+        return []
+    first = result.failed[0]
+    return [
+        f"run {run_id}: the server refused {len(result.failed)} operation(s), first {first.op} "
+        f"({first.reason})"
+    ]

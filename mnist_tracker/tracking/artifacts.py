@@ -41,6 +41,13 @@ DIGITS = [str(d) for d in range(10)]  # class names, in label order
 ROLE_TAG = "mnist_tracker.role"  # "study" (a tuner's parent), "study_result" (its final run)
 SUITE_TAG = "mnist_tracker.suite_id"
 
+# Liveness and truthfulness of a run (tracking/lease.py, tracking/outbox.py):
+HOLDER_TAG = "mnist_tracker.holder"  # "host:pid" of the process training the run
+HEARTBEAT_TAG = "mnist_tracker.heartbeat"  # UTC ISO time of its last sign of life
+PENDING_TAG = "mnist_tracker.pending"  # what the outbox still holds, and where; unset when sent
+REAPED_TAG = "mnist_tracker.reaped"  # why `runs reap` ended the run FAILED
+CREATE_KEY_TAG = "mnist_tracker.create_key"  # finds a run whose creation answer was lost
+
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> list[list[int]]:
     """Counts of true digit (rows) against predicted digit (columns), 10 x 10."""

@@ -68,6 +68,10 @@ _UNREACHABLE = (
     "Read timed out",
     "RemoteDisconnected",
     "NameResolutionError",
+    # A response cut short (the server or a proxy died mid-answer): no answer either.
+    "Connection broken",
+    "IncompleteRead",
+    "ChunkedEncodingError",
 )
 
 
@@ -75,7 +79,12 @@ def is_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` means the server could not be reached (not that it refused a call)."""
     import requests
 
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+    transport = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+    )
+    if isinstance(exc, transport):
         return True
     return isinstance(exc, mlflow.exceptions.MlflowException) and any(
         marker in str(exc) for marker in _UNREACHABLE
@@ -88,16 +97,28 @@ def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
 
 
 def check_reachable(uri: str, timeout_s: int = 5) -> None:
-    """Raise TrackingUnavailable within about ``timeout_s`` when an HTTP tracking server does
-    not answer or refuses the credentials. Local stores always pass."""
+    """Raise TrackingUnavailable within about ``timeout_s`` (plus a second for two quick
+    retries, so one 503 of a restarting server is not an outage) when an HTTP tracking server
+    does not answer, answers only with server errors, or refuses the credentials. Local
+    stores always pass."""
     if not uri.startswith(("http://", "https://")):
         return
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    quick = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.25",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+    }
     try:
         with env_vars(quick):
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = one_line(exc, uri)
+        if "too many 5" in reason:  # urllib3: "too many 503 error responses"
+            raise TrackingUnavailable(
+                f"tracking server {redact(uri)} answers only with server errors ({reason}); "
+                "check its log, or wait until it has started"
+            ) from exc
         if is_unreachable(exc):
             raise TrackingUnavailable(
                 f"tracking server {redact(uri)} is not reachable ({reason}); start it, or pass "

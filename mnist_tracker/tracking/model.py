@@ -8,6 +8,10 @@ Contracts:
   explicit pip requirements (inference would cost seconds).
 - ``save_for_replay`` / ``log_saved`` are the outbox's form of the same call: weights, example
   and config on disk, rebuilt and logged exactly as the run would have.
+- Exactly once per run and name, under retries and kills (with the run's lease held, see
+  ``lease.py``): a READY model of the run with that name is kept and not logged again; PENDING
+  or FAILED leftovers of an attempt cut short (or of MLflow's retry of a request the server had
+  applied) are deleted, so the run ends with exactly one model.
 """
 
 from __future__ import annotations
@@ -50,14 +54,68 @@ def log_model(
     name: str,
     register: str | None = None,
     step: int = 0,
-):
+) -> str:
     """Log ``model`` to ``run_id`` as the logged model ``name`` (the architecture, e.g. ``cnn``:
-    ``runs:/<run_id>/cnn``); ``register`` also registers it. Returns MLflow's ModelInfo.
+    ``runs:/<run_id>/cnn``), once (see the module's contract); ``register`` also registers it.
+    Returns the model's ``models:/<id>`` URI, also set as the run's ``MODEL_URI_TAG``.
 
     The pyfunc is ``serving.py`` (digit and probabilities out); the network is its artifact
     ``network`` in MLflow's PyTorch flavour. The run's metrics at ``step`` (the last epoch:
     test accuracy, F1, ...) are linked to the logged model, so its page shows them.
     """
+    mlflow_client = client()
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    ready = _clear_unfinished(mlflow_client, experiment_id, run_id, name)
+    if ready is not None:
+        uri = f"models:/{ready.model_id}"
+        if register is not None:
+            _register_once(mlflow_client, uri, run_id, register)
+    else:
+        try:
+            uri = _log_new(model, example, run_id, experiment_id, name, register, step)
+        except mlflow.exceptions.MlflowException as exc:
+            if not _already_applied(exc):
+                raise
+            # MLflow retried a request the server had already applied (a 500 after the write)
+            # and was told so: the attempt's model is FAILED now; log it again, once.
+            _clear_unfinished(mlflow_client, experiment_id, run_id, name)
+            uri = _log_new(model, example, run_id, experiment_id, name, register, step)
+        _clear_unfinished(mlflow_client, experiment_id, run_id, name)
+    mlflow_client.set_tag(run_id, artifacts.MODEL_URI_TAG, uri)
+    return uri
+
+
+_APPLIED = ("UNIQUE constraint", "duplicate key", "already exists")  # SQLite, PostgreSQL, MLflow
+
+
+def _already_applied(exc: Exception) -> bool:
+    return any(marker in str(exc) for marker in _APPLIED)
+
+
+def _clear_unfinished(mlflow_client, experiment_id: str, run_id: str, name: str):
+    """Delete the run's non-READY models called ``name``; return its READY one, if any."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = mlflow_client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+    )
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    for stale in found:
+        if stale.status != LoggedModelStatus.READY:
+            mlflow_client.delete_logged_model(stale.model_id)
+    return min(ready, key=lambda m: m.creation_timestamp) if ready else None
+
+
+def _register_once(mlflow_client, uri: str, run_id: str, register: str) -> None:
+    """Register ``uri`` as ``register`` unless the run has a version there already."""
+    versions = mlflow_client.search_model_versions(f"name = '{register}' AND run_id = '{run_id}'")
+    if not versions:
+        mlflow.register_model(uri, register)
+
+
+def _log_new(model, example, run_id: str, experiment_id: str, name: str, register, step) -> str:
+    """One ``Model.log`` call: the pyfunc around the network (see ``log_model``)."""
     import mlflow.pytorch
     from mlflow.models import Model, infer_signature
 
@@ -77,7 +135,6 @@ def log_model(
         )
         # A logged model belongs to an experiment, which MLflow takes from the process's
         # default unless told: the run's own.
-        experiment_id = client().get_run(run_id).info.experiment_id
         quiet = {
             "MLFLOW_EXPERIMENT_ID": experiment_id,
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -99,8 +156,7 @@ def log_model(
                 run_id=run_id,
                 step=step,
             )
-    client().set_tag(run_id, artifacts.MODEL_URI_TAG, info.model_uri)
-    return info
+    return info.model_uri
 
 
 def _served(logits: torch.Tensor) -> pd.DataFrame:

@@ -8,15 +8,23 @@ Contracts:
 - ``add`` appends and fsyncs, so an operation written is kept even if the process dies next.
 - ``replay`` sends the pending operations in order and records each one done as soon as the
   server took it: running it twice sends nothing twice, and a replay cut short goes on from
-  where it stopped. It raises on the first operation the server does not take.
+  where it stopped. An operation the server refuses is reported (``ReplayResult.failed``) and
+  the ones after it are still sent: metrics are not held hostage by an artifact. The run's
+  end (``set_terminated``) is sent only once everything before it was; until then the run
+  stays RUNNING with ``artifacts.PENDING_TAG`` saying what waits, and where. A server that
+  stops answering mid-replay raises (what was sent is recorded).
+- Checkpoint uploads older than the newest are skipped, and all of them when the outbox ends
+  the run FINISHED: a finished run is never resumed. A fully sent outbox is removed.
+- A damaged ``ops.jsonl`` or ``done.txt`` raises SyncError naming the file and line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -24,9 +32,12 @@ from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.protos.service_pb2 import DatasetInput as DatasetInputProto
 from mlflow.tracking import MlflowClient
 
+from ..errors import SyncError
 from ..paths import home
+from . import artifacts
 from . import model as model_mod
 from .client import client as make_client
+from .client import is_unreachable, one_line
 
 
 class Outbox:
@@ -46,21 +57,45 @@ class Outbox:
         return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
 
     def operations(self) -> list[dict]:
+        """Every operation kept, in order; SyncError when a complete line is not one."""
         if not self.exists():
             return []
         ops = []
         with open(self.ops_path) as fh:
-            for line in fh:
+            for number, line in enumerate(fh, start=1):
                 if not line.endswith("\n"):
                     break  # a write cut short by a crash: that operation was never kept
                 if line.strip():
-                    ops.append(json.loads(line))
+                    ops.append(self._parse(line, number))
         return ops
 
+    def _parse(self, line: str, number: int) -> dict:
+        try:
+            op = json.loads(line)
+            if isinstance(op, dict) and isinstance(op.get("id"), int) and "op" in op:
+                return op
+        except ValueError:
+            pass
+        raise SyncError(
+            f"{self.ops_path} line {number} is not an outbox operation ({line.strip()[:60]!r}); "
+            "restore the file or remove that line (its operation is then lost)"
+        )
+
     def done(self) -> set[int]:
+        """The ids already sent; SyncError when ``done.txt`` holds anything else."""
         if not self.done_path.is_file():
             return set()
-        return {int(x) for x in self.done_path.read_text().split()}
+        ids = set()
+        for number, word in enumerate(self.done_path.read_text().splitlines(), start=1):
+            if not word.strip():
+                continue
+            if not word.strip().isdigit():
+                raise SyncError(
+                    f"{self.done_path} line {number} is not an operation id ({word[:40]!r}); "
+                    "remove that line (its operation is then sent again, which is safe)"
+                )
+            ids.add(int(word))
+        return ids
 
     def pending(self) -> list[dict]:
         done = self.done()
@@ -88,6 +123,18 @@ class Outbox:
             fh.flush()
             os.fsync(fh.fileno())
         return op
+
+    def supersede_end(self) -> None:
+        """Drop a pending end (a run resumed after its outbox said KILLED trains again)."""
+        for op in self.pending():
+            if op["op"] == "set_terminated":
+                self.mark_done(op["id"])
+
+    def remove(self) -> None:
+        """Delete the outbox (everything was sent), and its run folder if that is empty."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()
 
     def mark_done(self, op_id: int) -> None:
         with open(self.done_path, "a") as fh:
@@ -147,24 +194,93 @@ def apply(client: MlflowClient, op: dict, folder: Path) -> None:
         raise ValueError(f"unknown outbox operation {kind!r} (id {op['id']})")
 
 
+@dataclass(frozen=True)
+class Failure:
+    """An operation the server did not take, and its answer (one line, password hidden)."""
+
+    op_id: int
+    op: str
+    reason: str
+
+
 @dataclass
 class ReplayResult:
+    """What one ``replay`` did. ``ended``: the status it set, or None when the end waits."""
+
     sent: int
     already_done: int
+    skipped: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    ended: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+def is_checkpoint_upload(op: dict) -> bool:
+    return op["op"] == "log_artifact" and op.get("artifact_path") == artifacts.CHECKPOINT_DIR
 
 
 def replay(outbox: Outbox, client: MlflowClient | None = None) -> ReplayResult:
-    """Send ``outbox``'s pending operations in order (see the module's contract)."""
+    """Send ``outbox``'s pending operations (see the module's contract)."""
     client = client or make_client()
-    done = outbox.done()
-    sent = 0
-    for op in outbox.operations():
+    ops, done = outbox.operations(), outbox.done()
+    finishing = any(op["op"] == "set_terminated" and op["status"] == "FINISHED" for op in ops)
+    # Each checkpoint replaces the one before: only the newest upload is worth sending.
+    newest = max((op["id"] for op in ops if is_checkpoint_upload(op)), default=None)
+    result = ReplayResult(sent=0, already_done=len(done))
+    run_ids = []
+    for op in ops:
         if op["id"] in done:
             continue
-        apply(client, op, outbox.folder)
+        run_ids.append(op["run_id"])
+        if op["op"] == "set_terminated" and result.failed:
+            continue  # the run must not end while something before its end is missing
+        if is_checkpoint_upload(op) and (finishing or op["id"] != newest):
+            outbox.mark_done(op["id"])
+            result.skipped += 1
+            continue
+        try:
+            if op["op"] == "set_terminated":
+                _clear_pending_tag(client, op["run_id"])
+            apply(client, op, outbox.folder)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise  # gone again: nothing later can pass either
+            reason = one_line(exc, client.tracking_uri, 300)
+            result.failed.append(Failure(op["id"], op["op"], reason))
+            continue
         outbox.mark_done(op["id"])
-        sent += 1
-    return ReplayResult(sent=sent, already_done=len(done))
+        result.sent += 1
+        if op["op"] == "set_terminated":
+            result.ended = op["status"]
+    if result.failed:
+        _tag_pending(client, run_ids[0], outbox, result.failed)
+    elif outbox.exists() and not outbox.pending():
+        outbox.remove()
+    return result
+
+
+def pending_note(outbox: Outbox, count: int) -> str:
+    """The ``PENDING_TAG`` value: how much waits, where, and the command that sends it."""
+    return (
+        f"{count} tracking operation(s) not on the server yet, kept in {outbox.folder} on the "
+        f"machine that ran it; send them with: mnist-tracker sync {outbox.folder.parent}"
+    )
+
+
+def _tag_pending(client: MlflowClient, run_id: str, outbox: Outbox, failed) -> None:
+    """Say on the run what is missing (best effort: the server just refused something)."""
+    kinds = sorted({f.op for f in failed})
+    note = pending_note(outbox, len(outbox.pending())) + f" (refused: {', '.join(kinds)})"
+    with contextlib.suppress(Exception):
+        client.set_tag(run_id, artifacts.PENDING_TAG, note)
+
+
+def _clear_pending_tag(client: MlflowClient, run_id: str) -> None:
+    if artifacts.PENDING_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, artifacts.PENDING_TAG)
 
 
 def find(path: str | os.PathLike | None = None) -> list[Outbox]:

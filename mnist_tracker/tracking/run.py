@@ -9,13 +9,20 @@ Contracts:
   ``spec.resume_run_id`` continues a stopped run; ``spec.parent_run_id`` nests a new run
   under that one, in its experiment.
 - Runs are created through the client, never the fluent API: no process-wide active run, and
-  no "View run at URL" line with a password in it.
+  no "View run at URL" line with a password in it. Creation is exactly-once: a lost answer
+  (a 500 after the server made the run, a dropped connection) is looked up by the run's
+  ``CREATE_KEY_TAG`` before it is asked again, so no orphan RUNNING run is left.
+- ``tracked_run`` holds the run's lease (``lease.py``: lock file, holder and heartbeat tags)
+  from before it touches the run until after it ended it; a run held elsewhere is refused
+  (RunLocked) before anything changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,8 +31,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from ..errors import Interrupted
 from ..uris import scrub
-from .artifacts import DEFAULT_EXPERIMENT
-from .client import client, set_tracking_uri
+from . import lease as lease_mod
+from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT
+from .client import client, env_vars, is_unreachable, set_tracking_uri
 from .sink import RunSink
 
 ERROR_TAG_MAX = 5000
@@ -55,6 +63,7 @@ class TrackedRun:
     sink: RunSink
     status: str = "FINISHED"
     end_tags: dict[str, str] = field(default_factory=dict)
+    lease: lease_mod.Lease | None = None
 
     def rename(self, name: str) -> None:
         """Give the run the display name ``name``."""
@@ -85,37 +94,74 @@ def experiment_id_for(name: str) -> str:
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
-def open_run(spec: RunSpec) -> TrackedRun:
+def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
     """Create, attach to or resume the run ``spec`` names (its tags set), without ending it:
     ``tracked_run`` ends what it opens; a run that outlives one process (a study's parent)
-    is ended by whoever finishes it, through ``RunSink.end``."""
+    is ended by whoever finishes it, through ``RunSink.end``. ``live``: hold the run's lease
+    (a trained run; refused with RunLocked when another process holds it)."""
     uri = set_tracking_uri(None)
     mlflow_client = client(uri)
     run_id = spec.resume_run_id or (attached_run_id() if spec.attach else None)
     if run_id is None:
-        tags = dict(spec.tags)
+        tags = dict(spec.tags) | (lease_mod.live_tags() if live else {})
         if spec.parent_run_id is not None:
             experiment_id = mlflow_client.get_run(spec.parent_run_id).info.experiment_id
             tags[MLFLOW_PARENT_RUN_ID] = spec.parent_run_id
         else:
             experiment_id = experiment_id_for(spec.experiment)
-        run = mlflow_client.create_run(experiment_id, run_name=spec.run_name, tags=tags)
+        run = create_run_once(experiment_id, spec.run_name, tags)
         run_id = run.info.run_id
-        return TrackedRun(run_id, experiment_id, run.info.run_name, RunSink(run_id, uri))
+        lease = lease_mod.hold(run_id, run) if live else None
+        sink = RunSink(run_id, uri)
+        return TrackedRun(run_id, experiment_id, run.info.run_name, sink, lease=lease)
     run = mlflow_client.get_run(run_id)
-    if spec.resume_run_id is not None and run.info.status != "RUNNING":
-        mlflow_client.update_run(run_id, status="RUNNING")  # it trains again
-    sink = RunSink(run_id, uri)
-    tags = dict(spec.tags) | ({MLFLOW_RUN_NAME: spec.run_name} if spec.run_name else {})
-    if tags:
-        sink.set_tags(tags)
-    return TrackedRun(run_id, run.info.experiment_id, spec.run_name or run.info.run_name, sink)
+    lease = lease_mod.hold(run_id, run) if live else None
+    try:
+        sink = RunSink(run_id, uri)
+        if spec.resume_run_id is not None:
+            sink.outbox.supersede_end()  # it trains again: an old queued end must not land
+            if run.info.status != "RUNNING":
+                mlflow_client.update_run(run_id, status="RUNNING")
+        tags = dict(spec.tags) | ({MLFLOW_RUN_NAME: spec.run_name} if spec.run_name else {})
+        if tags:
+            sink.set_tags(tags)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    name = spec.run_name or run.info.run_name
+    return TrackedRun(run_id, run.info.experiment_id, name, sink, lease=lease)
+
+
+def create_run_once(experiment_id: str, run_name: str | None, tags: dict[str, str], tries=4):
+    """``create_run`` exactly once (see the module's contract); MLflow's own retries are off
+    for it, as a retry after a lost answer is what makes the orphan."""
+    mlflow_client = client()
+    key = uuid.uuid4().hex
+    tags = tags | {CREATE_KEY_TAG: key}
+    for attempt in range(tries):
+        try:
+            with env_vars({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}):
+                return mlflow_client.create_run(experiment_id, run_name=run_name, tags=tags)
+        except Exception as exc:
+            if not is_unreachable(exc) or attempt == tries - 1:
+                raise
+        time.sleep(0.5 * 2**attempt)
+        with contextlib.suppress(Exception):  # still away: ask again below
+            found = mlflow_client.search_runs(
+                [experiment_id], filter_string=f"tags.`{CREATE_KEY_TAG}` = '{key}'"
+            )
+            if found:
+                return found[0]
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 @contextlib.contextmanager
 def tracked_run(spec: RunSpec) -> Iterator[TrackedRun]:
     """The run ``spec`` names, ended with the right status whatever happens (see above)."""
-    run = open_run(spec)
+    run = open_run(spec, live=True)
+    if run.lease is not None:
+        run.lease.beating()
 
     def end(status: str, extra: dict[str, str] | None = None) -> None:
         tags = spec.status_tags.get(status, {}) | (extra or {})
@@ -135,3 +181,6 @@ def tracked_run(spec: RunSpec) -> Iterator[TrackedRun]:
         raise
     else:
         end(run.status, run.end_tags)
+    finally:
+        if run.lease is not None:
+            run.lease.release()

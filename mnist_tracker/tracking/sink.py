@@ -4,9 +4,15 @@ Contracts:
 - Every call a run makes after it was created goes through its ``RunSink``.
 - A call that finds the server unreachable (``client.is_unreachable``) does not raise: the
   sink turns offline and that call, and every later one, is appended to the run's outbox in
-  order, for ``mnist-tracker sync`` to replay. Any other error (a refused call) raises.
+  order, for ``mnist-tracker sync`` to replay. A file the server refuses (an artifact, image
+  or model: a full or forbidden artifact store) is kept in the outbox too, with the reason in
+  ``refused``, and the run goes on; a refused metric, param or tag raises (a bug, not luck).
 - While offline, the sink probes the server at most every ``RECONNECT_EVERY_S`` seconds; when
-  it answers again, the outbox is replayed and the sink goes back online.
+  it answers again, the outbox is replayed (past what it still refuses) and the sink goes
+  back online.
+- ``end`` ends the run on the server only when the server holds everything else: with
+  operations still in the outbox the end is queued behind them, the run stays RUNNING (with
+  ``artifacts.PENDING_TAG`` when the server can be told), and ``sync`` finishes it.
 - Calls use few HTTP retries (``SINK_HTTP``) so that a dead server costs seconds, not MLflow's
   default minutes; variables the user set in the environment win.
 """
@@ -46,15 +52,23 @@ class RunSink:
         self.client = client(uri)
         self.outbox = outbox_mod.Outbox(outbox_dir(run_id))
         self.offline_reason: str | None = None
+        self.refused: list[str] = []  # why the server refused the files kept in the outbox
         self._last_probe = 0.0
 
     @property
     def offline(self) -> bool:
         return self.offline_reason is not None
 
-    def _send(self, send, probe_now: bool = False) -> bool:
+    @property
+    def unsent(self) -> int:
+        """How many operations wait in the outbox."""
+        return len(self.outbox.pending())
+
+    def _send(self, send, probe_now: bool = False, keep_refused: bool = False) -> bool:
         """``send()`` to the server; False (and the sink offline) when it is unreachable.
-        Offline, the server is probed first (``probe_now``: whatever the last probe's age)."""
+        Offline, the server is probed first (``probe_now``: whatever the last probe's age).
+        ``keep_refused``: a refusal returns False (the caller keeps the call) instead of
+        raising."""
         if self.offline:
             self._try_reconnect(force=probe_now)
         if self.offline:
@@ -64,10 +78,13 @@ class RunSink:
                 send()
             return True
         except Exception as exc:
-            if not is_unreachable(exc):
+            if is_unreachable(exc):
+                self.offline_reason = one_line(exc, self.uri)
+                self._last_probe = time.monotonic()
+                return False
+            if not keep_refused:
                 raise
-            self.offline_reason = one_line(exc, self.uri)
-            self._last_probe = time.monotonic()
+            self.refused.append(one_line(exc, self.uri))
             return False
 
     def _keep(self, op: dict, files: dict[str, Path] | None = None) -> None:
@@ -76,8 +93,19 @@ class RunSink:
         self.outbox.add({**op, "run_id": self.run_id}, files, meta)
 
     def _call(self, op: dict, send, files=None, probe_now: bool = False) -> None:
-        if not self._send(send, probe_now):
+        if not self._send(send, probe_now, keep_refused=files is not None):
             self._keep(op, files)
+
+    def _replay(self) -> None:
+        """Send the outbox now; offline again if the server stops answering meanwhile."""
+        try:
+            with env_vars(SINK_HTTP, override=False):
+                outbox_mod.replay(self.outbox, self.client)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self.offline_reason = one_line(exc, self.uri)
+            self._last_probe = time.monotonic()
 
     def _try_reconnect(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_probe < RECONNECT_EVERY_S:
@@ -85,11 +113,10 @@ class RunSink:
         self._last_probe = time.monotonic()
         try:
             check_reachable(self.uri, timeout_s=2)
-            with env_vars(SINK_HTTP, override=False):
-                outbox_mod.replay(self.outbox, self.client)
-        except Exception:  # still away (or refusing): stay offline, try again later
+        except Exception:  # still away: stay offline, try again later
             return
         self.offline_reason = None
+        self._replay()
 
     # -- metrics, params, tags ------------------------------------------------------------
 
@@ -187,7 +214,7 @@ class RunSink:
                 model, example, self.run_id, config.model, register=register, step=step
             )
 
-        if self._send(send, probe_now=True):
+        if self._send(send, probe_now=True, keep_refused=True):
             return
         with tempfile.TemporaryDirectory() as tmp:
             files = model_mod.save_for_replay(model, example, config, Path(tmp))
@@ -196,12 +223,19 @@ class RunSink:
     # -- the end ----------------------------------------------------------------------------
 
     def end(self, status: str) -> None:
-        """End the run with ``status``: on the server, else as the outbox's last operation."""
+        """End the run with ``status`` (see the module's contract)."""
         end_time = int(time.time() * 1000)
-        # Probe now: a server back within the last 30 s must first get the outbox, or the run
-        # would show FINISHED on it with its last epochs still here.
-        self._call(
-            {"op": "set_terminated", "status": status, "end_time": end_time},
-            lambda: self.client.set_terminated(self.run_id, status, end_time=end_time),
-            probe_now=True,
-        )
+        op = {"op": "set_terminated", "status": status, "end_time": end_time}
+        if not self.offline and not self.outbox.pending():
+            sent = self._send(
+                lambda: self.client.set_terminated(self.run_id, status, end_time=end_time)
+            )
+            if sent:
+                return
+        self._keep(op)
+        # One more try now: a server back within the last 30 s gets the outbox, and the end
+        # only if everything before it went through.
+        if self.offline:
+            self._try_reconnect(force=True)
+        else:
+            self._replay()

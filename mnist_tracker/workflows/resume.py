@@ -3,10 +3,14 @@
 Contracts:
 - ``check_resumable`` refuses (ResumeError, before anything is touched) a run the store does
   not have, a deleted one, a FINISHED one, and a diverged one (it would diverge again).
-- ``find_checkpoint`` takes the newest checkpoint: the local copy, or the run's artifact when
-  that one is newer (the run went on elsewhere); it must cover every epoch the server holds.
-- A pending outbox of the run is sent first, then the run continues in place: metric steps go
-  on from the next epoch, and the results equal those of a run never stopped.
+- ``find_checkpoint`` takes the newest readable checkpoint: the local copy, or the run's
+  artifact when that one is newer (the run went on elsewhere) or the local one is damaged
+  (truncated, empty); it must cover every epoch the server holds. Both unreadable:
+  ResumeError naming both.
+- The run's lease is held throughout (a second ``--resume``, or one of a run still training,
+  gets RunLocked). A pending outbox of the run is sent first (only checkpoint uploads may
+  stay refused: the local checkpoint is what resumes), then the run continues in place:
+  metric steps go on from the next epoch, and the results equal those of a run never stopped.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ from typing import TYPE_CHECKING
 from ..config import TrainConfig
 from ..errors import ResumeError
 from ..paths import checkpoint_path, outbox_dir, run_dir
-from ..tracking import artifacts, outbox, store
-from ..tracking.client import one_line
+from ..tracking import artifacts, lease, outbox, store
 from ..training import checkpoint
 from .train import Resume, TrainOptions, TrainOutcome, prepare_data, train
 
@@ -46,29 +49,43 @@ def check_resumable(run_id: str) -> Run:
     return run
 
 
-def _remote_checkpoint(run_id: str) -> dict | None:
-    """The run's ``artifacts.CHECKPOINT``, or None when it has none (or it cannot be read)."""
+def _read(path: Path) -> tuple[dict | None, str]:
+    """The checkpoint at ``path`` and "", or None and why it cannot be read."""
+    try:
+        state = checkpoint.load(path)
+    except Exception as exc:  # truncated, empty (EOFError: click's "Aborted."), not a checkpoint
+        return None, f"{path.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+    if not isinstance(state, dict) or "epoch" not in state:
+        return None, f"{path.name}: not a checkpoint"
+    return state, ""
+
+
+def _remote_checkpoint(run_id: str) -> tuple[dict | None, str]:
+    """The run's ``artifacts.CHECKPOINT`` and "", or None and why there is none."""
     with tempfile.TemporaryDirectory() as tmp:
         path = store.download_artifact(run_id, artifacts.CHECKPOINT, tmp)
         if path is None:
-            return None
-        try:
-            return checkpoint.load(Path(path))
-        except Exception:  # truncated or not a checkpoint: as if absent
-            return None
+            return None, "the run has no checkpoint artifact"
+        state, problem = _read(Path(path))
+        return state, problem and f"artifact {artifacts.CHECKPOINT} unreadable ({problem})"
 
 
 def find_checkpoint(run_id: str) -> dict:
     """The newest checkpoint of ``run_id`` (see the module's contract); ResumeError when there
-    is none, or none recent enough."""
+    is none readable, or none recent enough."""
     logged = max(store.logged_steps(run_id, "train_loss"), default=0)
     local = checkpoint_path(run_id)
-    state = checkpoint.load(local) if local.is_file() else None
+    state, local_problem = _read(local) if local.is_file() else (None, "")
     if state is None or state["epoch"] < logged:
-        remote = _remote_checkpoint(run_id)
+        remote, remote_problem = _remote_checkpoint(run_id)
         if remote is not None and (state is None or remote["epoch"] > state["epoch"]):
             state = remote
             checkpoint.save(state, local)  # kept locally while the run lives again
+        elif state is None and local_problem:
+            raise ResumeError(
+                f"run {run_id}: the local checkpoint {local} is damaged ({local_problem}) and "
+                f"{remote_problem}; start a new run instead"
+            )
     if state is None:
         raise ResumeError(
             f"run {run_id} has no checkpoint (it stopped before its first epoch ended, or "
@@ -82,6 +99,22 @@ def find_checkpoint(run_id: str) -> dict:
     return state
 
 
+def _send_outbox(run_id: str) -> None:
+    """Send the run's pending outbox; ResumeError if the server refuses more than old
+    checkpoint uploads (those the local checkpoint makes unneeded)."""
+    pending = outbox.Outbox(outbox_dir(run_id))
+    if not pending.pending():
+        return
+    result = outbox.replay(pending)
+    ops = {op["id"]: op for op in pending.operations()}
+    blocking = [f for f in result.failed if not outbox.is_checkpoint_upload(ops[f.op_id])]
+    if blocking:
+        raise ResumeError(
+            f"run {run_id} has an outbox the server did not take ({blocking[0].op}: "
+            f"{blocking[0].reason}); send it with `mnist-tracker sync {run_dir(run_id)}` first"
+        )
+
+
 def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
     """Continue stopped run ``run_id`` from its newest checkpoint, in the same run.
 
@@ -91,15 +124,15 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
     """
     options = options or TrainOptions()
     check_resumable(run_id)
-    pending = outbox.Outbox(outbox_dir(run_id))
-    if pending.pending():
-        try:
-            outbox.replay(pending)
-        except Exception as exc:
-            raise ResumeError(
-                f"run {run_id} has an outbox the server did not take ({one_line(exc, None, 300)});"
-                f" send it with `mnist-tracker sync {run_dir(run_id)}` first"
-            ) from None
+    held = lease.hold(run_id)
+    try:
+        return _resume_held(run_id, options)
+    finally:
+        held.release()
+
+
+def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
+    _send_outbox(run_id)
     check_resumable(run_id)  # the outbox may have ended the run
     state = find_checkpoint(run_id)
     config = TrainConfig(**state["config"]).replace()  # validated

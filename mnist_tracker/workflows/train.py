@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from sklearn.metrics import classification_report
 
-from ..config import TrainConfig
+from ..config import TrainConfig, fit_to_data
 from ..data import MNIST, Splits, load_mnist, split_data
 from ..errors import Diverged
 from ..models import count_params, create_model, get_spec
@@ -85,7 +85,7 @@ class TrainOutcome:
     config: TrainConfig
     result: FitResult
     model: torch.nn.Module
-    offline_reason: str | None = None  # set when the server went away: see ``outbox``
+    offline_reason: str | None = None  # why ``outbox`` still holds operations (then not None)
     outbox: Path | None = None
 
 
@@ -123,6 +123,8 @@ def _prepare(
     """Resolve the runtime and the feature cache, load data, build the model: once each."""
     config = resolve_runtime(config)
     splits = splits if splits is not None else prepare_data(config, options.data_dir)
+    test_size = None if splits.test_y is None else len(splits.test_y)
+    config = fit_to_data(config, len(splits.train_y), test_size)  # what is logged is what ran
     seed_everything(config.seed)  # the same seed gives the same initial weights
     # A resumed run gets every weight from its checkpoint: no ImageNet download needed.
     model = create_model(config if resume is None else config.replace(pretrained=False))
@@ -187,8 +189,9 @@ def train(
             _log_finish(run, prep, options, result)
             if keeper is not None:
                 keeper.discard()
-    if run.sink.offline:
-        outcome.offline_reason, outcome.outbox = run.sink.offline_reason, run.sink.outbox.folder
+    if run.sink.unsent:  # the server went away, or refused files: the run waits for sync
+        reason = run.sink.offline_reason or f"it refused: {run.sink.refused[-1]}"
+        outcome.offline_reason, outcome.outbox = reason, run.sink.outbox.folder
     return outcome
 
 
