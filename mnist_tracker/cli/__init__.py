@@ -1,10 +1,10 @@
 """The ``mnist-tracker`` command line: parse options, build typed settings, call a workflow.
 
 One module per command group (``train``: train, sync; ``tune``; ``compare``: compare, suite;
-``info``: models, data check; ``registry``: promote, predict); shared option decorators in
-``options``; what an error prints and its exit code in ``errors`` (bad input: one line, exit
-2, before any run exists). Only click is imported at start-up; each command loads the
-library when it runs.
+``info``: models, data check; ``registry``: promote, predict; ``runs``: reap); shared option
+decorators in ``options``; what an error prints and its exit code in ``errors`` (bad input:
+one line, exit 2, before any run exists). Only click is imported at start-up; each command
+loads the library when it runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .compare import compare_cmd, suite_cmd
 from .errors import OneLineErrors
 from .info import data_group, models_cmd
 from .registry import predict_cmd, promote_cmd
+from .runs import runs_group
 from .train import sync_cmd, train
 from .tune import tune
 
@@ -41,5 +42,6 @@ for command in (
     suite_cmd,
     promote_cmd,
     predict_cmd,
+    runs_group,
 ):
     main.add_command(command)

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -187,7 +188,7 @@ def sync_cmd(path, tracking_uri) -> None:
     from ..tracking import outbox
 
     boxes = outbox.find(path)
-    if path and not boxes:
+    if path and not boxes and not Path(path).is_dir():
         fail(f"no outbox under {path}; pass the folder `train` printed, or no PATH for all runs")
     pending = [box for box in boxes if box.pending()]
     if not pending:

@@ -13,7 +13,8 @@ Contracts:
   ``render`` shows the lab's display names and rounding (table, markdown) or rounds away float
   noise for scripts (csv, json).
 - Unfinished runs (RUNNING, FAILED, KILLED, SCHEDULED) are filtered out by MLflow's search itself
-  unless ``include_unfinished`` is set, so they never leave the store.
+  unless ``include_unfinished`` is set, so they never leave the store. A RUNNING run whose
+  heartbeat stopped (``tracking.lease.is_stale``) shows the status STALE.
 - Rows are sorted by the chosen metric, best first (lower is better for losses and times), runs
   without that metric last, ties broken by the later start time.
 - Only the query reads the store; metric histories and artifacts are fetched by ``report`` and
@@ -36,7 +37,7 @@ import pandas as pd
 from ..constants import DEFAULT_EXPERIMENT
 from ..constants import RUN_MODES as MODES
 from ..errors import CompareError, InvalidQuery
-from ..tracking import registry, store
+from ..tracking import lease, registry, store
 from ..tracking.artifacts import ROLE_TAG
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def runs_frame(runs: Sequence[Run], metric: str = DEFAULT_METRIC) -> pd.DataFram
             "model_key": params["model"],
             "run_id": run.info.run_id,
             "run_name": run.info.run_name or "",
-            "status": run.info.status,
+            "status": "STALE" if lease.is_stale(run) else run.info.status,
             "start_time": run.info.start_time or 0,
             "epochs": _number(params.get("epochs"), int),
             "batch_size": _number(params.get("batch_size"), int),

@@ -91,21 +91,27 @@ def is_unreachable(exc: BaseException) -> bool:
     )
 
 
+def answered(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server answering with errors (urllib3's "too many 500 error
+    responses" after MLflow's retries): it is there, but refuses this call."""
+    return "error responses" in str(exc)
+
+
 def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
     """``exc`` as one line, at most ``limit`` characters, with ``uri``'s password hidden."""
     return scrub(" ".join(str(exc).split())[:limit], uri)
 
 
 def check_reachable(uri: str, timeout_s: int = 5) -> None:
-    """Raise TrackingUnavailable within about ``timeout_s`` (plus a second for two quick
-    retries, so one 503 of a restarting server is not an outage) when an HTTP tracking server
+    """Raise TrackingUnavailable within about ``timeout_s`` (plus a second for one retry, so
+    one 503 of a restarting server is not an outage) when an HTTP tracking server
     does not answer, answers only with server errors, or refuses the credentials. Local
     stores always pass."""
     if not uri.startswith(("http://", "https://")):
         return
     quick = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.25",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
     }

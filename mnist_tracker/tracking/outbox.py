@@ -36,8 +36,8 @@ from ..errors import SyncError
 from ..paths import home
 from . import artifacts
 from . import model as model_mod
+from .client import answered, is_unreachable, one_line
 from .client import client as make_client
-from .client import is_unreachable, one_line
 
 
 class Outbox:
@@ -246,7 +246,7 @@ def replay(outbox: Outbox, client: MlflowClient | None = None) -> ReplayResult:
                 _clear_pending_tag(client, op["run_id"])
             apply(client, op, outbox.folder)
         except Exception as exc:
-            if is_unreachable(exc):
+            if is_unreachable(exc) and not answered(exc):
                 raise  # gone again: nothing later can pass either
             reason = one_line(exc, client.tracking_uri, 300)
             result.failed.append(Failure(op["id"], op["op"], reason))

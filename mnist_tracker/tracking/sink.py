@@ -34,7 +34,7 @@ from ..uris import redact
 from . import model as model_mod
 from . import outbox as outbox_mod
 from . import records
-from .client import check_reachable, client, env_vars, is_unreachable, one_line
+from .client import answered, check_reachable, client, env_vars, is_unreachable, one_line
 
 RECONNECT_EVERY_S = 30.0
 SINK_HTTP = {
@@ -78,7 +78,7 @@ class RunSink:
                 send()
             return True
         except Exception as exc:
-            if is_unreachable(exc):
+            if is_unreachable(exc) and not (keep_refused and answered(exc)):
                 self.offline_reason = one_line(exc, self.uri)
                 self._last_probe = time.monotonic()
                 return False

@@ -1,0 +1,148 @@
+"""What MLflow shows is the truth under faults: a fault-injecting proxy (tests/faultproxy.py)
+in front of the session's real `mlflow server`, and real training runs through it, in process.
+
+Each test names the case of the fault matrix (docs/FAULTS.md) it checks.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.entities import LoggedModelStatus
+
+from mnist_tracker.config import resolve_config
+from mnist_tracker.errors import TrackingUnavailable
+from mnist_tracker.tracking import artifacts, client, outbox
+from mnist_tracker.tracking.client import check_reachable
+from mnist_tracker.workflows.train import TrainOptions, train
+
+from .conftest import SUBSET
+from .faultproxy import FaultProxy
+
+pytestmark = pytest.mark.slow
+
+API = "/api/2.0/mlflow"
+
+
+@pytest.fixture
+def proxy(mlflow_server, monkeypatch):
+    """A fault proxy in front of the server, set as the tracking URI; MLflow's retries quick."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    with FaultProxy(mlflow_server) as p:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", p.url)
+        mlflow.set_tracking_uri(p.url)
+        yield p
+
+
+def _train(experiment: str, epochs: int = 2):
+    config = resolve_config("cnn", epochs=epochs, limit_train=64, limit_test=64, device="cpu")
+    options = TrainOptions(data_dir=SUBSET, experiment=experiment, system_metrics=False)
+    return train(config, options)
+
+
+def _steps(c, run_id: str, key: str = "train_loss") -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run_id, key))
+
+
+def _models(c, run) -> list:
+    return c.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+
+
+def test_a_lost_answer_to_runs_create_leaves_exactly_one_run(proxy, experiment_name):
+    """Case 4: a 500 after the server applied runs/create; no orphan RUNNING run."""
+    proxy.add("POST", f"{API}/runs/create$", "post500")
+    outcome = _train(experiment_name, epochs=1)
+    assert proxy.hit("post500", "runs/create") == 1
+    c = client()
+    runs = c.search_runs([outcome.experiment_id], run_view_type=3)
+    assert [r.info.run_id for r in runs] == [outcome.run_id]
+    assert runs[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("path", ["logged-models$", "runs/outputs$"])
+def test_a_lost_answer_while_logging_the_model_leaves_one_ready_model(proxy, experiment_name, path):
+    """Cases 4 and 5: MLflow retries a model call the server had applied (a second model; a
+    UNIQUE-constraint refusal of the link); the run still ends FINISHED with one model."""
+    proxy.add("POST", f"{API}/{path}", "post500")
+    outcome = _train(experiment_name, epochs=1)
+    assert proxy.hit("post500", path.rstrip("$")) == 1
+    c = client()
+    run = c.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    models = _models(c, run)
+    assert [m.status for m in models] == [LoggedModelStatus.READY], models
+    assert run.data.tags[artifacts.MODEL_URI_TAG] == f"models:/{models[0].model_id}"
+
+
+@pytest.mark.parametrize("fault", ["truncate", "drop", "slow"])
+def test_a_glitch_mid_run_costs_nothing_and_the_run_finishes(proxy, experiment_name, fault):
+    """Case 5: a truncated answer ("Connection broken") or a dropped connection is an outage,
+    not a failure: the run finishes with every epoch, once each."""
+    proxy.add("POST", f"{API}/runs/log-batch$", fault, times=2, delay_s=2.0)
+    outcome = _train(experiment_name, epochs=2)
+    assert proxy.hit(fault, "log-batch") == 2
+    c = client()
+    run = c.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED", run.data.tags.get("error")
+    assert _steps(c, outcome.run_id) == [1, 2]
+    assert len(_models(c, run)) == 1
+    assert not outbox.Outbox(outcome.outbox or "/nonexistent").pending()
+
+
+@pytest.mark.parametrize("status", [507, 500])
+def test_a_refused_artifact_keeps_the_run_running_until_sync(proxy, experiment_name, status):
+    """Case 1: the artifact store refuses the plots (full: 507; or a 500 after MLflow's
+    retries). Metrics, the rest and the model still reach the server (replay goes past the
+    refusal); the run is not FINISHED but RUNNING with a tag naming its outbox; sync, once
+    the store takes files again, ends it FINISHED with everything."""
+    proxy.add("PUT", "/artifacts/.*/plots/", "refuse", times=None, status=status)
+    outcome = _train(experiment_name, epochs=2)
+    assert proxy.hit("refuse", "plots") >= 2
+    c = client()
+    run = c.get_run(outcome.run_id)
+    assert run.info.status == "RUNNING", "never FINISHED while the outbox holds anything"
+    assert str(outcome.outbox) in run.data.tags[artifacts.PENDING_TAG]
+    assert _steps(c, outcome.run_id) == [1, 2], "metrics are not held hostage by an artifact"
+    assert len(_models(c, run)) == 1
+    assert not c.list_artifacts(outcome.run_id, "plots")
+
+    proxy.clear()
+    result = outbox.replay(outbox.Outbox(outcome.outbox), c)
+    assert result.complete and result.ended == "FINISHED"
+    run = c.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and artifacts.PENDING_TAG not in run.data.tags
+    assert not outcome.outbox.exists(), "a fully sent outbox is removed"
+    plots = {a.path for a in c.list_artifacts(outcome.run_id, "plots")}
+    assert plots == {artifacts.LEARNING_CURVES, artifacts.CONFUSION_FIGURE}
+    assert _steps(c, outcome.run_id) == [1, 2] and len(_models(c, run)) == 1
+
+
+def test_a_refused_checkpoint_is_dropped_when_the_run_finishes(proxy, experiment_name):
+    """Case 1: one unsendable checkpoint (which a finished run no longer needs) blocks
+    nothing: the run ends FINISHED with everything else, and nothing is left to sync."""
+    proxy.add("PUT", "/checkpoints/checkpoint.pt$", "refuse", times=None, status=500)
+    outcome = _train(experiment_name, epochs=2)
+    assert proxy.hit("refuse", "checkpoints") >= 2  # each epoch (MLflow retries a 500)
+    c = client()
+    run = c.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and artifacts.PENDING_TAG not in run.data.tags
+    assert _steps(c, outcome.run_id) == [1, 2] and len(_models(c, run)) == 1
+    assert not c.list_artifacts(outcome.run_id, artifacts.CHECKPOINT_DIR)
+    assert not outbox.find(), "no outbox is left behind"
+
+
+def test_one_503_on_the_start_probe_is_not_an_outage(proxy):
+    """Case 10: a server answering 503 once (restarting) passes the probe; one that answers
+    only 503 is reported as answering with errors, not as unreachable."""
+    for method in ("GET", "POST"):
+        proxy.add(method, "experiments/search", "pre503", times=1)
+    check_reachable(proxy.url)
+    proxy.clear()
+    for method in ("GET", "POST"):
+        proxy.add(method, "experiments/search", "pre503", times=None)
+    with pytest.raises(TrackingUnavailable, match="answers only with server errors"):
+        check_reachable(proxy.url)
