@@ -16,7 +16,7 @@ from mnist_tracker.tracking import artifacts, client, outbox
 from mnist_tracker.tracking.client import check_reachable
 from mnist_tracker.workflows.train import TrainOptions, train
 
-from .conftest import SUBSET
+from .conftest import BIN, SUBSET
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -146,3 +146,30 @@ def test_one_503_on_the_start_probe_is_not_an_outage(proxy):
         proxy.add(method, "experiments/search", "pre503", times=None)
     with pytest.raises(TrackingUnavailable, match="answers only with server errors"):
         check_reachable(proxy.url)
+
+
+def test_passwords_are_never_printed_or_tagged(mlflow_server, experiment_name, cli_env, tmp_path):
+    """Case 8: a tracking URI with a password (and MLflow told to print its run URL line):
+    neither the output nor a FAILED run's error tag holds the password."""
+    import subprocess
+
+    from mnist_tracker.tracking import RunSpec, tracked_run
+
+    secret = "pw-7c3f9e"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    env = dict(cli_env, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="false", MLFLOW_TRACKING_URI=uri)
+    args = ["train", "--model", "cnn", "--epochs", "1", "--limit-train", "64", "--device",
+            "cpu", "--limit-test", "64", "--data-dir", str(SUBSET), "--experiment",
+            experiment_name]  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "mnist-tracker"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert secret not in done.stdout + done.stderr
+    assert "alice:***@" in done.stderr  # the CLI's own link, password hidden
+
+    mlflow.set_tracking_uri(uri)
+    with pytest.raises(RuntimeError), tracked_run(RunSpec(experiment=experiment_name)) as run:
+        raise RuntimeError(f"upload to {uri}/api/2.0/x failed; db postgresql://u:{secret}@db/m")
+    tag = client(mlflow_server).get_run(run.run_id).data.tags["error"]
+    assert secret not in tag and "alice:***@" in tag and "u:***@db" in tag

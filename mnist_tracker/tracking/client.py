@@ -27,10 +27,10 @@ def client(uri: str | None = None) -> MlflowClient:
     """An MLflow client for ``uri`` (default: the current tracking URI).
 
     MLflow prints "View run ... at: URL" when a run ends, the URL with any password in it;
-    every client this package uses is made here, so this is where that is switched off (the
-    CLI prints its own link, password hidden). A user who sets the variable keeps theirs.
+    every client this package uses is made here, so this is where that is switched off,
+    whatever the environment said (the CLI prints its own link, password hidden).
     """
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(uri)
 
 
