@@ -91,6 +91,8 @@ def test_a_glitch_mid_run_costs_nothing_and_the_run_finishes(proxy, experiment_n
     assert _steps(c, outcome.run_id) == [1, 2]
     assert len(_models(c, run)) == 1
     assert not outbox.Outbox(outcome.outbox or "/nonexistent").pending()
+    # Case 10: a finished run is never resumed; its uploaded checkpoint is deleted.
+    assert not c.list_artifacts(outcome.run_id, artifacts.CHECKPOINT_DIR)
 
 
 @pytest.mark.parametrize("status", [507, 500])

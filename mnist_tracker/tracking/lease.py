@@ -106,25 +106,41 @@ class Lease:
             return
         self._stop.set()
         _held.pop(self.run_id, None)
+        folder = run_dir(self.run_id)
+        # Unlinked while still locked: a process that opened the old file meanwhile fails
+        # its non-blocking lock (and says "in use"); one that opens later makes a new file.
+        with contextlib.suppress(OSError):
+            (folder / "lock").unlink()
         with contextlib.suppress(OSError):
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
+        with contextlib.suppress(OSError):  # kept while it holds a checkpoint or an outbox
+            folder.rmdir()
 
 
 _held: dict[str, Lease] = {}
 
 
-def hold(run_id: str, run: Run | None = None) -> Lease:
+def hold(
+    run_id: str,
+    run: Run | None = None,
+    *,
+    announce: bool = True,
+    stale_after_s: float = STALE_AFTER_S,
+) -> Lease:
     """This process's lease on ``run_id`` (see the module's contract); ``run``: its entity,
-    when the caller has just read it."""
+    when the caller has just read it. ``announce=False`` takes the lock without setting the
+    holder and heartbeat tags (``runs reap``, which must not make a zombie look alive);
+    ``stale_after_s``: how old another machine's heartbeat must be to count as dead."""
     if run_id in _held:
         _held[run_id]._count += 1
         return _held[run_id]
     fd = _lock_file(run_id)
     try:
-        _refuse_remote_holder(run_id, run)
-        with contextlib.suppress(Exception):  # best effort, as every heartbeat
-            _set_live_tags(run_id)
+        _refuse_remote_holder(run_id, run, stale_after_s)
+        if announce:
+            with contextlib.suppress(Exception):  # best effort, as every heartbeat
+                _set_live_tags(run_id)
     except BaseException:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -158,7 +174,7 @@ def _lock_file(run_id: str) -> int:
     return fd
 
 
-def _refuse_remote_holder(run_id: str, run: Run | None) -> None:
+def _refuse_remote_holder(run_id: str, run: Run | None, stale_after_s: float) -> None:
     """RunLocked when a live process on another machine holds the run."""
     if run is None:
         with contextlib.suppress(Exception):
@@ -170,11 +186,11 @@ def _refuse_remote_holder(run_id: str, run: Run | None) -> None:
     if not holder or host == socket.gethostname():
         return  # here: the lock file decides, and this process has it (the holder is gone)
     age = heartbeat_age_s(run)
-    if age < STALE_AFTER_S:
+    if age < stale_after_s:
         raise RunLocked(
             f"run {run_id} is held by {holder} (heartbeat {age:.0f} s ago); wait until it "
             f"ends, or, if that machine is gone, run `mnist-tracker runs reap` after "
-            f"{STALE_AFTER_S / 60:.0f} minutes without heartbeat"
+            f"{stale_after_s / 60:.0f} minutes without heartbeat"
         )
 
 

@@ -220,6 +220,22 @@ class RunSink:
             files = model_mod.save_for_replay(model, example, config, Path(tmp))
             self._keep({"op": "log_model", "register": register, "step": step}, files)
 
+    def delete_artifacts(self, artifact_path: str) -> bool:
+        """Delete the run's artifacts under ``artifact_path`` (a finished run's checkpoints);
+        best effort, online only: True when they are gone. Stores that cannot delete (and an
+        offline sink) keep them."""
+        if self.offline:
+            return False
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            with env_vars(SINK_HTTP, override=False):
+                artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+                get_artifact_repository(artifact_uri).delete_artifacts(artifact_path)
+        except Exception:  # e.g. NotImplementedError of a read-only store
+            return False
+        return True
+
     # -- the end ----------------------------------------------------------------------------
 
     def end(self, status: str) -> None:

@@ -45,7 +45,8 @@ def reap(experiments: tuple[str, ...], older_than_s: float, dry_run: bool = Fals
     reaped = []
     for run in stale_runs(experiments, older_than_s):
         try:
-            held = lease.hold(run.info.run_id, run)  # refuses a live holder here
+            # Refuses a live holder here; sets no tag (a zombie must not look alive).
+            held = lease.hold(run.info.run_id, run, announce=False, stale_after_s=older_than_s)
         except RunLocked:
             continue
         try:

@@ -7,8 +7,8 @@ the MLflow run is created, so bad input leaves nothing in the tracking store.
 No finished epoch is lost: after each one a checkpoint is written to the run's local folder
 and, when small, uploaded as ``artifacts.CHECKPOINT``; a run that stops early (Ctrl-C,
 SIGTERM, divergence, an error) uploads its newest one as it ends, for ``resume``. A run that
-finishes removes its local checkpoint (its outbox, if the server went away, stays for
-``sync``).
+finishes removes its checkpoint, local and uploaded (its outbox, if the server went away,
+stays for ``sync``).
 """
 
 from __future__ import annotations
