@@ -218,3 +218,49 @@ def test_an_image_kept_offline_is_logged_with_its_key_and_step(store, monkeypatc
     assert len(png) == 1, logged
     back = np.asarray(PIL.Image.open(c.download_artifacts(run_id, png[0], str(tmp_path))))
     np.testing.assert_array_equal(back[..., :3], image)
+
+
+def test_a_model_logging_cut_short_leaves_one_ready_model(store, tmp_path):
+    """Case 4: a sync or train killed while the model was logged left a PENDING model (and
+    a FAILED one from an attempt MLflow marked so); logging again leaves exactly one model,
+    READY, and logging once more adds none."""
+    import torch
+    from mlflow.entities import LoggedModelStatus
+
+    from mnist_tracker.config import resolve_config
+    from mnist_tracker.models import create_model
+    from mnist_tracker.tracking import artifacts
+    from mnist_tracker.tracking import model as model_mod
+
+    c, run_id = store
+    experiment_id = c.get_run(run_id).info.experiment_id
+    leftover = c.create_logged_model(experiment_id, name="cnn", source_run_id=run_id)
+    failed = c.create_logged_model(experiment_id, name="cnn", source_run_id=run_id)
+    c.finalize_logged_model(failed.model_id, LoggedModelStatus.FAILED)
+    network = create_model(resolve_config("cnn", device="cpu"))
+    example = torch.rand(2, 1, 28, 28)
+    uri = model_mod.log_model(network, example, run_id, "cnn")
+    again = model_mod.log_model(network, example, run_id, "cnn")
+
+    found = c.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert [m.status for m in found] == [LoggedModelStatus.READY]
+    assert uri == again == f"models:/{found[0].model_id}"
+    assert leftover.model_id != found[0].model_id != failed.model_id
+    assert c.get_run(run_id).data.tags[artifacts.MODEL_URI_TAG] == uri
+
+
+def test_sync_of_a_damaged_outbox_is_one_line_exit_2(tmp_path, monkeypatch, sqlite_uri):
+    """Case 9: a corrupt ops.jsonl gets one line naming it, exit 2, no traceback."""
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    box = outbox.Outbox(tmp_path / "runs" / "r1" / "outbox")
+    box.add({"op": "log_batch", "metrics": [], "params": {}, "tags": {}, "run_id": "r1"},
+            meta={"run_id": "r1", "tracking_uri": sqlite_uri})  # fmt: skip
+    with open(box.ops_path, "a") as fh:
+        fh.write("{not json\n")
+    result = CliRunner().invoke(main, ["sync", str(box.folder.parent)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "ops.jsonl line 2" in lines[0]
