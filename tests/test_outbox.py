@@ -103,6 +103,8 @@ def test_replay_goes_past_a_refused_operation_and_holds_the_end_back(store, tmp_
     pending = run.data.tags[artifacts.PENDING_TAG]
     assert str(box.folder) in pending and "teleport" in pending and "mnist-tracker sync" in pending
 
+    # Meanwhile `runs reap` took the silent run for dead; the end corrects that.
+    c.set_tag(run_id, artifacts.REAPED_TAG, "no heartbeat")
     # Fixed (here: the operation removed from the file); the next replay ends the run.
     lines = box.ops_path.read_text().splitlines()
     box.ops_path.write_text("\n".join(line for line in lines if "teleport" not in line) + "\n")
@@ -110,6 +112,7 @@ def test_replay_goes_past_a_refused_operation_and_holds_the_end_back(store, tmp_
     assert again.ended == "FINISHED" and again.complete
     run = c.get_run(run_id)
     assert run.info.status == "FINISHED" and artifacts.PENDING_TAG not in run.data.tags
+    assert artifacts.REAPED_TAG not in run.data.tags
 
 
 def _checkpoint_op(box, tmp_path, epoch, run_id):

@@ -210,7 +210,8 @@ def reap(run: Run, older_than_s: float) -> str:
     holder = run.data.tags.get(artifacts.HOLDER_TAG, "its process")
     reason = (
         f"no heartbeat from {holder} for {heartbeat_age_s(run) / 60:.0f} min (more than "
-        f"{older_than_s / 60:g} min): the process died without ending the run"
+        f"{older_than_s / 60:g} min): the process died without ending the run (or lost the "
+        "server and keeps the rest in its outbox: `mnist-tracker sync` there finishes it)"
     )
     c = client()
     if checkpoint_path(run_id).is_file() or _has_checkpoint_artifact(c, run_id):

@@ -279,8 +279,12 @@ def _tag_pending(client: MlflowClient, run_id: str, outbox: Outbox, failed) -> N
 
 
 def _clear_pending_tag(client: MlflowClient, run_id: str) -> None:
-    if artifacts.PENDING_TAG in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, artifacts.PENDING_TAG)
+    """Before the end lands: nothing is pending any more, and a run `runs reap` took for dead
+    while its outbox waited here was not."""
+    tags = client.get_run(run_id).data.tags
+    for key in (artifacts.PENDING_TAG, artifacts.REAPED_TAG):
+        if key in tags:
+            client.delete_tag(run_id, key)
 
 
 def find(path: str | os.PathLike | None = None) -> list[Outbox]:
