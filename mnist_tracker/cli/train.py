@@ -185,10 +185,13 @@ def sync_cmd(path, tracking_uri) -> None:
     not sent twice.
     """
     from ..errors import SyncError
+    from ..paths import home
     from ..tracking import outbox
 
     boxes = outbox.find(path)
-    if path and not boxes and not Path(path).is_dir():
+    # A run folder under the home that is gone was removed once everything was sent.
+    sent_and_removed = path and Path(path).resolve().parent == (home() / "runs").resolve()
+    if path and not boxes and not Path(path).is_dir() and not sent_and_removed:
         fail(f"no outbox under {path}; pass the folder `train` printed, or no PATH for all runs")
     pending = [box for box in boxes if box.pending()]
     if not pending:
