@@ -120,7 +120,7 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = one_line(exc, uri)
-        if "too many 5" in reason:  # urllib3: "too many 503 error responses"
+        if "too many 5" in str(exc):  # urllib3: "too many 503 error responses"
             raise TrackingUnavailable(
                 f"tracking server {redact(uri)} answers only with server errors ({reason}); "
                 "check its log, or wait until it has started"
