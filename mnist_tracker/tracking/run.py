@@ -111,7 +111,8 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
             experiment_id = experiment_id_for(spec.experiment)
         run = create_run_once(experiment_id, spec.run_name, tags)
         run_id = run.info.run_id
-        lease = lease_mod.hold(run_id, run) if live else None
+        # Created with its holder and heartbeat tags: the lease need not set them again.
+        lease = lease_mod.hold(run_id, run, announce=False) if live else None
         sink = RunSink(run_id, uri)
         return TrackedRun(run_id, experiment_id, run.info.run_name, sink, lease=lease)
     run = mlflow_client.get_run(run_id)
