@@ -6,9 +6,11 @@ Standard library only, so that the CLI modules can use it without loading MLflow
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
+import traceback
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +50,34 @@ def scrub(text: str, uri: str | None = None) -> str:
         if secret and len(secret) >= 4:  # a one-letter "secret" would blank the message
             text = text.replace(secret, "***")
     return text
+
+
+_scrubbing = False
+
+
+def install_log_scrubber() -> None:
+    """From now on, every log record of this process (MLflow's, urllib3's, ours) is
+    ``scrub``bed, its traceback too, before any handler sees it. A record factory rather than
+    a filter: filters miss records of child loggers and handlers added later. Idempotent."""
+    global _scrubbing
+    if _scrubbing:
+        return
+    _scrubbing = True
+    make = logging.getLogRecordFactory()
+
+    def scrubbed(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed %-format: left to logging's own error report
+            return record
+        record.msg, record.args = scrub(message), ()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = scrub(text)
+        return record
+
+    logging.setLogRecordFactory(scrubbed)
 
 
 # The tracking stores MLflow has built in (mlflow/tracking/_tracking_service/utils.py): servers,

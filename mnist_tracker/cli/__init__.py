@@ -14,6 +14,7 @@ import os
 import click
 
 from .. import __version__
+from ..uris import install_log_scrubber
 from .compare import compare_cmd, suite_cmd
 from .errors import OneLineErrors
 from .info import data_group, models_cmd
@@ -30,6 +31,7 @@ def main() -> None:
     # MLflow's INFO lines ("Creating initial MLflow database tables...") are not for users;
     # read when MLflow is first imported, which the commands do later. A user's value wins.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    install_log_scrubber()  # MLflow's and urllib3's warnings quote URLs, passwords included
 
 
 for command in (

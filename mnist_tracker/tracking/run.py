@@ -30,11 +30,11 @@ import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from ..errors import Interrupted
-from ..uris import scrub
+from ..uris import install_log_scrubber, scrub
 from . import lease as lease_mod
 from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT
 from .client import client, env_vars, is_unreachable, set_tracking_uri
-from .sink import RunSink
+from .sink import SINK_HTTP, RunSink
 
 ERROR_TAG_MAX = 5000
 
@@ -159,7 +159,18 @@ def create_run_once(experiment_id: str, run_name: str | None, tags: dict[str, st
 
 @contextlib.contextmanager
 def tracked_run(spec: RunSpec) -> Iterator[TrackedRun]:
-    """The run ``spec`` names, ended with the right status whatever happens (see above)."""
+    """The run ``spec`` names, ended with the right status whatever happens (see above).
+
+    Every MLflow call inside the block, the heartbeat's and the system-metrics sampler's
+    threads included, uses the sink's few HTTP retries (``SINK_HTTP``, the user's values
+    win): set once here, for the whole run, so that no thread changes the environment under
+    another's feet."""
+    install_log_scrubber()
+    with env_vars(SINK_HTTP, override=False):
+        yield from _tracked(spec)
+
+
+def _tracked(spec: RunSpec) -> Iterator[TrackedRun]:
     run = open_run(spec, live=True)
     if run.lease is not None:
         run.lease.beating()

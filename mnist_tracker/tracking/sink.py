@@ -15,12 +15,15 @@ Contracts:
   ``artifacts.PENDING_TAG`` when the server can be told), and ``sync`` finishes it.
 - Calls use few HTTP retries (``SINK_HTTP``) so that a dead server costs seconds, not MLflow's
   default minutes; variables the user set in the environment win.
+- Thread-safe: the system-metrics sampler calls it beside the training loop; one call at a
+  time goes out (or into the outbox), so the outbox's order is the order of the calls.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +37,15 @@ from ..uris import redact
 from . import model as model_mod
 from . import outbox as outbox_mod
 from . import records
-from .client import answered, check_reachable, client, env_vars, is_unreachable, one_line
+from .client import (
+    answered,
+    check_reachable,
+    client,
+    delete_run_artifacts,
+    env_vars,
+    is_unreachable,
+    one_line,
+)
 
 RECONNECT_EVERY_S = 30.0
 SINK_HTTP = {
@@ -54,6 +65,7 @@ class RunSink:
         self.offline_reason: str | None = None
         self.refused: list[str] = []  # why the server refused the files kept in the outbox
         self._last_probe = 0.0
+        self._lock = threading.RLock()
 
     @property
     def offline(self) -> bool:
@@ -93,8 +105,9 @@ class RunSink:
         self.outbox.add({**op, "run_id": self.run_id}, files, meta)
 
     def _call(self, op: dict, send, files=None, probe_now: bool = False) -> None:
-        if not self._send(send, probe_now, keep_refused=files is not None):
-            self._keep(op, files)
+        with self._lock:
+            if not self._send(send, probe_now, keep_refused=files is not None):
+                self._keep(op, files)
 
     def _replay(self) -> None:
         """Send the outbox now; offline again if the server stops answering meanwhile."""
@@ -214,11 +227,12 @@ class RunSink:
                 model, example, self.run_id, config.model, register=register, step=step
             )
 
-        if self._send(send, probe_now=True, keep_refused=True):
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            files = model_mod.save_for_replay(model, example, config, Path(tmp))
-            self._keep({"op": "log_model", "register": register, "step": step}, files)
+        with self._lock:
+            if self._send(send, probe_now=True, keep_refused=True):
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                files = model_mod.save_for_replay(model, example, config, Path(tmp))
+                self._keep({"op": "log_model", "register": register, "step": step}, files)
 
     def delete_artifacts(self, artifact_path: str) -> bool:
         """Delete the run's artifacts under ``artifact_path`` (a finished run's checkpoints);
@@ -226,32 +240,26 @@ class RunSink:
         offline sink) keep them."""
         if self.offline:
             return False
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        try:
-            with env_vars(SINK_HTTP, override=False):
-                artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
-                get_artifact_repository(artifact_uri).delete_artifacts(artifact_path)
-        except Exception:  # e.g. NotImplementedError of a read-only store
-            return False
-        return True
+        with env_vars(SINK_HTTP, override=False):
+            return delete_run_artifacts(self.client, self.run_id, artifact_path)
 
     # -- the end ----------------------------------------------------------------------------
 
     def end(self, status: str) -> None:
         """End the run with ``status`` (see the module's contract)."""
-        end_time = int(time.time() * 1000)
-        op = {"op": "set_terminated", "status": status, "end_time": end_time}
-        if not self.offline and not self.outbox.pending():
-            sent = self._send(
-                lambda: self.client.set_terminated(self.run_id, status, end_time=end_time)
-            )
-            if sent:
-                return
-        self._keep(op)
-        # One more try now: a server back within the last 30 s gets the outbox, and the end
-        # only if everything before it went through.
-        if self.offline:
-            self._try_reconnect(force=True)
-        else:
-            self._replay()
+        with self._lock:
+            end_time = int(time.time() * 1000)
+            op = {"op": "set_terminated", "status": status, "end_time": end_time}
+            if not self.offline and not self.outbox.pending():
+                sent = self._send(
+                    lambda: self.client.set_terminated(self.run_id, status, end_time=end_time)
+                )
+                if sent:
+                    return
+            self._keep(op)
+            # One more try now: a server back within the last 30 s gets the outbox, and the end
+            # only if everything before it went through.
+            if self.offline:
+                self._try_reconnect(force=True)
+            else:
+                self._replay()

@@ -168,7 +168,10 @@ def train(
         resume_run_id=None if resume_from is None else resume_from.run_id,
         status_tags=options.status_tags,
     )
-    with tracked_run(spec) as run, system_metrics(run.run_id, run.sink.uri, options.system_metrics):
+    with (
+        tracked_run(spec) as run,
+        system_metrics(run.sink, options.system_metrics, resumed=resume_from is not None),
+    ):
         if options.on_run_start is not None:
             options.on_run_start(run.run_id)
         if options.run_name is None and resume_from is None:
