@@ -126,6 +126,7 @@ def _checkpoint_op(box, tmp_path, epoch, run_id):
 
 
 def test_old_checkpoint_uploads_are_skipped_and_all_when_the_run_finished(store, tmp_path):
+    """And a FINISHED end deletes the checkpoint already on the server."""
     c, run_id = store
     box = outbox.Outbox(tmp_path / "outbox")
     for epoch in (1, 2, 3):
@@ -138,8 +139,11 @@ def test_old_checkpoint_uploads_are_skipped_and_all_when_the_run_finished(store,
     finished = outbox.Outbox(tmp_path / "finished")
     _checkpoint_op(finished, tmp_path, 4, run_id)
     finished.add({"op": "set_terminated", "run_id": run_id, "status": "FINISHED", "end_time": 9})
+    assert c.list_artifacts(run_id, "checkpoints"), "uploaded before the run lost its server"
     result = outbox.replay(finished, c)
     assert (result.sent, result.skipped, result.ended) == (1, 1, "FINISHED")
+    # A finished run is never resumed: the checkpoint it uploaded before goes with the end.
+    assert c.list_artifacts(run_id, "checkpoints") == []
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ Contracts:
 - ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
   does not answer or refuses the credentials; local stores always pass.
 - ``env_vars`` scopes environment variables (MLflow reads its HTTP settings at each call).
+- ``delete_run_artifacts`` deletes a folder of a run's artifacts, best effort.
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ def set_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.get_tracking_uri()
+
+
+def delete_run_artifacts(mlflow_client: MlflowClient, run_id: str, artifact_path: str) -> bool:
+    """Delete run ``run_id``'s artifacts under ``artifact_path`` (a finished run's
+    checkpoints); True when they are gone. Best effort: a store that cannot delete (or a
+    server that does not answer) keeps them, and False says so."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        artifact_uri = mlflow_client.get_run(run_id).info.artifact_uri
+        get_artifact_repository(artifact_uri).delete_artifacts(artifact_path)
+    except Exception:  # e.g. NotImplementedError of a read-only store
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -14,7 +14,9 @@ Contracts:
   stays RUNNING with ``artifacts.PENDING_TAG`` saying what waits, and where. A server that
   stops answering mid-replay raises (what was sent is recorded).
 - Checkpoint uploads older than the newest are skipped, and all of them when the outbox ends
-  the run FINISHED: a finished run is never resumed. A fully sent outbox is removed.
+  the run FINISHED: a finished run is never resumed. For the same reason, sending a FINISHED
+  end deletes the checkpoint the run uploaded before it lost the server (best effort, as
+  ``client.delete_run_artifacts``). A fully sent outbox is removed.
 - A damaged ``ops.jsonl`` or ``done.txt`` raises SyncError naming the file and line.
 """
 
@@ -36,7 +38,7 @@ from ..errors import SyncError
 from ..paths import home
 from . import artifacts
 from . import model as model_mod
-from .client import answered, is_unreachable, one_line
+from .client import answered, delete_run_artifacts, is_unreachable, one_line
 from .client import client as make_client
 
 
@@ -255,6 +257,8 @@ def replay(outbox: Outbox, client: MlflowClient | None = None) -> ReplayResult:
         result.sent += 1
         if op["op"] == "set_terminated":
             result.ended = op["status"]
+            if op["status"] == "FINISHED":  # never resumed: its uploaded checkpoint goes
+                delete_run_artifacts(client, op["run_id"], artifacts.CHECKPOINT_DIR)
     if result.failed:
         _tag_pending(client, run_ids[0], outbox, result.failed)
     elif outbox.exists() and not outbox.pending():
