@@ -233,8 +233,8 @@ def test_unreachable_server_fails_fast_before_training(command, cli_env, tmp_pat
         "Error: tracking server http://trainer:***@127.0.0.1:9 is not reachable"
     )
     assert "pw-123" not in proc.stderr and "epoch" not in proc.stderr
-    # "Within seconds": the process starts, imports MLflow, is refused at once (no training).
-    assert elapsed < 10, f"{elapsed:.1f}s including the interpreter's start"
+    # "Within seconds": the process starts, imports MLflow (not torch), is refused at once.
+    assert elapsed < 7, f"{elapsed:.1f}s including the interpreter's start"
 
 
 def test_reachability_check_answers_within_10_seconds():

@@ -72,9 +72,6 @@ def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_ur
     training goes on and what could not be sent waits in a local outbox for `sync`.
     """
     from ..config import resolve_config
-    from ..workflows.resume import resume
-    from ..workflows.train import TrainOptions
-    from ..workflows.train import train as train_run
 
     if resume_run_id is not None:
         given = [k for k, v in overrides.items() if v is not None]
@@ -84,14 +81,14 @@ def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_ur
             names = ", ".join("--" + n.replace("_", "-") for n in given)
             fail(f"--resume continues a run with its own settings; drop {names}")
         what = f"resuming run {resume_run_id}"
-        start = functools.partial(resume, resume_run_id)
+        start = functools.partial(_resume, resume_run_id)
     elif model_name is None:
         fail("missing --model; pass one of `mnist-tracker models`, or --resume RUN_ID")
     else:
         config = resolve_config(model_name, **overrides)
         what = f"training {config.model} for {config.epochs} epoch(s)"
-        start = functools.partial(train_run, config)
-    options = TrainOptions(
+        start = functools.partial(_train, config)
+    options = dict(
         data_dir=data_dir,
         experiment=experiment,
         run_name=run_name,
@@ -103,9 +100,26 @@ def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_ur
     _run(start, what, options, tracking_uri, resume_run_id)
 
 
-def _run(start, what: str, options, tracking_uri: str | None, run_id: str | None) -> None:
-    """``start(options)`` (a new run, or the resumed ``run_id``) and report how it went."""
+def _train(config, options):
+    from ..workflows.train import train
+
+    return train(config, options=options)
+
+
+def _resume(run_id: str, options):
+    from ..workflows.resume import resume
+
+    return resume(run_id, options)
+
+
+def _run(start, what: str, options: dict, tracking_uri: str | None, run_id: str | None) -> None:
+    """``start(options)`` (a new run, or the resumed ``run_id``) and report how it went.
+    The server is asked first: the workflows import torch (seconds), which a refused start
+    need not wait for."""
     uri = connect(tracking_uri)
+    from ..workflows.train import TrainOptions
+
+    options = TrainOptions(**options)
     echo_err(f"mnist-tracker {__version__}: {what}; tracking to {redact(uri)}")
     started: list[str] = [run_id] if run_id else []
     options = dataclasses.replace(options, on_run_start=started.append)
@@ -218,12 +232,16 @@ def _sync_one(box, run_id: str, uri: str) -> list[str]:
     """Replay ``box`` with the run's lease held; what the server refused (one line), if any."""
     from ..errors import SyncError
     from ..tracking import lease, outbox
-    from ..tracking.client import one_line
+    from ..tracking.client import is_unreachable, one_line
 
     held = lease.hold(run_id)
     try:
         result = outbox.replay(box)
-    except Exception as exc:  # the server stopped answering mid-way
+    except SyncError:  # a damaged outbox file: its own line
+        raise
+    except Exception as exc:
+        if not is_unreachable(exc):  # neither an outage nor a refusal: a bug, with traceback
+            raise
         raise SyncError(
             f"run {run_id}: the server went away during sync ({one_line(exc, uri, 300)}); what "
             "was sent is recorded, run sync again once it is back"

@@ -78,6 +78,7 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
     study: --trials is the study's total, and the child runs of all workers nest under one
     parent run.
     """
+    uri = connect(tracking_uri)  # first: a refused start need not wait for torch and Optuna
     import optuna
 
     from ..workflows.study import TuneSettings
@@ -85,7 +86,6 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
     from ..workflows.tune import tune as run_tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial suffices
-    uri = connect(tracking_uri)
     settings = TuneSettings(model=model_name, **settings)
     echo_err(
         f"mnist-tracker {__version__}: tuning {model_name}, {settings.trials} trial(s), "

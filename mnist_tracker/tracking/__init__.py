@@ -8,10 +8,36 @@
 - ``artifacts``: the names and schemas of what runs store, shared by writers and readers.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from . import artifacts
 from .client import check_reachable, client, set_tracking_uri
-from .run import RunSpec, TrackedRun, attached_run_id, experiment_id_for, open_run, tracked_run
-from .sink import RunSink
+
+if TYPE_CHECKING:
+    from .run import RunSpec, TrackedRun, attached_run_id, experiment_id_for, open_run, tracked_run
+    from .sink import RunSink
+
+# Loaded on first use: ``run`` and ``sink`` import torch (seconds), and the CLI's first step,
+# asking whether the server answers, needs only ``client`` (MLflow).
+_LAZY = {
+    "RunSink": "sink",
+    "RunSpec": "run",
+    "TrackedRun": "run",
+    "attached_run_id": "run",
+    "experiment_id_for": "run",
+    "open_run": "run",
+    "tracked_run": "run",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "RunSink",
