@@ -447,3 +447,19 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_the_run(sqlite_u
         result, "batch size 128 is larger than the training set (64 images)", alone=False
     )
     assert_store_untouched(sqlite_uri)
+
+
+@pytest.mark.parametrize("value", ["bogus", "0", "-5m", "10 minutes", "1w"])
+def test_reap_refuses_a_duration_it_cannot_read(value, sqlite_uri):
+    result = invoke("runs", "reap", "--older-than", value, "--tracking-uri", sqlite_uri)
+    assert result.exit_code == 2, result.output
+    assert f"{value!r} is not a duration; pass e.g. 10m, 90s or 2h" in result.output
+    assert "Traceback" not in result.output
+    assert_no_runs(sqlite_uri)
+
+
+def test_reap_reads_durations_in_each_unit():
+    from mnist_tracker.cli.runs import parse_duration
+
+    given = ["90", "90s", "1.5m", " 2h ", "1d"]
+    assert [parse_duration(None, None, v) for v in given] == [90, 90, 90, 7200, 86400]

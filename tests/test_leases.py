@@ -4,7 +4,8 @@ that survive a damaged copy or a full disk (issue 11).
 Runs are tiny (64 images, the cnn, the CPU). Stopped runs are made in this process (a callback
 stops the fit after epoch 1, KILLED, with its checkpoint kept and uploaded); a process that
 must die by SIGKILL, or hold a lease while the CLI runs, is a subprocess. The CLI's own
-commands run in this process (``CliRunner``): refusals are read from its stderr.
+commands run in this process (``CliRunner``): refusals are read from its stderr. The races
+are two real CLI subprocesses started at the same moment.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from mnist_tracker.paths import checkpoint_path, outbox_dir, run_dir
 from mnist_tracker.tracking import artifacts
 from mnist_tracker.tracking.outbox import Outbox
 
-from .conftest import SUBSET, _needs_service
+from .conftest import BIN, SUBSET, _needs_service
+from .faultproxy import FaultProxy
 from .test_cli import invoke, one_error_line
 from .test_resilience import Cli, history
 
 pytestmark = pytest.mark.slow
 
+API = "/api/2.0/mlflow"
 TINY = ["--limit-train", "64", "--limit-test", "64", "--device", "cpu", "--no-system-metrics"]
 
 
@@ -103,6 +106,26 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def start_holder(run_id: str, env: dict[str, str]) -> subprocess.Popen:
+    """A process holding ``run_id``'s lease (beating), as a training run does; returns once
+    it holds it."""
+    code = (
+        "from mnist_tracker.tracking import lease; "
+        f"lease.hold({run_id!r}).beating(); print('held', flush=True); "
+        "import time; time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    lines: list[str] = []
+    while not lines or lines[-1].strip() != "held":
+        line = holder.stdout.readline()
+        if not line:
+            kill(holder)
+            raise AssertionError(f"the holder ended before holding the lease:\n{''.join(lines)}")
+        lines.append(line)
+    return holder
+
+
 # ---------------------------------------------------------------------------------------------
 # One process per run
 
@@ -113,20 +136,9 @@ def test_second_resume_of_a_run_in_use_is_refused(sqlite_uri, experiment_name, c
     op = {"op": "log_batch", "run_id": run_id, "metrics": [], "params": {},
           "tags": {"queued": "yes"}}  # fmt: skip
     box.add(op, meta={"run_id": run_id, "tracking_uri": sqlite_uri})
-    code = (
-        "from mnist_tracker.tracking import lease; "
-        f"lease.hold({run_id!r}).beating(); print('held', flush=True); "
-        "import time; time.sleep(60)"
-    )
     env = dict(cli_env, MLFLOW_TRACKING_URI=sqlite_uri, MNIST_TRACKER_HEARTBEAT_S="1")
-    holder = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    holder = start_holder(run_id, env)
     try:
-        lines = []
-        while not lines or lines[-1].strip() != "held":
-            line = holder.stdout.readline()
-            assert line, f"the holder ended before holding the lease:\n{''.join(lines)}"
-            lines.append(line)
         client = MlflowClient()
         tags = client.get_run(run_id).data.tags
         assert tags[artifacts.HOLDER_TAG] == f"{socket.gethostname()}:{holder.pid}"
@@ -171,6 +183,144 @@ def test_a_live_holder_on_another_machine_is_refused_and_a_stale_one_is_not(
     resume_ok(run_id, epochs=3)
     holder = client.get_run(run_id).data.tags[artifacts.HOLDER_TAG]
     assert holder.startswith(f"{socket.gethostname()}:")
+
+
+# ---------------------------------------------------------------------------------------------
+# Races: two real processes started at the same moment
+
+
+class Racer:
+    """A `mnist-tracker` subprocess whose stdout and stderr go to files (nothing can block)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], folder: Path, name: str):
+        self.stdout_path, self.stderr_path = folder / f"{name}.out", folder / f"{name}.err"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen([str(BIN / "mnist-tracker"), *args], stdout=out,
+                                         stderr=err, env=env)  # fmt: skip
+        self.started = time.monotonic()
+        self.code: int | None = None
+        self.ended = 0.0
+        self.others_running = 0  # how many other racers were still running when this one ended
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def race(args: list[str], env: dict[str, str], folder: Path, timeout: float = 120):
+    """Two ``mnist-tracker ARGS`` started back to back and waited for together: (winner,
+    loser), the winner the one that exited 0; each end is timed and polled as it comes."""
+    racers = [Racer(args, env, folder, name) for name in ("a", "b")]
+    deadline = time.monotonic() + timeout
+    try:
+        while any(r.code is None for r in racers):
+            assert time.monotonic() < deadline, f"the racers ran over {timeout:.0f} s"
+            for racer in racers:
+                if racer.code is None and racer.proc.poll() is not None:
+                    racer.code, racer.ended = racer.proc.returncode, time.monotonic()
+                    racer.others_running = sum(o.proc.poll() is None for o in racers)
+            time.sleep(0.01)
+    finally:
+        for racer in racers:
+            kill(racer.proc)
+    assert abs(racers[0].started - racers[1].started) < 0.5, "not started at the same moment"
+    codes = sorted(r.code for r in racers)
+    assert codes == [0, 2], [(r.code, r.stdout[-1500:], r.stderr[-3000:]) for r in racers]
+    winner, loser = sorted(racers, key=lambda r: r.code)
+    assert loser.others_running == 1 and loser.ended < winner.ended, (
+        "the loser ended after the winner: the two did not overlap"
+    )
+    return winner, loser
+
+
+def refused_in_use(loser: Racer, run_id: str, winner: Racer) -> str:
+    """The loser's stderr: one ``Error:`` line, the last, naming the run, "in use" and the
+    winner's pid (the lock it met was the winner's, held while it ran); no traceback."""
+    err = loser.stderr
+    assert "Traceback" not in err + loser.stdout, err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], err
+    for part in (f"run {run_id}", "in use", f"pid {winner.proc.pid}"):
+        assert part in errors[0], errors[0]
+    return errors[0]
+
+
+def logged_models(run_id: str) -> list:
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+
+
+def test_two_resumes_started_at_once_one_wins(sqlite_uri, experiment_name, cli_env, tmp_path):
+    """Case 3: two real `train --resume RUN` at the same moment; one trains, one is refused."""
+    run_id = stopped_run(experiment_name, epochs=3)
+    env = dict(cli_env, MLFLOW_TRACKING_URI=sqlite_uri, MNIST_TRACKER_HEARTBEAT_S="1")
+    winner, loser = race(["train", "--resume", run_id, "--no-system-metrics"], env, tmp_path)
+
+    refused_in_use(loser, run_id, winner)
+    assert f"run {run_id}: resuming after epoch 1 of 3" in winner.stderr, winner.stderr
+    assert "Traceback" not in winner.stderr
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert steps(run_id) == [1, 2, 3]
+    assert len(logged_models(run_id)) == 1
+    assert not checkpoint_path(run_id).exists()
+
+
+def test_two_syncs_of_one_run_at_once_send_each_operation_once(
+    server_uri, experiment_name, cli_env, tmp_path
+):
+    """Case 4: two real `sync RUN_FOLDER` at the same moment on an outbox of 42 operations;
+    the artifact upload is slowed 6 s at the proxy, so the winner is sending while the other
+    asks for the run. Every request is counted at the proxy: none is made twice."""
+    client = MlflowClient(server_uri)
+    experiment_id = client.create_experiment(experiment_name)
+    run_id = client.create_run(experiment_id).info.run_id
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 * 1024 * 1024))
+    box = Outbox(outbox_dir(run_id))
+    with FaultProxy(server_uri) as proxy:
+        meta = {"run_id": run_id, "tracking_uri": proxy.url}
+        for step in range(1, 41):
+            metric = {"key": "train_loss", "value": 1.0 / step, "timestamp": 1000 + step,
+                      "step": step}  # fmt: skip
+            params = {"model": "cnn"} if step == 1 else {}
+            box.add({"op": "log_batch", "run_id": run_id, "metrics": [metric], "params": params,
+                     "tags": {}}, meta=meta)  # fmt: skip
+            if step == 20:
+                box.add({"op": "log_artifact", "run_id": run_id, "name": "big.bin",
+                         "artifact_path": "plots"}, files={"big.bin": big})  # fmt: skip
+        box.add({"op": "set_terminated", "run_id": run_id, "status": "FINISHED",
+                 "end_time": int(time.time() * 1000)})  # fmt: skip
+        assert len(box.pending()) == 42
+        proxy.add("PUT", "/artifacts/.*/plots/big.bin$", "slow", times=None, delay_s=6.0)
+        proxy.add("POST", f"{API}/runs/log-batch$", "slow", times=None)  # counted, not slowed
+        proxy.add("POST", f"{API}/runs/update$", "slow", times=None)  # the end, counted
+        env = dict(cli_env, MLFLOW_TRACKING_URI=proxy.url)
+        winner, loser = race(["sync", str(run_dir(run_id))], env, tmp_path)
+
+        refused_in_use(loser, run_id, winner)
+        assert f"run {run_id}: sent 42 operation(s)" in winner.stdout, winner.stdout
+        assert "run ended FINISHED" in winner.stdout, winner.stdout
+        # Each request once: the 40 batches (+1, the winner's holder tags), one upload, one end.
+        assert proxy.hit("slow", "plots/big.bin") == 1, proxy.hits
+        assert proxy.hit("slow", "runs/log-batch") == 41, proxy.hits
+        assert proxy.hit("slow", "runs/update") == 1, proxy.hits
+
+    # The server drops a repeated identical metric, so the counts above are the real proof.
+    assert steps(run_id) == list(range(1, 41))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"model": "cnn"}
+    assert [a.path for a in client.list_artifacts(run_id)] == ["plots"]
+    (uploaded,) = client.list_artifacts(run_id, "plots")
+    assert (uploaded.path, uploaded.file_size) == ("plots/big.bin", 2 * 1024 * 1024)
+    assert not box.folder.exists() and not run_dir(run_id).exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,3 +494,46 @@ def test_a_full_disk_costs_the_checkpoint_not_the_run(
         assert not [name for name in left if "checkpoint" in name], left
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_reap_leaves_a_run_whose_lock_a_live_local_process_holds(
+    sqlite_uri, experiment_name, cli_env
+):
+    """Case 7: a RUNNING run whose heartbeat is 20 min old but whose lock a live process here
+    holds (as a training run that lost its server would) is not reaped; once that process is
+    SIGKILLed, the same reap ends it. So the skip came from the lock, nothing else."""
+    from mnist_tracker.tracking import lease
+
+    client = MlflowClient()
+    client.create_experiment(experiment_name)
+    run_id = live_run(experiment_name, {})
+    # Its next heartbeat is an hour away: the heartbeat tag stays where the test puts it.
+    env = dict(cli_env, MLFLOW_TRACKING_URI=sqlite_uri, MNIST_TRACKER_HEARTBEAT_S="3600")
+    holder = start_holder(run_id, env)
+    lock = run_dir(run_id) / "lock"
+    try:
+        held_by = f"{socket.gethostname()}:{holder.pid}"
+        assert client.get_run(run_id).data.tags[artifacts.HOLDER_TAG] == held_by
+        assert lock.read_text().strip() == f"mnist-tracker pid {holder.pid}"
+        old_beat = iso_ago(20)
+        set_tags(run_id, {artifacts.HEARTBEAT_TAG: old_beat})
+        assert lease.is_stale(client.get_run(run_id)), "by its tags alone it is a zombie"
+
+        ended, err = reap("--experiment", experiment_name)
+        assert ended == [] and "0 stale run(s) ended" in err, (ended, err)
+        assert holder.poll() is None, "the holder was alive during the reap"
+        run = client.get_run(run_id)
+        assert run.info.status == "RUNNING"
+        assert artifacts.REAPED_TAG not in run.data.tags
+        assert run.data.tags[artifacts.HOLDER_TAG] == held_by
+        assert run.data.tags[artifacts.HEARTBEAT_TAG] == old_beat, "the reap set no tag"
+        assert lock.read_text().strip() == f"mnist-tracker pid {holder.pid}", "lock untouched"
+    finally:
+        kill(holder)
+
+    ended, err = reap("--experiment", experiment_name)
+    assert len(ended) == 1 and ended[0].startswith(f"ended FAILED run {run_id} "), (ended, err)
+    assert "1 stale run(s) ended" in err
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert f"no heartbeat from {held_by}" in run.data.tags[artifacts.REAPED_TAG]

@@ -163,7 +163,13 @@ def _lock_file(run_id: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        # The holder writes its pid just after it took the lock: give it that moment.
+        for _ in range(20):
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.01)
+        holder = holder or "another process"
         os.close(fd)
         raise RunLocked(
             f"run {run_id} is in use by {holder} (training, resuming or syncing it); wait "
