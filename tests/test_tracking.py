@@ -212,6 +212,38 @@ def test_signal_marks_the_run_killed(server_uri, experiment_name, cli_env, sig, 
     assert len(MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")) >= 1
 
 
+def test_log_records_are_scrubbed_whoever_logs_them(monkeypatch):
+    """MLflow's and urllib3's warnings quote request URLs: once the scrubber is installed, no
+    handler (one added later, on a child logger, or logging's last resort) sees a password."""
+    import logging
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "env-secret-77")
+    uris.install_log_scrubber()
+    uris.install_log_scrubber()  # idempotent: one factory, not two
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(self.format(record))
+
+    logger = logging.getLogger("mlflow.system_metrics.child")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.warning("Failed to get mlflow run: %s.", "API request to http://u:pw-41@h:5000/x")
+        try:
+            raise ValueError("token env-secret-77 at postgresql://db:pg-9@db/m")
+        except ValueError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    text = "\n".join(seen)
+    assert "http://u:***@h:5000/x" in text and "postgresql://db:***@db/m" in text
+    assert "ValueError" in text and "Traceback" in text
+    for secret in ("pw-41", "pg-9", "env-secret-77"):
+        assert secret not in text
+
+
 def test_redact_hides_passwords():
     assert uris.redact("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert uris.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
