@@ -7,6 +7,7 @@ import base64
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -99,14 +100,59 @@ def _children(parent_run_id):
     return client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
+def _waiting_on_study_lock(storage: str, study_name: str) -> int:
+    """How many sessions wait on the study's advisory lock (``StudyLock``'s key)."""
+    import sqlalchemy
+
+    from mnist_tracker.workflows.study import StudyLock
+
+    key = StudyLock(None, study_name)._key
+    engine = sqlalchemy.create_engine(storage)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND classid = :hi AND objid = :lo AND objsubid = 1"
+                ),
+                {"hi": key >> 32, "lo": key & 0xFFFFFFFF},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def test_two_workers_on_a_postgres_study(postgres, logged_in, experiment_name, cli_env):
+    """Two workers share one study: each runs trials of it (its child runs' holder tag names
+    its pid), no trial number twice, 8 in all. The test holds the study lock until both wait
+    on it, past their start-up and data loading, so neither can run the study alone."""
+    from mnist_tracker.tracking.artifacts import HOLDER_TAG
+    from mnist_tracker.workflows.study import StudyLock
+
     study_name = f"pg-{experiment_name}"
+    storage = pg_url(postgres, "optuna", "optuna")
     command = _tune_command(postgres, experiment_name, study_name, 8)
-    workers = [
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=cli_env)
-        for _ in range(2)
-    ]  # fmt: skip
+    gate = StudyLock.open(storage, study_name)
+    workers, started = [], False
+    try:
+        gate.acquire()
+        workers = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli_env)
+            for _ in range(2)
+        ]  # fmt: skip
+        deadline = time.monotonic() + 300
+        while _waiting_on_study_lock(storage, study_name) < 2:
+            exited = [w.args for w in workers if w.poll() is not None]
+            assert not exited, "a worker ended before it reached the study lock"
+            assert time.monotonic() < deadline, "the workers did not reach the study lock"
+            time.sleep(0.2)
+        started = True
+    finally:
+        gate.close()  # both start the study together
+        if not started:
+            for w in workers:
+                w.kill()
+                w.communicate()
     outputs = [w.communicate(timeout=900) for w in workers]
     for worker, (_, err) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, err[-3000:]
@@ -118,6 +164,17 @@ def test_two_workers_on_a_postgres_study(postgres, logged_in, experiment_name, c
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     children = _children(parent_id)
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == list(range(8))
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
+    # Which worker ran which trial: the holder tag of its child run is "host:pid".
+    by_worker: dict[int, list[int]] = {w.pid: [] for w in workers}
+    for run in children:
+        host, pid = run.data.tags[HOLDER_TAG].rsplit(":", 1)
+        assert host == socket.gethostname()
+        assert int(pid) in by_worker, f"{run.data.tags[HOLDER_TAG]} is neither worker"
+        by_worker[int(pid)].append(int(run.data.tags["optuna.trial_number"]))
+    assert all(by_worker.values()), f"a worker ran no trial: {by_worker}"
+    numbers = [n for ran in by_worker.values() for n in ran]
+    assert len(numbers) == len(set(numbers)) == 8, f"trials run twice or missing: {by_worker}"
     parent = MlflowClient().get_run(parent_id)
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.metrics["n_complete"] == 8

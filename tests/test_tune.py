@@ -104,6 +104,85 @@ def test_eager_pruner_kills_and_tags(server_uri, experiment_name):
     assert outcome.final_run_id is None
 
 
+# A trial the real pruners must stop: at a 20x smaller lr, with a quarter of the optimizer
+# steps, its first epoch stays near chance (about 0.13 here) while the strong ones reach about
+# 0.57 on 400 images. Every parameter is fixed, so the sampler (unseeded with a storage) draws
+# nothing, and training is seeded: each run repeats the same accuracies.
+STRONG = dict(
+    lr=2e-3, weight_decay=1e-6, batch_size=32, optimizer="adam", dropout_conv=0.0, dropout_fc=0.1
+)
+HOPELESS = dict(STRONG, lr=1e-4, batch_size=128)
+PRUNE_TINY = dict(TINY, limit_train=400)  # 200 images: 7 steps an epoch, too few to learn
+
+
+def _tune_enqueued(pruner: str, enqueued: list[dict], experiment_name, tmp_path):
+    """``tune`` with the real ``pruner`` (``TuneSettings.pruner``, built by the product) on a
+    journal study whose trials are ``enqueued`` in that order."""
+    journal = tmp_path / "study.journal"
+    study_name = f"prune-{pruner}"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    for params in enqueued:
+        study.enqueue_trial(params)
+    settings = TuneSettings(
+        "cnn", trials=len(enqueued), pruner=pruner, final=False, storage=f"journal:{journal}",
+        study_name=study_name, experiment=experiment_name, **PRUNE_TINY,
+    )  # fmt: skip
+    return tune(settings, data_dir=SUBSET)
+
+
+def _assert_only_last_pruned(outcome, n_trials: int) -> None:
+    """The last trial (the hopeless one) is PRUNED after its first epoch of the two, its child
+    run KILLED and tagged; the others COMPLETE with both epochs, their runs FINISHED."""
+    epochs = PRUNE_TINY["epochs"]
+    trials = sorted(outcome.study.get_trials(), key=lambda t: t.number)
+    values = {t.number: t.intermediate_values for t in trials}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * (n_trials - 1) + [
+        TrialState.PRUNED
+    ], values
+    pruned = trials[-1]
+    assert sorted(pruned.intermediate_values) == [1], "pruned after fewer epochs than the max"
+    assert len(pruned.intermediate_values) < epochs
+    for trial in trials[:-1]:
+        assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+    assert outcome.counts == {"complete": n_trials - 1, "pruned": 1, "failed": 0}
+
+    client = MlflowClient()
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in _children(outcome.parent_run_id)}
+    assert sorted(runs) == list(range(n_trials))
+    killed = runs[pruned.number]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["optuna.state"] == "PRUNED"
+    assert killed.info.run_id == pruned.user_attrs["mlflow_run_id"]
+    steps = [m.step for m in client.get_metric_history(killed.info.run_id, "val_accuracy")]
+    assert steps == [1], "the pruned run logged fewer epochs than the max"
+    for number in range(n_trials - 1):
+        assert runs[number].info.status == "FINISHED"
+        assert runs[number].data.tags["optuna.state"] == "COMPLETE"
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["n_pruned"] == 1
+    assert parent.data.metrics["n_complete"] == n_trials - 1
+
+
+def test_median_pruner_prunes_a_hopeless_trial(server_uri, experiment_name, tmp_path):
+    """``--pruner median`` as the product builds it (3 startup trials, no warm-up): the
+    fourth trial, hopeless, is below the median of the first three at epoch 1."""
+    outcome = _tune_enqueued("median", [STRONG] * 3 + [HOPELESS], experiment_name, tmp_path)
+    assert type(outcome.study.pruner) is optuna.pruners.MedianPruner
+    _assert_only_last_pruned(outcome, 4)
+
+
+def test_hyperband_pruner_prunes_a_hopeless_trial(server_uri, experiment_name, tmp_path):
+    """``--pruner hyperband`` as the product builds it (min_resource 1, max_resource the
+    epochs): with 2 epochs it has one bracket, whose first rung is epoch 1; a trial is
+    promoted past it only if it is the best there so far, which the hopeless second is not."""
+    outcome = _tune_enqueued("hyperband", [STRONG, HOPELESS], experiment_name, tmp_path)
+    assert type(outcome.study.pruner) is optuna.pruners.HyperbandPruner
+    _assert_only_last_pruned(outcome, 2)
+
+
 def test_failing_trial_is_failed_and_the_study_goes_on(server_uri, experiment_name):
     def explode(trial, epoch, metrics):
         if trial.number == 1:
@@ -289,3 +368,28 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
     dead = next(r for r in children if r.info.status == "FAILED")
     assert dead.data.tags["optuna.trial_number"] == str(dead_number)
     assert dead.data.tags["optuna.state"] == "FAIL"
+
+
+def test_journal_study_lock_leaves_the_backend_its_own_lock(tmp_path):
+    """The workers' study lock on a journal is not the journal backend's lock file
+    (``PATH.lock``, a symlink): sharing it made every worker's first write wait 30 s, then
+    delete the study lock's file, after which two workers could hold the lock at once."""
+    import fcntl
+
+    from mnist_tracker.workflows.study import StudyLock, open_storage
+
+    url = f"journal:{tmp_path / 'study.journal'}"
+    first = StudyLock.open(url, "s")
+    second = None
+    try:
+        first.acquire()
+        start = time.monotonic()
+        optuna.create_study(study_name="s", storage=open_storage(TuneSettings("cnn", storage=url)))
+        assert time.monotonic() - start < 5, "the journal backend waited on the study lock"
+        second = StudyLock.open(url, "s")  # a worker that starts now
+        with pytest.raises(BlockingIOError):  # the same lock: it has to wait
+            fcntl.flock(second._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()

@@ -252,7 +252,9 @@ class StudyLock:
         if storage_url:
             journal = _journal_path(storage_url)
             if journal is not None:
-                path = journal.with_name(journal.name + ".lock")
+                # Not PATH.lock: that is the journal backend's own lock (a symlink), which
+                # would wait 30 s on this file, then delete it.
+                path = journal.with_name(journal.name + ".study-lock")
             elif storage_url.startswith("sqlite:///"):
                 db = Path(storage_url.removeprefix("sqlite:///"))
                 path = db.with_name(db.name + ".lock")
