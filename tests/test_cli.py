@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -29,11 +30,25 @@ def assert_no_runs(uri: str) -> None:
     assert client.search_runs(ids) == []
 
 
+CORRUPT_FILE = "t10k-labels-idx1-ubyte.gz"
+
+
 def _corrupt_dir(tmp_path):
     folder = copy_subset(tmp_path / "corrupt")
-    path = folder / "t10k-labels-idx1-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-30])
+    path = folder / CORRUPT_FILE
+    path.write_bytes(path.read_bytes()[:-30])  # gzip stream cut short: cannot decompress
     return str(folder)
+
+
+def assert_names_the_corrupt_file(line: str, folder: str) -> None:
+    """The one error line names the file (full path), the problem and the fix
+    (``data.idx.read_bytes``); the zlib detail in parentheses is Python's, any wording."""
+    path = os.path.join(folder, CORRUPT_FILE)
+    expected = (
+        rf"Error: {re.escape(path)}: cannot decompress or read \(.+\); "
+        r"the file is truncated or corrupt, delete it and download it again"
+    )
+    assert re.fullmatch(expected, line), line
 
 
 BAD = [
@@ -68,8 +83,11 @@ def test_bad_input_is_one_line_exit_2_no_run(args, message, sqlite_uri):
 def test_corrupt_data_is_exit_2_no_run(tmp_path, sqlite_uri):
     folder = _corrupt_dir(tmp_path)
     result = invoke("train", "--model", "cnn", "--data-dir", folder, "--tracking-uri", sqlite_uri)
-    assert result.exit_code == 2
-    assert "t10k-labels-idx1-ubyte.gz" in result.stderr and "corrupt" in result.stderr
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert_names_the_corrupt_file(lines[-1], folder)
+    assert not any(line.startswith("Error") for line in lines[:-1]), result.stderr
+    assert "Traceback" not in result.output
     assert_no_runs(sqlite_uri)
 
 
@@ -122,8 +140,11 @@ def test_data_check_prints_counts():
 
 
 def test_data_check_on_corrupt_data(tmp_path):
-    result = invoke("data", "check", "--data-dir", _corrupt_dir(tmp_path))
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    folder = _corrupt_dir(tmp_path)
+    result = invoke("data", "check", "--data-dir", folder)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, and only that
+    assert_names_the_corrupt_file(result.stderr.rstrip("\n"), folder)
 
 
 def test_unknown_command_is_one_line():

@@ -1,11 +1,14 @@
 """The benchmarks keep working: each script runs in its smoke mode on the committed subset.
 
-They are run by hand for the figures in benchmarks/RESULTS.md; here only that they run to the
-end and print their header (command, machine, software) and a table with at least one row.
+They are run by hand for the figures in benchmarks/RESULTS.md; here that they run to the end,
+print their header (command, machine, software) and a table whose figures are real: numbers
+(not the ``-`` a script prints when it could not measure), in sane ranges, consistent with each
+other and with what the script printed on the way (e.g. the epoch line it parsed).
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -15,17 +18,156 @@ from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+NUMBER = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
+
+
+def number(cell: str, unit: str = "") -> float:
+    """A table cell as a number: ``1,234.5``, ``+3.21%`` (unit ``%``), ``1.88x`` (unit ``x``).
+    Fails on ``-`` or any other text: the figure was not measured."""
+    assert cell.endswith(unit), (cell, unit)
+    text = cell.removesuffix(unit) if unit else cell
+    assert NUMBER.fullmatch(text), f"not a number: {cell!r}"
+    return float(text.replace(",", ""))
+
+
+def quotient_slack(a: float, b: float, half_step: float, shown_half_step: float) -> float:
+    """How far a printed ``a / b`` may lie from the quotient of the printed, rounded ``a`` and
+    ``b`` (each off by up to ``half_step``), itself printed to ``shown_half_step``."""
+    return (a / b) * (half_step / a + half_step / b) + shown_half_step + 1e-9
+
+
+def table(stdout: str, header: str) -> list[dict[str, str]]:
+    """The markdown table whose header line starts with ``header``: one dict per row."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(header))
+    names = [c.strip() for c in lines[at].strip().strip("|").split("|")]
+    rows = []
+    for line in lines[at + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == len(names), line
+        rows.append(dict(zip(names, cells, strict=True)))
+    assert rows, stdout[-2000:]
+    return rows
+
+
+def check_throughput(stdout: str) -> None:
+    """Every model, 64 images, batch 64; images per second > 0 for both pipelines (and ours
+    without the feature cache for the transfer models), the ratio their quotient."""
+    rows = table(stdout, "| model | image size |")
+    assert [r["model"] for r in rows] == ["cnn", "deep_cnn", "vgg16", "alexnet", "vit"]
+    for r in rows:
+        assert number(r["images"]) == 64 and number(r["batch"]) == 64, r
+        assert 28 <= number(r["image size"]) <= 224, r
+        lab, ours = number(r["lab img/s"]), number(r["ours img/s"])
+        assert 0 < lab < 1e7 and 0 < ours < 1e7, r
+        # One repeat: the ratio is ours / lab (cells rounded to 0.1 img/s and 0.01).
+        slack = quotient_slack(ours, lab, 0.05, 0.005)
+        assert number(r["ours / lab"], "x") == pytest.approx(ours / lab, abs=slack), r
+        assert 0 < number(r["lab data alone img/s"]) < 1e8, r
+        if r["model"] in ("vgg16", "alexnet"):  # a cached 5-epoch fit, and one epoch without
+            no_cache = number(r["ours, no cache img/s"])
+            assert 0 < no_cache < 1e7, r
+            slack = quotient_slack(no_cache, lab, 0.05, 0.005)
+            assert number(r["no cache / lab"], "x") == pytest.approx(no_cache / lab, abs=slack), r
+            assert re.fullmatch(r"\w+, feature cache on, 5 epochs", r["ours ran"]), r
+        else:
+            assert r["ours, no cache img/s"] == r["no cache / lab"] == "-", r
+            assert re.fullmatch(r"\w+, feature cache off, 1 epoch", r["ours ran"]), r
+        assert r["met"] == ("n/a (smoke)" if r["target"] != "-" else "-"), r
+
+
+def check_time_to_accuracy(stdout: str) -> None:
+    """One run: a positive wall time, the final accuracy the command's own epoch line gave
+    (so the line was parsed: its epoch count is 1), and the time to 99.3 % a number of
+    seconds within the wall time when reached (the smoke run's one tiny epoch never does)."""
+    (row,) = table(stdout, "| run | wall time (s) |")
+    assert row["run"] == "1"
+    wall = number(row["wall time (s)"])
+    assert 0 < wall < 600, row
+    accuracy = number(row["final test accuracy"], "%")
+    assert 0 <= accuracy <= 100, row
+    epoch_lines = re.findall(r"^  epoch 1/1 .*test_acc ([\d.]+)%", stdout, re.M)
+    assert epoch_lines == [row["final test accuracy"].removesuffix("%")], stdout[-3000:]
+    reached, epoch = row["reached 99.3% at (s)"], row["epoch"]
+    if accuracy >= 99.3:
+        assert 0 < number(reached) <= wall and epoch == "1/1", row
+    else:
+        assert reached == "-" and epoch == "-/1", row
+    assert row["target: >= 99.3% within 150 s"] == "n/a (smoke)", row
+
+
+def check_tracking_overhead(stdout: str) -> None:
+    """Positive times for the plain, tracked and cold runs, the overheads their quotients,
+    and the summed tracking calls the sum of the per-call breakdown."""
+    rows = {r["measure"]: r for r in table(stdout, "| measure | seconds |")}
+    plain = number(rows["plain run (median)"]["seconds"])
+    tracked = number(rows["tracked run (median)"]["seconds"])
+    cold = number(rows["cold: first tracked run"]["seconds"])
+    assert 0 < plain < 600 and 0 < tracked < 600 and 0 < cold < 600, rows
+    overhead = number(rows["tracked run (median)"]["overhead vs plain"], "%")
+    slack = 100 * quotient_slack(tracked, plain, 0.005, 0.00005)
+    assert overhead == pytest.approx(100 * (tracked / plain - 1), abs=slack), rows
+    pairs = number(rows["tracked / plain - 1, median of the pairs"]["overhead vs plain"], "%")
+    assert pairs == pytest.approx(overhead, abs=0.01), rows  # one repeat: one pair
+    summed = number(rows["tracking calls, summed (median)"]["seconds"])
+    cold_summed = number(rows["cold: its tracking calls, summed"]["seconds"])
+    assert 0 < summed < tracked and 0 < cold_summed < cold, rows
+    calls = table(stdout, "| tracking call | warm (s) |")
+    warm = [number(c["warm (s)"]) for c in calls]
+    first = [number(c["cold, first run (s)"]) for c in calls]
+    assert all(s >= 0 for s in warm + first), calls
+    assert {"params", "epoch metrics", "model", "checkpoints"} <= {
+        c["tracking call"] for c in calls
+    }
+    assert sum(warm) == pytest.approx(summed, abs=0.01 + 0.0005 * len(calls)), calls
+    assert sum(first) == pytest.approx(cold_summed, abs=0.01 + 0.0005 * len(calls)), calls
+    verdict_line = r"^target: tracking adds <= 2% \((warm|cold), summed calls\): (\S+)$"
+    verdicts = re.findall(verdict_line, stdout, re.M)
+    assert [w for w, _ in verdicts] == ["warm", "cold"], stdout[-2000:]
+    for (kind, verdict), seconds in zip(verdicts, (summed, cold_summed), strict=True):
+        assert verdict == ("yes" if seconds / plain <= 0.02 else "NO"), (kind, verdict)
+
+
+def check_compare_scale(stdout: str) -> None:
+    """50 runs; the store's size; compare's time a positive number of seconds (one repeat:
+    min = median = max); the load averages numbers."""
+    (row,) = table(stdout, "| runs | store (MB) |")
+    assert number(row["runs"]) == 50
+    assert 0 <= number(row["store (MB)"]) < 1000, row
+    low, mid, high = (number(row[k]) for k in ("min (s)", "median (s)", "max (s)"))
+    assert 0 < low == mid == high < 600, row
+    before, after = row["load before / after"].split(" / ")
+    assert number(before) >= 0 and number(after) >= 0, row
+    # The store was built: its time and time per run are numbers (what follows may vary).
+    assert re.search(r"^created 50 runs in \d+ s \(\d+\.\d ms/run\b", stdout, re.M), stdout
+
+
+SCRIPTS = [  # script, its table's header (the start), what its figures must be
+    (
+        "throughput.py",
+        "| model | image size | images | batch | lab img/s | ours img/s |",
+        check_throughput,
+    ),
+    (
+        "time_to_accuracy.py",
+        "| run | wall time (s) | final test accuracy |",
+        check_time_to_accuracy,
+    ),
+    ("tracking_overhead.py", "| measure | seconds | overhead vs plain |", check_tracking_overhead),
+    (
+        "compare_scale.py",
+        "| runs | store (MB) | min (s) | median (s) | max (s) |",
+        check_compare_scale,
+    ),
+]
+
 
 @pytest.mark.parametrize(
-    ("script", "table_header"),
-    [
-        ("throughput.py", "| model | image size | images | batch | lab img/s | ours img/s |"),
-        ("time_to_accuracy.py", "| run | wall time (s) | final test accuracy |"),
-        ("tracking_overhead.py", "| measure | seconds | overhead vs plain |"),
-        ("compare_scale.py", "| runs | store (MB) | min (s) | median (s) | max (s) |"),
-    ],
+    ("script", "table_header", "check"), SCRIPTS, ids=[s for s, _, _ in SCRIPTS]
 )
-def test_benchmark_runs_in_smoke_mode(script, table_header, cli_env):
+def test_benchmark_runs_in_smoke_mode(script, table_header, check, cli_env):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--smoke"],
         capture_output=True,
@@ -37,14 +179,4 @@ def test_benchmark_runs_in_smoke_mode(script, table_header, cli_env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for needed in ("command: ", "machine: ", "software: torch ", table_header):
         assert needed in proc.stdout, needed
-    # The table has rows, each with as many cells as its header.
-    lines = proc.stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith(table_header))
-    columns = lines[at].count("|")
-    rows = []
-    for line in lines[at + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append(line)
-    assert rows, proc.stdout[-2000:]
-    assert all(row.count("|") == columns for row in rows), rows
+    check(proc.stdout)

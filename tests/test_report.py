@@ -309,25 +309,50 @@ def test_confusion_artifact_round_trips_sklearns_matrix():
             artifacts.read_confusion(broken)
 
 
+# Test accuracies the runs log, in creation order: shuffled, so neither the order the runs were
+# made in nor its reverse is the ranking; 15 runs, so the report details 12 and leaves 3 out.
+DETAIL_ACCURACIES = [p / 100 for p in (31, 97, 12, 88, 55, 93, 5, 76, 64, 99, 42, 81, 20, 70, 90)]
+
+
 def test_report_reads_details_of_the_best_runs_only(sqlite_uri, tmp_path, monkeypatch):
+    assert len(DETAIL_ACCURACIES) == report.MAX_DETAILED_RUNS + 3
     client = MlflowClient(sqlite_uri)
     experiment_id = client.create_experiment("many")
-    for i in range(report.MAX_DETAILED_RUNS + 3):
+    accuracy_of: dict[str, float] = {}
+    for i, accuracy in enumerate(DETAIL_ACCURACIES):
         run_id = client.create_run(experiment_id, run_name=f"r{i}").info.run_id
-        metrics = {"test_accuracy": i / 100, "test_f1_macro": 0.1, "training_time_s": 1.0}
+        metrics = {"test_accuracy": accuracy, "test_f1_macro": 0.1, "training_time_s": 1.0}
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 1) for k, v in metrics.items()])
         client.log_batch(run_id, params=[Param("model", "cnn")])
         client.set_terminated(run_id)
-    read: list[str] = []
-    original = MlflowClient.get_metric_history
+        accuracy_of[run_id] = accuracy
+    # The report ranks by --metric (default test_accuracy, highest first) and details the
+    # first MAX_DETAILED_RUNS: the known best 12, never the 3 worst (0.05, 0.12, 0.2).
+    ranked = sorted(accuracy_of, key=accuracy_of.get, reverse=True)
+    best = set(ranked[: report.MAX_DETAILED_RUNS])
+    worst = set(ranked[report.MAX_DETAILED_RUNS :])
+    assert sorted(accuracy_of[r] for r in worst) == [0.05, 0.12, 0.2]
 
-    def spy(self, run_id, key):
-        read.append(run_id)
-        return original(self, run_id, key)
+    histories: list[tuple[str, str]] = []
+    downloads: list[str] = []
+    original_history = MlflowClient.get_metric_history
+    original_download = MlflowClient.download_artifacts
 
-    monkeypatch.setattr(MlflowClient, "get_metric_history", spy)
+    def history_spy(self, run_id, key):
+        histories.append((run_id, key))
+        return original_history(self, run_id, key)
+
+    def download_spy(self, run_id, path, *args, **kwargs):
+        downloads.append(run_id)
+        return original_download(self, run_id, path, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", history_spy)
+    monkeypatch.setattr(MlflowClient, "download_artifacts", download_spy)
     result = write_report("many", tmp_path / "r.html", "--runs", "all", "--format", "json")
     rows = json.loads(result.stdout)
-    assert len(rows) == report.MAX_DETAILED_RUNS + 3
-    assert set(read) == {r["run_id"] for r in rows[: report.MAX_DETAILED_RUNS]}
+    assert {r["run_id"] for r in rows} == set(accuracy_of)  # every run shown in the table
+    # Curves: every curve metric of each best run, nothing of any other run.
+    assert set(histories) == {(r, key) for r in best for key in report.CURVE_METRICS}
+    # Confusion matrices: looked up for each best run, for no other run.
+    assert set(downloads) == best
     assert "of the first 12 of 15 shown runs only" in result.stderr
