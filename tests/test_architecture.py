@@ -15,7 +15,7 @@ MAX_FUNCTION_LINES = 80
 
 # Lowest first: a module may import its own layer and the layers before it, never later ones.
 LAYERS = [
-    {"__init__", "constants", "errors", "uris", "paths"},
+    {"__init__", "constants", "errors", "uris", "paths", "lazy"},
     {"models"},
     {"config"},
     {"data"},

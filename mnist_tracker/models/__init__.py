@@ -7,9 +7,8 @@ the torch modules load on first use.
 
 from __future__ import annotations
 
-import importlib
-
 from ..errors import ModelError
+from ..lazy import lazy_getattr
 from . import catalog  # noqa: F401  (registration side effects)
 from .specs import BuildConfig, InputSpec, ModelSpec, get_spec, list_specs, register
 
@@ -22,13 +21,9 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    """torch-backed names, imported when first asked for (PEP 562)."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in ("registry", "cnn", "vit", "transfer", "layers"):
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# torch-backed names, imported when first asked for.
+_MODULES = ("registry", "cnn", "vit", "transfer", "layers")
+__getattr__ = lazy_getattr(__name__, _LAZY, _MODULES)
 
 
 __all__ = [

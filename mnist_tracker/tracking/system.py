@@ -18,6 +18,7 @@ Contracts:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import threading
@@ -47,7 +48,7 @@ def _monitors() -> list:
     monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
     for module, name in (("gpu_monitor", "GPUMonitor"), ("rocm_monitor", "ROCMMonitor")):
         with contextlib.suppress(Exception):  # no such GPU, or its library is missing
-            mod = __import__(f"mlflow.system_metrics.metrics.{module}", fromlist=[name])
+            mod = importlib.import_module(f"mlflow.system_metrics.metrics.{module}")
             monitors.append(getattr(mod, name)())
             break
     return monitors
