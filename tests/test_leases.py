@@ -14,6 +14,7 @@ import csv
 import datetime as dt
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -467,6 +468,67 @@ def test_damaged_local_checkpoint_falls_back_to_the_artifact(sqlite_uri, experim
     assert "Aborted" not in line
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
     assert steps(run_id) == [1]
+
+
+def test_resume_on_another_machine_downloads_the_checkpoint_artifact(server_uri, experiment_name):
+    """README "Never losing a run": with no run folder here at all (the run trained on another
+    machine), `train --resume` downloads `checkpoints/checkpoint.pt` from the run's artifacts
+    on the server and continues: epoch 1 is not sent again, epoch 2 equals that of the same
+    run never stopped, and the run ends FINISHED without its checkpoint, local or uploaded."""
+    from mnist_tracker.config import resolve_config
+    from mnist_tracker.workflows.train import TrainOptions, train
+
+    run_id = stopped_run(experiment_name, epochs=2)
+    client = MlflowClient()
+    (epoch_1,) = history(client, run_id, "train_loss")
+    shutil.rmtree(run_dir(run_id))  # the other machine has no local copy, nor a lock file
+
+    err = resume_ok(run_id, epochs=2)
+    assert f"run {run_id}: resuming after epoch 1 of 2" in err, err
+    resumed = history(client, run_id, "train_loss")
+    assert resumed[0] == epoch_1, "epoch 1 came from the checkpoint, not trained again"
+    assert client.list_artifacts(run_id, artifacts.CHECKPOINT_DIR) == []
+    assert not run_dir(run_id).exists(), "a finished run drops the downloaded copy"
+
+    config = resolve_config("cnn", epochs=2, limit_train=64, limit_test=64, device="cpu")
+    options = TrainOptions(experiment=experiment_name, system_metrics=False,
+                           log_artifacts=False, checkpoints=False)  # fmt: skip
+    never_stopped = train(config, options).run_id
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        expected = history(client, never_stopped, key)
+        got = history(client, run_id, key)
+        assert [s for s, _ in got] == [s for s, _ in expected] == [1, 2], key
+        for (_, value), (_, want) in zip(got, expected, strict=True):
+            assert value == pytest.approx(want, abs=1e-6), key
+
+
+def test_resume_refuses_a_checkpoint_older_than_the_epochs_the_server_holds(
+    server_uri, experiment_name, tmp_path
+):
+    """README: the checkpoint `--resume` takes "must cover every epoch the server holds". The
+    run went on elsewhere (epoch 2 reached the server, its checkpoint did not) and this machine
+    has no copy: the artifact (epoch 1) is refused in one line, exit 2, and nothing changes:
+    the run stays KILLED with its two epochs and its epoch-1 artifact, and no run folder (no
+    downloaded copy) is left here."""
+    from mnist_tracker.training import checkpoint
+
+    run_id = stopped_run(experiment_name, epochs=3)
+    client = MlflowClient()
+    client.log_metric(run_id, "train_loss", 0.5, step=2)
+    shutil.rmtree(run_dir(run_id))
+
+    line = refused_resume(run_id, "logged 2 epochs", "newest checkpoint is from epoch 1",
+                          "resume it on the machine that ran it last")  # fmt: skip
+    assert "Traceback" not in line
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert steps(run_id) == [1, 2]
+    assert [a.path for a in client.list_artifacts(run_id, artifacts.CHECKPOINT_DIR)] == [
+        artifacts.CHECKPOINT
+    ]
+    kept = client.download_artifacts(run_id, artifacts.CHECKPOINT, str(tmp_path))
+    assert checkpoint.load(Path(kept))["epoch"] == 1
+    assert not run_dir(run_id).exists(), "the refused artifact was not kept here"
 
 
 def test_a_full_disk_costs_the_checkpoint_not_the_run(

@@ -5,8 +5,8 @@ Contracts:
   not have, a deleted one, a FINISHED one, and a diverged one (it would diverge again).
 - ``find_checkpoint`` takes the newest readable checkpoint: the local copy, or the run's
   artifact when that one is newer (the run went on elsewhere) or the local one is damaged
-  (truncated, empty); it must cover every epoch the server holds. Both unreadable:
-  ResumeError naming both.
+  (truncated, empty); it must cover every epoch the server holds (else ResumeError, and a
+  downloaded copy is not kept). Both unreadable: ResumeError naming both.
 - The run's lease is held throughout (a second ``--resume``, or one of a run still training,
   gets RunLocked). A pending outbox of the run is sent first (only checkpoint uploads may
   stay refused: the local checkpoint is what resumes), then the run continues in place:
@@ -76,11 +76,11 @@ def find_checkpoint(run_id: str) -> dict:
     logged = max(store.logged_steps(run_id, "train_loss"), default=0)
     local = checkpoint_path(run_id)
     state, local_problem = _read(local) if local.is_file() else (None, "")
+    downloaded = False
     if state is None or state["epoch"] < logged:
         remote, remote_problem = _remote_checkpoint(run_id)
         if remote is not None and (state is None or remote["epoch"] > state["epoch"]):
-            state = remote
-            checkpoint.save(state, local)  # kept locally while the run lives again
+            state, downloaded = remote, True
         elif state is None and local_problem:
             raise ResumeError(
                 f"run {run_id}: the local checkpoint {local} is damaged ({local_problem}) and "
@@ -96,6 +96,8 @@ def find_checkpoint(run_id: str) -> dict:
             f"run {run_id} logged {logged} epochs but its newest checkpoint is from epoch "
             f"{state['epoch']}; resume it on the machine that ran it last"
         )
+    if downloaded:  # kept locally while the run lives again; a refused one is not kept
+        checkpoint.save(state, local)
     return state
 
 
