@@ -531,6 +531,61 @@ def test_resume_refuses_a_checkpoint_older_than_the_epochs_the_server_holds(
     assert not run_dir(run_id).exists(), "the refused artifact was not kept here"
 
 
+def test_checkpoints_over_the_limit_are_uploaded_only_when_the_run_stops_early(
+    sqlite_uri, experiment_name, monkeypatch
+):
+    """README: checkpoints up to 64 MiB are uploaded after every epoch, bigger ones only when
+    the run stops early. With the limit lowered to 1 MiB, below the cnn's (about 5 MB): a run
+    that finishes uploads none after its epochs, and one that diverges uploads its last good
+    epoch's checkpoint as it ends FAILED."""
+    from mnist_tracker import errors
+    from mnist_tracker.config import resolve_config
+    from mnist_tracker.training import OnEpoch, checkpoint
+    from mnist_tracker.workflows import callbacks as run_callbacks
+    from mnist_tracker.workflows.train import TrainOptions, train
+
+    assert run_callbacks.UPLOAD_EVERY_EPOCH_MAX_BYTES == 64 * 2**20, "the README's 64 MiB"
+    monkeypatch.setattr(run_callbacks, "UPLOAD_EVERY_EPOCH_MAX_BYTES", 2**20)
+    client = MlflowClient()
+    started: list[str] = []
+    seen: list[tuple[int, int, list[str]]] = []  # after each epoch: local size, uploads
+
+    def look(epoch, _metrics):
+        run_id = started[-1]
+        uploaded = [a.path for a in client.list_artifacts(run_id, artifacts.CHECKPOINT_DIR)]
+        seen.append((epoch, checkpoint_path(run_id).stat().st_size, uploaded))
+
+    def options(**kwargs):
+        return TrainOptions(
+            experiment=experiment_name,
+            system_metrics=False,
+            callbacks=[OnEpoch(look)],
+            on_run_start=started.append,
+            **kwargs,
+        )
+
+    finishing = resolve_config("cnn", epochs=2, limit_train=64, limit_test=64, device="cpu")
+    train(finishing, options(log_artifacts=False))
+    assert [(epoch, uploads) for epoch, _, uploads in seen] == [(1, []), (2, [])]
+    assert all(size > 2**20 for _, size, _ in seen), seen
+    assert client.get_run(started[-1]).info.status == "FINISHED"
+
+    seen.clear()
+    diverging = resolve_config("cnn", epochs=6, optimizer="sgd", lr=5.0, scheduler="onecycle",
+                               limit_train=200, limit_test=100, device="cpu")  # fmt: skip
+    with pytest.raises(errors.Diverged) as info:
+        train(diverging, options())
+    run_id, last_good = started[-1], info.value.epoch - 1
+    assert last_good >= 1, "this recipe diverges after a good first epoch"
+    assert [uploads for _, _, uploads in seen] == [[]] * last_good, seen
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["diverged_epoch"] == str(last_good + 1)
+    uploaded = client.list_artifacts(run_id, artifacts.CHECKPOINT_DIR)
+    assert [a.path for a in uploaded] == [artifacts.CHECKPOINT]
+    assert uploaded[0].file_size == seen[-1][1] > 2**20
+    assert checkpoint.load(artifact_file(run_id, artifacts.CHECKPOINT))["epoch"] == last_good
+
+
 def test_a_full_disk_costs_the_checkpoint_not_the_run(
     sqlite_uri, experiment_name, tmp_path, monkeypatch
 ):
