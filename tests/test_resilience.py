@@ -322,3 +322,65 @@ def test_sink_sends_its_outbox_when_the_server_returns_before_the_run_ends(tmp_p
     finally:
         if server.proc is not None and server.proc.poll() is None:
             server.kill()
+
+
+def test_a_run_empties_its_outbox_itself_once_the_server_is_back_before_it_ends(
+    tmp_path, monkeypatch
+):
+    """README "Server gone mid-run": the run "retries the server every 30 s and empties the
+    outbox itself if it comes back". A real training run (interval cut to 1 s): the server is
+    killed after epoch 1, so epoch 2's calls go to the outbox, and restarted on the same
+    store; by the end of epoch 3, with the run still open, the outbox is empty and the server
+    holds every epoch in order (epoch 2 from the outbox). The end-of-run flush is not
+    needed for that: the run is still RUNNING, without its model."""
+    from mnist_tracker.config import resolve_config
+    from mnist_tracker.paths import outbox_dir
+    from mnist_tracker.tracking import outbox
+    from mnist_tracker.tracking import sink as sink_mod
+    from mnist_tracker.training import OnEpoch
+    from mnist_tracker.workflows.train import TrainOptions, train
+
+    monkeypatch.setattr(sink_mod, "RECONNECT_EVERY_S", 1.0)
+    server = KillableServer(tmp_path, free_port())
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    mlflow.set_tracking_uri(server.uri)
+    client = MlflowClient(server.uri)
+    started: list[str] = []
+    computed: list[float] = []
+    seen: dict[int, dict] = {}
+
+    def during(epoch, metrics):
+        computed.append(metrics["train_loss"])
+        box = outbox.Outbox(outbox_dir(started[0]))
+        pending = [op["op"] for op in box.pending()] if box.exists() else []
+        if epoch == 1:
+            server.kill()
+        elif epoch == 2:
+            seen[2] = {"pending": pending}
+            server.start()  # the same store, the same port
+        else:
+            run = client.get_run(started[0])
+            seen[3] = {
+                "pending": pending,
+                "status": run.info.status,
+                "train_loss": history(client, started[0], "train_loss"),
+                "model": run.data.tags.get(artifacts.MODEL_URI_TAG),
+            }
+
+    config = resolve_config("cnn", epochs=3, limit_train=64, limit_test=64, device="cpu")
+    options = TrainOptions(experiment="reconnect", system_metrics=False,
+                           callbacks=[OnEpoch(during)], on_run_start=started.append)  # fmt: skip
+    try:
+        outcome = train(config, options)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+    run_id = outcome.run_id
+    # Epoch 2's checkpoint upload, metrics and misclassified digits waited in the outbox.
+    assert seen[2]["pending"] == ["log_artifact", "log_batch", "log_image"], seen
+    assert seen[3]["pending"] == [], "the run sent its outbox itself, mid-run"
+    assert seen[3]["status"] == "RUNNING" and seen[3]["model"] is None, seen
+    assert seen[3]["train_loss"] == [(1, computed[0]), (2, computed[1]), (3, computed[2])]
+    assert outcome.offline_reason is None and outcome.outbox is None
+    assert not outbox_dir(run_id).exists()
