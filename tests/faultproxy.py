@@ -47,13 +47,15 @@ class Rule:
 class FaultProxy:
     """See the module's docstring. Use as a context manager; ``url`` is where to point MLflow."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, port: int = 0):
+        """``port``: where to listen (0: a free one); a fixed port stands for a server that
+        was down there and is back."""
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname, parts.port
         self.rules: list[Rule] = []
         self.hits: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

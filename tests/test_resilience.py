@@ -34,6 +34,7 @@ RUN = ["train", "--model", "cnn", "--epochs", "3", "--limit-test", "200", "--dev
 EPOCH_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_f1_macro")
 # Same seed, same CPU: a resumed or replayed run computes the very same numbers.
 TOLERANCE = 1e-6
+API = "/api/2.0/mlflow"
 
 
 class Cli:
@@ -80,6 +81,11 @@ def run_cli(args: list[str], env: dict[str, str]) -> Cli:
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def logged_steps(client: MlflowClient, run_id: str, key: str = "train_loss") -> list[int]:
+    """The steps of ``key`` in order, a step logged twice listed twice."""
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 def assert_same_epochs(client, run_id: str, reference: dict[str, list[tuple[int, float]]]):
@@ -384,3 +390,100 @@ def test_a_run_empties_its_outbox_itself_once_the_server_is_back_before_it_ends(
     assert seen[3]["train_loss"] == [(1, computed[0]), (2, computed[1]), (3, computed[2])]
     assert outcome.offline_reason is None and outcome.outbox is None
     assert not outbox_dir(run_id).exists()
+
+
+def test_sync_with_no_path_sends_every_outbox_and_after_a_cut_only_the_rest(
+    mlflow_server, tmp_path
+):
+    """README: `mnist-tracker sync` with no RUN_FOLDER sends every run's outbox, to the URI
+    each run used. Two runs' outboxes wait under $MNIST_TRACKER_HOME for a server on a fixed
+    port. While nothing listens there: one line naming it, exit 2, nothing sent or lost. Back
+    (a fault proxy on that port, in front of a real server) but dropping one upload: the
+    first run is sent and its outbox removed, the second stops at the upload (exit 2).
+    Then `sync` again sends only the second run's rest: each request is counted at the
+    proxy, none is made twice, and a third `sync` has nothing to send."""
+    from mnist_tracker.paths import outbox_dir
+    from mnist_tracker.tracking.outbox import Outbox
+
+    from .faultproxy import FaultProxy
+    from .test_cli import invoke, one_error_line
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"  # the server the runs logged to, down for now
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"sync-all-{port}")
+    first, second = sorted(client.create_run(experiment_id).info.run_id for _ in range(2))
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(256 * 1024))
+
+    def batch(run_id: str, step: int) -> dict:
+        metric = {"key": "train_loss", "value": 1.0 / step, "timestamp": 1000 + step,
+                  "step": step}  # fmt: skip
+        return {"op": "log_batch", "run_id": run_id, "metrics": [metric], "params": {},
+                "tags": {}}  # fmt: skip
+
+    def end(run_id: str) -> dict:
+        return {"op": "set_terminated", "run_id": run_id, "status": "FINISHED", "end_time": 9}
+
+    boxes = {run_id: Outbox(outbox_dir(run_id)) for run_id in (first, second)}
+    for step in (1, 2, 3):
+        boxes[first].add(batch(first, step), meta={"run_id": first, "tracking_uri": uri})
+    boxes[first].add(end(first))
+    boxes[second].add(batch(second, 1), meta={"run_id": second, "tracking_uri": uri})
+    boxes[second].add(batch(second, 2))
+    boxes[second].add({"op": "log_artifact", "run_id": second, "name": "big.bin",
+                       "artifact_path": "plots"}, files={"big.bin": big})  # fmt: skip
+    boxes[second].add(batch(second, 3))
+    boxes[second].add(end(second))
+
+    down = invoke("sync")
+    one_error_line(down, uri, "not reachable")
+    assert [len(boxes[r].pending()) for r in (first, second)] == [4, 5], "nothing lost"
+    assert boxes[first].done() == boxes[second].done() == set()
+    for run_id in (first, second):
+        assert client.get_metric_history(run_id, "train_loss") == []
+        assert client.get_run(run_id).info.status == "RUNNING"
+
+    with FaultProxy(mlflow_server, port=port) as proxy:
+        drop = proxy.add("PUT", "/artifacts/.*/plots/big.bin$", "drop", times=None)
+        proxy.add("PUT", "/artifacts/.*/plots/big.bin$", "slow", times=None)  # counted
+        proxy.add("POST", f"{API}/runs/log-batch$", "slow", times=None)
+        proxy.add("POST", f"{API}/runs/update$", "slow", times=None)
+
+        cut = invoke("sync")
+        one_error_line(cut, f"run {second}", "server went away during sync", alone=False)
+        assert f"run {first}: sent 4 operation(s) to {uri}; run ended FINISHED" in cut.stdout
+        assert second not in cut.stdout, cut.stdout
+        assert not boxes[first].folder.exists(), "a fully sent outbox is removed"
+        assert boxes[second].done() == {0, 1}
+        assert [op["id"] for op in boxes[second].pending()] == [2, 3, 4]
+        assert logged_steps(client, second) == [1, 2]
+        assert client.get_run(second).info.status == "RUNNING"
+        assert proxy.hit("drop", "big.bin") >= 1
+        # Holder tags (the lease) + 3 batches for the first run; tags + 2 for the second.
+        assert (proxy.hit("slow", "log-batch"), proxy.hit("slow", "update")) == (4 + 3, 1)
+
+        drop.times = 0  # the server takes the upload now
+        proxy.hits.clear()
+        rest = invoke("sync")
+        assert rest.exit_code == 0, rest.output
+        assert rest.stdout.strip() == (
+            f"run {second}: sent 3 operation(s) to {uri} (2 sent before); run ended FINISHED"
+        )
+        # Only the rest: the lease's tags and step 3, the upload, the end; nothing twice.
+        assert proxy.hit("slow", "log-batch") == 2, proxy.hits
+        assert proxy.hit("slow", "big.bin") == 1 and proxy.hit("slow", "update") == 1
+        assert proxy.hit("drop") == 0
+
+        proxy.hits.clear()
+        again = invoke("sync")
+        assert again.exit_code == 0, again.output
+        assert again.stdout.strip() == "nothing to send: 0 outbox(es), all sent"
+        assert proxy.hits == []
+
+    for run_id in (first, second):
+        assert logged_steps(client, run_id) == [1, 2, 3]
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert not run_dir(run_id).exists()
+    (uploaded,) = client.list_artifacts(second, "plots")
+    assert (uploaded.path, uploaded.file_size) == ("plots/big.bin", 256 * 1024)
