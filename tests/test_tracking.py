@@ -274,3 +274,47 @@ def test_reachability_check_answers_within_10_seconds():
     with pytest.raises(errors.TrackingUnavailable, match="not reachable"):
         tracking.check_reachable("http://127.0.0.1:9")
     assert time.monotonic() - start < 10
+
+
+def test_logged_model_has_its_signature_and_input_example(server_uri, experiment_name, tmp_path):
+    """README "What a run logs": the model takes float32 `(N, 1, 28, 28)` pixels in [0, 1],
+    any batch size, "with signature and input example". Read back with MLflow: the pyfunc's
+    and the network's signatures (dtype, shape with a free batch dimension, output columns),
+    and the saved input example (two test digits scaled to [0, 1]), which the model
+    predicts; an input of the wrong shape is refused by the signature."""
+    from mlflow.models import Model, get_model_info
+
+    from mnist_tracker import data
+    from mnist_tracker.workflows.train import splits_for
+
+    config = resolve_config("cnn", epochs=1, limit_train=64, limit_test=64, device="cpu")
+    outcome = train(config, TrainOptions(experiment=experiment_name, system_metrics=False))
+    uri = f"runs:/{outcome.run_id}/cnn"
+
+    info = get_model_info(uri)
+    (pixels,) = info.signature.inputs.inputs
+    assert (pixels.type, pixels.shape) == (np.dtype("float32"), (-1, 1, 28, 28))
+    outputs = info.signature.outputs.input_names()
+    assert outputs == ["label", "probability", *(f"prob_{d}" for d in range(10))]
+    network = get_model_info(f"{uri}/artifacts/network").signature
+    (net_in,), (logits,) = network.inputs.inputs, network.outputs.inputs
+    assert (net_in.type, net_in.shape) == (np.dtype("float32"), (-1, 1, 28, 28))
+    assert (logits.type, logits.shape) == (np.dtype("float32"), (-1, 10))
+
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path))
+    example = Model.load(local).load_input_example(local)
+    assert example.shape == (2, 1, 28, 28) and example.dtype == np.float32
+    splits = splits_for(outcome.config, data.load_mnist(SUBSET))
+    digits = splits.test_x[:2].unsqueeze(1).float().div(255.0).numpy()
+    np.testing.assert_allclose(example, digits, rtol=0, atol=1e-7)
+    assert example.min() >= 0.0 and example.max() == pytest.approx(1.0)
+
+    loaded = mlflow.pyfunc.load_model(uri)
+    served = loaded.predict(example)
+    with torch.inference_mode():
+        expected = outcome.model.to("cpu").eval()(torch.from_numpy(example)).argmax(1)
+    assert served["label"].tolist() == expected.tolist()
+    assert loaded.predict(np.concatenate([example] * 3)).shape == (6, 12), "any batch size"
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"(?i)shape"):
+        loaded.predict(example.reshape(2, 28, 28))
