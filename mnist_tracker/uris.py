@@ -129,9 +129,15 @@ def _plugins() -> set[str]:
     return {entry.name for entry in metadata.entry_points(group="mlflow.tracking_store")}
 
 
+def sqlite_database(uri: str) -> str:
+    """The database part of a ``sqlite://`` URI: a path (``sqlite:///m.db`` -> ``m.db``,
+    ``sqlite:////abs/m.db`` -> ``/abs/m.db``), ``:memory:`` or empty (in memory too)."""
+    return uri.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
+
+
 def _check_sqlite(uri: str, shown: str) -> None:
     """A SQLite file that exists, or a folder it can be created in (MLflow makes the folders)."""
-    database = uri.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
+    database = sqlite_database(uri)
     if database in ("", ":memory:"):
         return
     path = Path(database)

@@ -93,10 +93,16 @@ def full_data_dir() -> Path:
     return Path(FULL_DATA_DIR)
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    """One cache for the whole session (the SQLite store template: built once, not per test)."""
+    return tmp_path_factory.mktemp("mnist_tracker_cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """No test reads the developer's MLflow store, MNIST folder, torch hub cache or run
-    folders (checkpoints, outboxes)."""
+def _isolated_env(monkeypatch, tmp_path, _session_cache):
+    """No test reads the developer's MLflow store, MNIST folder, torch hub cache, run folders
+    (checkpoints, outboxes) or cache."""
     for var in (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_RUN_ID",
@@ -107,6 +113,7 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MNIST_DATA_DIR", str(SUBSET))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("MNIST_TRACKER_HOME", str(tmp_path / "mnist_tracker_home"))
+    monkeypatch.setenv("MNIST_TRACKER_CACHE", str(_session_cache))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.chdir(tmp_path)
     import mlflow

@@ -2,7 +2,8 @@
 
 Contracts:
 - ``client(uri)`` is the only constructor of ``MlflowClient`` in the package (a test holds it
-  so); ``uri=None`` is the current tracking URI.
+  so); ``uri=None`` is the current tracking URI. A SQLite store that does not exist yet is
+  created there, from ``fresh_store``'s template.
 - ``set_tracking_uri(uri)`` points the process at ``uri`` (else ``$MLFLOW_TRACKING_URI``, else
   MLflow's default) and returns the URI in force.
 - ``is_unreachable(exc)`` tells an outage (no answer) from a refusal (an answer that says no).
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from ..errors import TrackingUnavailable
 from ..uris import redact, scrub
+from . import fresh_store
 
 
 def client(uri: str | None = None) -> MlflowClient:
@@ -29,9 +31,11 @@ def client(uri: str | None = None) -> MlflowClient:
 
     MLflow prints "View run ... at: URL" when a run ends, the URL with any password in it;
     every client this package uses is made here, so this is where that is switched off,
-    whatever the environment said (the CLI prints its own link, password hidden).
+    whatever the environment said (the CLI prints its own link, password hidden). It is also
+    where a new SQLite store is made: copied from a template, not migrated (``fresh_store``).
     """
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    fresh_store.materialize(uri or mlflow.get_tracking_uri())
     return MlflowClient(uri)
 
 

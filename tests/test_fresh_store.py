@@ -1,0 +1,82 @@
+"""A new SQLite store is a copy of a template MLflow made, and MLflow cannot tell it apart."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnist_tracker.tracking import client as make_client
+from mnist_tracker.tracking import fresh_store
+
+
+def schema(db) -> list[tuple]:
+    """Every table, index and trigger with its SQL, and the schema revision."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        objects = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+        revision = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        return [*objects.fetchall(), ("revision", revision)]
+
+
+def contents(uri: str) -> dict:
+    """What a user of the store sees after the same first steps."""
+    c = MlflowClient(uri)
+    default = c.get_experiment("0")
+    experiment = c.create_experiment("x")
+    run = c.create_run(experiment)
+    c.log_metric(run.info.run_id, "m", 1.5, step=1)
+    return {
+        "experiments": [(e.experiment_id, e.name) for e in c.search_experiments()],
+        "default": (default.name, default.artifact_location, default.lifecycle_stage),
+        "new experiment": experiment,
+        "metric": [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "m")],
+    }
+
+
+def test_a_copied_store_is_what_mlflow_would_have_created(tmp_path):
+    native, copied = tmp_path / "native.db", tmp_path / "copied.db"
+    MlflowClient(f"sqlite:///{native}").search_experiments()  # MLflow's migrations
+    assert fresh_store.materialize(f"sqlite:///{copied}")  # builds the template first
+    assert schema(copied) == schema(native)
+    with contextlib.closing(sqlite3.connect(copied)) as con:  # Default comes from MLflow
+        assert con.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
+    seen = contents(f"sqlite:///{copied}")
+    assert seen == contents(f"sqlite:///{native}")
+    assert seen["default"] == ("Default", str(tmp_path / "mlruns" / "0"), "active")
+    assert seen["experiments"] == [("1", "x"), ("0", "Default")]
+
+
+@pytest.mark.fast
+def test_later_stores_are_copies_made_in_well_under_a_second(tmp_path):
+    assert fresh_store.materialize(f"sqlite:///{tmp_path / 'first.db'}")
+    start = time.perf_counter()
+    assert fresh_store.materialize(f"sqlite:///{tmp_path / 'sub' / 'dir' / 'second.db'}")
+    assert time.perf_counter() - start < 1.0
+    assert schema(tmp_path / "sub" / "dir" / "second.db") == schema(tmp_path / "first.db")
+    assert not list((tmp_path / "sub" / "dir").glob(".*")), "no staged file is left behind"
+
+
+@pytest.mark.fast
+def test_existing_files_and_other_stores_are_left_alone(tmp_path):
+    existing = tmp_path / "existing.db"
+    existing.write_bytes(b"not touched")
+    assert not fresh_store.materialize(f"sqlite:///{existing}")
+    assert existing.read_bytes() == b"not touched"
+    for uri in ("http://127.0.0.1:5000", "sqlite://", "sqlite:///:memory:", "postgresql://x/y"):
+        assert not fresh_store.materialize(uri), uri
+    assert fresh_store.sqlite_path("sqlite:///rel/m.db") == fresh_store.Path("rel/m.db")
+    assert fresh_store.sqlite_path("sqlite:////abs/m.db?x=1") == fresh_store.Path("/abs/m.db")
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_store_to_mlflow(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(fresh_store.ENV_CACHE, str(blocker / "cache"))  # under a file: no folder
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert not fresh_store.materialize(uri)
+    assert not (tmp_path / "m.db").exists()
+    make_client(uri).create_experiment("still works")  # MLflow made the store itself
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["still works", "Default"]
