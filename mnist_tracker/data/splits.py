@@ -104,19 +104,22 @@ def iterate_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(inputs, labels)`` batches of ``to_input(x[...])`` on ``device``.
 
-    With a ``generator`` the order is a fresh seeded permutation (training); without, the
-    stored order (evaluation). The slice moves to the device before conversion, so the host
-    copies uint8 (or half-precision features), not float32.
+    With a ``generator`` (on the CPU) the order is a fresh seeded permutation (training), the
+    same on every device; without, the stored order (evaluation). The slice moves to the
+    device before conversion, so the host copies uint8 (or half-precision features), not
+    float32; tensors already on ``device`` are sliced there, with no copy and no host sync.
     """
     n = len(y)
-    order = torch.randperm(n, generator=generator) if generator is not None else None
+    order = None
+    if generator is not None:
+        order = torch.randperm(n, generator=generator).to(x.device)
     non_blocking = torch.device(device).type == "cuda"
     for start in range(0, n, batch_size):
         if order is None:
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         else:
             idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x[idx], y[idx.to(y.device)]
         yield (
             to_input(xb.to(device, non_blocking=non_blocking)),
             yb.to(device, non_blocking=non_blocking),

@@ -149,7 +149,7 @@ def _run_epoch(state: FitState, hooks, splits: Splits, inputs, setup_s: float):
     train_loss, train_acc = train_one_epoch(
         inputs.module,
         inputs.train_x,
-        splits.train_y,
+        inputs.train_y,
         batch_size=config.batch_size,
         optimizer=state.optimizer,
         device=device,

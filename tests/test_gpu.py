@@ -1,0 +1,116 @@
+"""The CUDA paths: bf16 and fp16 with a GradScaler, the data and the feature cache on the device,
+and a resumed fit equal to an uninterrupted one.
+
+Marked ``gpu``: skipped, with the reason, where torch sees no CUDA device (the development and
+CI machines have none; the guard in conftest lets exactly these skips through there). On a
+machine with one: ``pytest -m gpu``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_tracker import data
+from mnist_tracker.config import resolve_config
+from mnist_tracker.models import create_model
+from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit
+
+from .conftest import SUBSET
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load_mnist(SUBSET, download_missing=False)
+
+
+@pytest.fixture
+def deterministic():
+    """cuDNN's deterministic kernels: without them two equal fits may differ in the last bits."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def _setup(mnist, model_name="cnn", **overrides):
+    config = resolve_config(model_name, limit_train=512, limit_test=256, device="cuda", **overrides)
+    splits = data.split_data(mnist, seed=config.seed, limit_train=512, limit_test=256)
+    return config, splits
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_trains_like_fp32(mnist, precision):
+    """bf16 autocast, and fp16 autocast with a GradScaler: finite, learning, close to fp32."""
+    results = {}
+    for p in ("fp32", precision):
+        config, splits = _setup(mnist, epochs=3, precision=p)
+        torch.manual_seed(config.seed)
+        results[p] = fit(config, splits, create_model(config))
+    half = results[precision]
+    assert half.precision == precision and half.device.startswith("cuda")
+    losses = [h["train_loss"] for h in half.history]
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert losses[-1] < losses[0], losses
+    # 3 epochs on 512 images: well above chance (10 %), and within a few points of fp32.
+    assert half.final["test_accuracy"] > 0.6, half.final
+    assert abs(half.final["test_accuracy"] - results["fp32"].final["test_accuracy"]) < 0.05
+
+
+def test_fp16_fit_uses_a_grad_scaler(mnist):
+    """fp16 keeps its gradients in range with a GradScaler; the checkpoint carries its state."""
+    config, splits = _setup(mnist, epochs=1, precision="fp16")
+    states = []
+    fit(config, splits, create_model(config), [OnCheckpoint(states.append)])
+    (state,) = states
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+
+
+def test_training_data_and_cached_features_stay_on_the_device(mnist):
+    """The plain path holds the images on the GPU; a frozen backbone's features are cached there
+    in half precision, so no step copies a batch from the host."""
+    config, splits = _setup(mnist, precision="bf16")
+    model = create_model(config).to("cuda")
+    device = torch.device("cuda")
+    plain = features.build_inputs(
+        config, splits, model, features.plan_cache(config, model, splits, device), device
+    )
+    assert plain.train_x.is_cuda and plain.train_y.is_cuda and plain.test_x.is_cuda
+    assert plain.train_x.dtype == torch.uint8
+
+    config, splits = _setup(
+        mnist, "alexnet", pretrained=False, freeze=True, image_size=63, precision="bf16"
+    )
+    model = create_model(config).to("cuda")
+    plan = features.plan_cache(config, model, splits, device)
+    assert plan.enabled, plan.reason
+    cached = features.build_inputs(config, splits, model, plan, device)
+    assert cached.train_x.is_cuda and cached.test_x.is_cuda and cached.train_y.is_cuda
+    assert cached.train_x.dtype == torch.bfloat16
+    assert len(cached.train_x) == len(splits.train_y)
+
+
+def test_resumed_fit_equals_the_uninterrupted_one_on_cuda(mnist, tmp_path, deterministic):
+    """The CUDA RNG (dropout) and the optimizer come back from the checkpoint: epochs 2-3 of a
+    resumed fit are those of a fit never stopped."""
+    config, splits = _setup(mnist, epochs=3)
+    states = {}
+
+    def keep(state):
+        states[state["epoch"]] = checkpoint.save(state, tmp_path / f"e{state['epoch']}.pt")
+
+    torch.manual_seed(config.seed)
+    full = fit(config, splits, create_model(config), [OnCheckpoint(keep)])
+    torch.manual_seed(12345)  # a fresh process starts from other weights and RNG states
+    torch.cuda.manual_seed_all(12345)
+    resumed = fit(config, splits, create_model(config), resume=checkpoint.load(states[1]))
+    assert len(resumed.history) == 3
+    for a, b in zip(full.history, resumed.history, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert (full.test_predictions == resumed.test_predictions).all()
