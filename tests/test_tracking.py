@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -18,7 +19,7 @@ from mnist_tracker import errors, tracking, uris
 from mnist_tracker.config import resolve_config
 from mnist_tracker.workflows.train import TrainOptions, train
 
-from .conftest import BIN, SUBSET
+from .conftest import BIN, REPO, SUBSET
 
 pytestmark = pytest.mark.slow
 
@@ -318,3 +319,56 @@ def test_logged_model_has_its_signature_and_input_example(server_uri, experiment
     assert loaded.predict(np.concatenate([example] * 3)).shape == (6, 12), "any batch size"
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"(?i)shape"):
         loaded.predict(example.reshape(2, 28, 28))
+
+
+def test_git_commit_tag_is_the_checkouts_head_and_absent_outside_a_git_tree(
+    sqlite_uri, experiment_name, cli_env, tmp_path
+):
+    """README "What a run logs": tags include the git commit. A run of the package from this
+    git checkout carries `git_commit` = `git rev-parse HEAD` of it; the same package copied
+    outside any git tree (as a plain install is) runs as well, with no `git_commit` tag
+    rather than a wrong or empty one (``records.git_commit``: "when it is a git checkout")."""
+    import shutil
+    import sys
+
+    import mnist_tracker
+
+    def head() -> str:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return out.stdout.strip()
+
+    assert Path(mnist_tracker.__file__).resolve().is_relative_to(REPO.resolve())
+    config = resolve_config("cnn", epochs=1, limit_train=64, limit_test=64, device="cpu")
+    options = TrainOptions(experiment=experiment_name, system_metrics=False,
+                           log_artifacts=False, checkpoints=False)  # fmt: skip
+    before = head()
+    run_id = train(config, options).run_id
+    commits = {before, head()}  # others may commit to this checkout meanwhile
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert len(tags["git_commit"]) == 40 and tags["git_commit"] in commits, (tags, commits)
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(mnist_tracker.__file__).parent, site / "mnist_tracker",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    code = (
+        "import json, mnist_tracker\n"
+        "from mnist_tracker.config import resolve_config\n"
+        "from mnist_tracker.workflows.train import TrainOptions, train\n"
+        "config = resolve_config('cnn', epochs=1, limit_train=64, limit_test=64, device='cpu')\n"
+        f"options = TrainOptions(experiment={experiment_name!r}, system_metrics=False,\n"
+        "                       log_artifacts=False, checkpoints=False)\n"
+        "run_id = train(config, options).run_id\n"
+        "print(json.dumps({'file': mnist_tracker.__file__, 'run_id': run_id}))\n"
+    )
+    env = dict(cli_env, PYTHONPATH=str(site), MLFLOW_TRACKING_URI=sqlite_uri,
+               GIT_CEILING_DIRECTORIES=str(tmp_path))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(ran["file"]).is_relative_to(site), "the copy ran, not the checkout"
+    run = MlflowClient().get_run(ran["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "git_commit" not in run.data.tags, run.data.tags
+    assert run.data.tags["mnist_tracker.version"] == tags["mnist_tracker.version"]
