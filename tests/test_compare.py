@@ -8,12 +8,14 @@ benchmarks/compare_scale.py).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import io
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -528,6 +530,63 @@ def test_a_bulk_loaded_store_reads_as_one_the_client_made(tmp_path, monkeypatch)
         history = MlflowClient(uri).get_metric_history(run_ids[0], "test_accuracy")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 11))
     assert len(shown[0]) == 60 and shown[0] == shown[1]
+
+
+@pytest.mark.slow
+def test_the_direct_read_gives_what_mlflow_search_gives(tmp_path, monkeypatch):
+    """``bulk.read_runs`` stands in for MLflow's search in ``compare`` only if it returns the
+    same runs, in the same order, with the same values: 60 client-made runs of every status
+    and model, plus the odd ones (deleted, NaN and infinite metrics, no params, a study's
+    parent, a stale RUNNING run, runs started in the same millisecond, another experiment)."""
+    from mnist_tracker.tracking import bulk, lease, store
+
+    bench = load_benchmark(monkeypatch)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    ids = bench.populate(uri, "scale", bench.synthetic_specs(60, seed=5, full=True))
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("scale").experiment_id
+    other = client.create_experiment("other")
+    done = {"test_accuracy": 0.5, "test_f1_macro": 0.5, "training_time_s": 1.0}
+    odd = [
+        log_synthetic(client, experiment, "nan", params=vit_params(), metrics={**done,
+                      "test_accuracy": math.nan, "training_time_s": math.inf}),
+        log_synthetic(client, experiment, "bare", params={}, metrics=done),
+        log_synthetic(client, other, "elsewhere", params=vit_params(), metrics=done),
+        log_synthetic(client, experiment, "stale", params=vit_params(), metrics=done,
+                      status="RUNNING"),
+    ]  # fmt: skip
+    client.set_tag(odd[3], artifacts.HOLDER_TAG, "gone-host:1")
+    client.set_tag(odd[3], artifacts.HEARTBEAT_TAG, "2020-01-01T00:00:00+00:00")
+    client.set_tag(odd[0], artifacts.ROLE_TAG, "study")
+    client.delete_run(ids[1])
+    # A tie on the start time, which MLflow breaks by run id.
+    with contextlib.closing(sqlite3.connect(tmp_path / "m.db")) as con, con:
+        con.execute("UPDATE runs SET start_time = 1 WHERE run_uuid IN (?, ?, ?)", ids[10:13])
+    keys = {"params": compare.FRAME_PARAMS, "metrics": compare.frame_metrics("lr_final"),
+            "tags": (artifacts.ROLE_TAG, *lease.STALE_TAGS)}  # fmt: skip
+    for experiments in ([experiment], [experiment, other]):
+        for finished_only in (True, False):
+            where = "attributes.status = 'FINISHED'" if finished_only else ""
+            want = store.search_runs(experiments, where, mlflow_client=client)
+            got = bulk.read_runs(uri, experiments, finished_only=finished_only, **keys)
+            assert [r.info.run_id for r in got] == [r.info.run_id for r in want]
+            assert ids[1] not in [r.info.run_id for r in got]
+            for a, b in zip(got, want, strict=True):
+                for part, names in keys.items():
+                    expected = {k: v for k, v in getattr(b.data, part).items() if k in names}
+                    assert _same(getattr(a.data, part), expected), (part, b.info.run_name)
+                info = ("run_name", "status", "start_time")
+                assert [getattr(a.info, k) for k in info] == [getattr(b.info, k) for k in info]
+            pd.testing.assert_frame_equal(compare.runs_frame(got), compare.runs_frame(want))
+    assert bulk.read_runs("http://127.0.0.1:1", [experiment], finished_only=True) is None
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Equal dicts, NaN equal to NaN."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k]))
+        for k in a
+    )
 
 
 COMPARE_10K_MAX_S = 30.0  # in process, the report included, on a loaded 2-core machine

@@ -1,6 +1,7 @@
 """The lab's results table, rebuilt from the tracking store.
 
-Flow: ``find_experiments`` -> ``store.search_runs`` (paged) -> ``runs_frame``
+Flow: ``find_experiments`` -> ``bulk.read_runs`` (a SQL store, no filter) or
+``store.search_runs`` (paged) -> ``runs_frame``
 (one row per training run) -> ``select_rows`` (best / latest per model, or all) ->
 ``results_table`` (the lab's columns first) -> ``render.render`` (table, markdown, csv, json).
 
@@ -37,7 +38,7 @@ import pandas as pd
 from ..constants import DEFAULT_EXPERIMENT
 from ..constants import RUN_MODES as MODES
 from ..errors import CompareError, InvalidQuery
-from ..tracking import lease, registry, store
+from ..tracking import bulk, lease, registry, store
 from ..tracking.artifacts import ROLE_TAG
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ STUDY_ROLE = "study"  # ROLE_TAG of a tuner's parent run: not a training run
 
 # The data a run saw (params logged by ``workflows.train``), shown after epochs, batch size, lr.
 DATA_PARAMS = ("train_size", "test_size", "image_size", "pretrained")
+# Every param ``runs_frame`` reads.
+FRAME_PARAMS = ("model", "epochs", "batch_size", "lr", *DATA_PARAMS, "precision", "device")
 
 
 @dataclass(frozen=True)
@@ -162,13 +165,18 @@ def is_training_run(run: Run) -> bool:
     return bool(run.data.params.get("model")) and run.data.tags.get(ROLE_TAG) != STUDY_ROLE
 
 
+def frame_metrics(metric: str) -> list[str]:
+    """The metrics ``runs_frame`` reads: the lab's columns, and ``metric``."""
+    return list(dict.fromkeys(["test_accuracy", "test_f1_macro", "training_time_s", metric]))
+
+
 def runs_frame(runs: Sequence[Run], metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     """One row per training run (``is_training_run``): ids, params, result metrics.
 
     Metrics are the runs' latest values; ``start_time`` is in ms since the epoch. A run without
     a metric holds NaN for it; a missing int param is NA, a missing ``pretrained`` NA too.
     """
-    metrics = list(dict.fromkeys(["test_accuracy", "test_f1_macro", "training_time_s", metric]))
+    metrics = frame_metrics(metric)
     rows = []
     for run in runs:
         if not is_training_run(run):
@@ -281,9 +289,7 @@ def compare(client: MlflowClient, query: Query) -> Comparison:
     names = [e.name for e in experiments]
     try:
         with store.gc_paused():  # also while the runs become rows: see store.gc_paused
-            runs = store.search_runs(
-                [e.experiment_id for e in experiments], search_filter(query), mlflow_client=client
-            )
+            runs = _read_runs(client, [e.experiment_id for e in experiments], query)
             frame = runs_frame(runs, query.metric)
             del runs
     except InvalidQuery as exc:
@@ -298,6 +304,24 @@ def compare(client: MlflowClient, query: Query) -> Comparison:
     holders = registry.alias_holders(client)
     table["registry"] = [", ".join(holders.get(run_id, [])) for run_id in table["run_id"]]
     return Comparison(table, query, names, len(frame))
+
+
+def _read_runs(client: MlflowClient, experiment_ids: list[str], query: Query) -> Sequence:
+    """The runs ``runs_frame`` turns into rows. From a SQL store without a --filter, only the
+    keys the table needs, read straight from its tables (``bulk.read_runs``: 100,000 runs in
+    seconds, not minutes); otherwise MLflow's search, which alone parses filters."""
+    if not query.filter_string.strip():
+        runs = bulk.read_runs(
+            client.tracking_uri,
+            experiment_ids,
+            finished_only=not query.include_unfinished,
+            params=FRAME_PARAMS,
+            metrics=frame_metrics(query.metric),
+            tags=(ROLE_TAG, *lease.STALE_TAGS),
+        )
+        if runs is not None:
+            return runs
+    return store.search_runs(experiment_ids, search_filter(query), mlflow_client=client)
 
 
 def _empty_message(query: Query, names: Sequence[str]) -> str:

@@ -64,6 +64,10 @@ def live_tags() -> dict[str, str]:
     return {artifacts.HOLDER_TAG: holder_id(), artifacts.HEARTBEAT_TAG: now_tag()}
 
 
+# The tags ``is_stale`` reads: a reader that fetches only some tags of a run fetches these.
+STALE_TAGS = (artifacts.PENDING_TAG, artifacts.HOLDER_TAG, artifacts.HEARTBEAT_TAG)
+
+
 def heartbeat_age_s(run: Run) -> float:
     """Seconds since the run's last heartbeat (since its start when it has none)."""
     beat = run.data.tags.get(artifacts.HEARTBEAT_TAG)
