@@ -34,6 +34,8 @@ from mnist_tracker.models.layers import Dropout
 
 REPO = Path(__file__).resolve().parent.parent
 SUBSET = REPO / "tests" / "data" / "mnist"
+# The CLI as this interpreter runs it (a GPU machine may have the package on PYTHONPATH only).
+CLI = [sys.executable, "-m", "mnist_tracker"]
 
 
 def cpu_model() -> str:
@@ -92,7 +94,9 @@ def mlflow_server() -> Iterator[str]:
         log = open(Path(root) / "server.log", "w")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "mlflow"),
+                sys.executable,  # not the ``mlflow`` script: a --target install has none
+                "-m",
+                "mlflow",
                 "server",
                 "--backend-store-uri",
                 f"sqlite:///{root}/mlflow.db",
@@ -108,6 +112,8 @@ def mlflow_server() -> Iterator[str]:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # As deploy/mlflow-server.sh: no job runner (7 processes, unused by these runs).
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ},
         )
         uri = f"http://127.0.0.1:{port}"
         try:

@@ -60,6 +60,10 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 auth_cache_ttl_seconds = 60
 INI
 
+# MLflow's job runner (GenAI evaluation and optimisation jobs, 7 huey worker processes of
+# ~260 MB each) serves nothing this stack logs; set the variable to true to have it anyway.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+
 mlflow server \
   --serve-artifacts \
   --app-name basic-auth \

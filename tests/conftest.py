@@ -21,6 +21,11 @@ REPO = TESTS.parent
 BIN = Path(sys.executable).parent
 # Full MNIST for CI-only tests, read before the autouse fixture points MNIST_DATA_DIR at the subset.
 FULL_DATA_DIR = os.environ.get("MNIST_DATA_DIR")
+# For every process the suite starts: no MLflow server spawns its 7 job-runner processes
+# (GenAI jobs, unused here: seconds of CPU per server start on 2 cores), and no process posts
+# usage telemetry (the machine is offline), as deploy/mlflow-server.sh and the CLI do too.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

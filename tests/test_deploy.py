@@ -590,3 +590,13 @@ def test_compose_refuses_the_example_env(compose, fake_mlflow, tmp_path):
         assert named == placeholders and len(lines) == len(placeholders), (name, lines)
         checked.add(name)
     assert {"postgres", "object-store", "create-bucket", "mlflow", "trainer", "tuner"} <= checked
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "false"), ("true", "true")])
+def test_server_script_runs_no_job_runner_unless_asked(fake_mlflow, tmp_path, given, seen):
+    """MLflow's job runner (GenAI jobs: 7 worker processes of ~260 MB) is off by default; a
+    deployment that wants it sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true."""
+    env = _script_env(fake_mlflow, tmp_path, MLFLOW_SERVER_ENABLE_JOB_EXECUTION=given)
+    subprocess.run(["sh", str(SERVER_SCRIPT)], env=env, capture_output=True, timeout=30)
+    lines = (fake_mlflow["log"] / "env").read_text().splitlines()
+    assert f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION={seen}" in lines
