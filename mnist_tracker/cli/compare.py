@@ -44,11 +44,14 @@ def _write(path: str, text: str, what: str) -> Path:
 
 def _log_to_project_run(paths: list[Path]) -> None:
     """Under ``mlflow run``, attach the written files to the run it created."""
-    from ..tracking import RunSink, attached_run_id, set_tracking_uri
+    from ..tracking import attached_run_id
 
     run_id = attached_run_id()
     if not run_id or not paths:
         return
+    # Only now: the sink imports torch (seconds), which a plain compare never needs.
+    from ..tracking import RunSink, set_tracking_uri
+
     sink = RunSink(run_id, set_tracking_uri(None))
     for path in paths:
         sink.log_artifact(path)

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_getattr
 from . import artifacts
-from .client import check_reachable, client, set_tracking_uri
+from .client import attached_run_id, check_reachable, client, set_tracking_uri
 
 if TYPE_CHECKING:
-    from .run import RunSpec, TrackedRun, attached_run_id, experiment_id_for, open_run, tracked_run
+    from .run import RunSpec, TrackedRun, experiment_id_for, open_run, tracked_run
     from .sink import RunSink
 
 # Loaded on first use: ``run`` and ``sink`` import torch (seconds), and the CLI's first step,
@@ -26,7 +26,6 @@ _LAZY = {
     "RunSink": "sink",
     "RunSpec": "run",
     "TrackedRun": "run",
-    "attached_run_id": "run",
     "experiment_id_for": "run",
     "open_run": "run",
     "tracked_run": "run",

@@ -39,6 +39,11 @@ def client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def attached_run_id() -> str | None:
+    """The run ``mlflow run`` created for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def set_tracking_uri(uri: str | None) -> str:
     """Use ``uri`` if given (else ``$MLFLOW_TRACKING_URI``, else MLflow's default); return it."""
     if uri:

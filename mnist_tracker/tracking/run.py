@@ -20,7 +20,6 @@ Contracts:
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from ..errors import Interrupted
 from ..uris import install_log_scrubber, scrub
 from . import lease as lease_mod
 from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT
-from .client import client, env_vars, is_unreachable, set_tracking_uri
+from .client import attached_run_id, client, env_vars, is_unreachable, set_tracking_uri
 from .sink import SINK_HTTP, RunSink
 
 ERROR_TAG_MAX = 5000
@@ -73,11 +72,6 @@ class TrackedRun:
     def end_as(self, status: str, tags: dict[str, str] | None = None) -> None:
         """End the run with ``status`` (and ``tags``) when the block exits normally."""
         self.status, self.end_tags = status, dict(tags or {})
-
-
-def attached_run_id() -> str | None:
-    """The run ``mlflow run`` created for this process, if any."""
-    return os.environ.get("MLFLOW_RUN_ID") or None
 
 
 def experiment_id_for(name: str) -> str:
