@@ -12,6 +12,7 @@ pytestmark = pytest.mark.fast
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mnist_tracker"
 MAX_FUNCTION_LINES = 80
+BENCH_ONLY = {"lightning", "pytorch_lightning", "torchmetrics"}
 
 # Lowest first: a module may import its own layer and the layers before it, never later ones.
 LAYERS = [
@@ -162,5 +163,20 @@ def test_nothing_catches_a_bare_value_error():
             if isinstance(node, ast.ExceptHandler) and node.type is not None:
                 caught = ast.unparse(node.type)
                 if caught == "ValueError" and name.startswith("mnist_tracker.cli"):
+                    found.append(f"{name}:{node.lineno}")
+    assert not found, found
+
+
+def test_the_package_never_imports_benchmark_only_extras():
+    """Lightning and torchmetrics are the peer benchmark's (the ``bench`` extra), not the
+    product's: a user's install does not have them."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                )
+                if any((n or "").split(".")[0] in BENCH_ONLY for n in names):
                     found.append(f"{name}:{node.lineno}")
     assert not found, found

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import REPO
 
@@ -95,7 +96,7 @@ def check_time_to_accuracy(stdout: str) -> None:
         assert 0 < number(reached) <= wall and epoch == "1/1", row
     else:
         assert reached == "-" and epoch == "-/1", row
-    assert row["target: >= 99.3% within 150 s"] == "n/a (smoke)", row
+    assert row["target: >= 99.3% within 40 s"] == "n/a (smoke)", row
 
 
 def check_tracking_overhead(stdout: str) -> None:
@@ -144,6 +145,30 @@ def check_compare_scale(stdout: str) -> None:
     assert re.search(r"^created 50 runs in \d+ s \(\d+\.\d ms/run\b", stdout, re.M), stdout
 
 
+def check_peer(stdout: str) -> None:
+    """One repeat of each pipeline on the same 256 images: wall times the repeat line printed,
+    training shorter than the whole process, accuracies in range, the ratio peer / ours and
+    the accuracy gap computed from the rows."""
+    rows = {r["pipeline"]: r for r in table(stdout, "| pipeline | epochs |")}
+    assert list(rows) == ["mnist-tracker train", "Lightning + MLFlowLogger"]
+    (ours_wall, peer_wall) = map(
+        float, re.search(r"^repeat 1: ours ([\d.]+) s, peer ([\d.]+) s$", stdout, re.M).groups()
+    )
+    for r, wall in zip(rows.values(), (ours_wall, peer_wall), strict=True):
+        assert r["epochs"] == "1", r
+        assert number(r["wall median (s)"]) == number(r["wall per repeat (s)"]) == wall, r
+        assert 0 < number(r["training median (s)"]) < wall < 600, r
+        assert 0 <= number(r["test accuracy median (%)"]) <= 100, r
+    measures = {r["measure"]: r for r in table(stdout, "| measure | value |")}
+    ratio = measures["peer / ours, end to end"]
+    slack = quotient_slack(peer_wall, ours_wall, 0.05, 0.005)
+    assert number(ratio["value"], "x") == pytest.approx(peer_wall / ours_wall, abs=slack), ratio
+    ours_acc, peer_acc = (number(r["test accuracy median (%)"]) for r in rows.values())
+    gap = measures["test accuracy apart (points)"]
+    assert number(gap["value"]) == pytest.approx(abs(ours_acc - peer_acc), abs=0.011), gap
+    assert ratio["met"] == gap["met"] == "n/a (smoke)", measures
+
+
 SCRIPTS = [  # script, its table's header (the start), what its figures must be
     (
         "throughput.py",
@@ -161,6 +186,7 @@ SCRIPTS = [  # script, its table's header (the start), what its figures must be
         "| runs | store (MB) | min (s) | median (s) | max (s) |",
         check_compare_scale,
     ),
+    ("peer.py", "| pipeline | epochs | wall median (s) |", check_peer),
 ]
 
 
@@ -180,3 +206,44 @@ def test_benchmark_runs_in_smoke_mode(script, table_header, check, cli_env):
     for needed in ("command: ", "machine: ", "software: torch ", table_header):
         assert needed in proc.stdout, needed
     check(proc.stdout)
+
+
+def test_gpu_suite_dry_run_runs_every_step(tmp_path, cli_env):
+    """`gpu_suite.sh --dry-run`: the same steps as on CUDA, on the CPU with a few images. The
+    results file holds each of the five trainings (one epoch, on the CPU) with its totals
+    against the targets (not judged: a dry run), then the throughput and time-to-accuracy
+    tables."""
+    out = tmp_path / "results" / "gpu.md"
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(out)],
+        capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    text = out.read_text()
+    assert text.startswith("# GPU suite (dry run on the CPU: plumbing only, no figure)")
+    rows = table(text, "| model | epochs | precision | device |")
+    assert [r["model"] for r in rows] == ["cnn", "deep_cnn", "vit", "vgg16", "alexnet"]
+    for r in rows:
+        assert r["epochs"] == "1" and r["device"] == "cpu", r
+        assert 0 < number(r["training_time_s"]) < 600, r
+    total = sum(number(r["training_time_s"]) for r in rows)
+    targets = {r["target"]: r for r in table(text, "| target | measured | met |")}
+    five = targets["five recipes in <= 120 s of training"]
+    assert number(five["measured"].removesuffix(" s")) == pytest.approx(total, abs=0.3), five
+    assert {r["met"] for r in targets.values()} == {"n/a (dry run)"}
+    assert [r["model"] for r in table(text, "| model | image size |")] == ["cnn"]
+    table(text, "| run | wall time (s) | final test accuracy |")
+    assert text.rstrip().endswith(f"done: results in {out}")
+    assert not list(tmp_path.glob("mlruns")) and not (REPO / "benchmarks" / "mlruns").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_suite_refuses_to_run_without_a_gpu(tmp_path, cli_env):
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, env=cli_env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "Error: torch sees no CUDA device; run on a GPU machine, or pass --dry-run"
+    ]

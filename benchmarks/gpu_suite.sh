@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The GPU suite (issue 13): on a CUDA machine, one results file holding
+#   1. the lab's five recipes on full MNIST, each `mnist-tracker train` timed from launch to exit:
+#      cnn, deep_cnn, vit from scratch; vgg16 and alexnet at 224 px with FROZEN RANDOM backbones
+#      (--no-pretrained --freeze: ImageNet weights cannot be fetched there; the same operations,
+#      for speed only, so their accuracy means nothing), all at --precision auto (bf16);
+#      targets on an H100/H200: the five trainings in 120 s or less in total (training_time_s;
+#      the lab's GPU took 1,707 s), the cnn's 10 epochs in 8 s or less;
+#   2. the cnn's throughput against the lab's pipeline (benchmarks/throughput.py --models cnn);
+#   3. the fast recipe's time to 99.3 % (benchmarks/time_to_accuracy.py).
+#
+# Usage (from the repository root):
+#   bash benchmarks/gpu_suite.sh --data-dir DIR [--out FILE]   # on CUDA; refuses to run without
+#   bash benchmarks/gpu_suite.sh --dry-run [--out FILE]        # CPU, committed subset, a few
+#        images, one epoch: the same steps and commands, to check the plumbing (the suite's test)
+#
+# PYTHON (default: .venv/bin/python if present, else python3) must import torch, mlflow and the
+# package's other dependencies; the package itself is read from this checkout (PYTHONPATH).
+# The results file defaults to $OUT/gpu_results.md when OUT is set, else gpu_results.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+dry_run=0
+data_dir="${MNIST_DATA_DIR:-}"
+out="${OUT:+$OUT/}gpu_results.md"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry_run=1 ;;
+    --data-dir) data_dir="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "Error: unknown argument $1; see --help" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export MLFLOW_DISABLE_TELEMETRY=true
+
+if [ "$dry_run" = 1 ]; then
+  data_dir="$REPO/tests/data/mnist"
+  device=cpu
+  limits=(--epochs 1 --limit-train 64 --limit-test 32)
+  bench=(--smoke)
+else
+  if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "Error: torch sees no CUDA device; run on a GPU machine, or pass --dry-run" >&2
+    exit 2
+  fi
+  if [ -z "$data_dir" ] || [ ! -d "$data_dir" ]; then
+    echo "Error: full MNIST not found; pass --data-dir DIR (or set MNIST_DATA_DIR)" >&2
+    exit 2
+  fi
+  data_dir=$(cd "$data_dir" && pwd)  # the trainings run in a scratch folder
+  device=cuda
+  limits=()
+  bench=(--data-dir "$data_dir")
+fi
+
+work=$(mktemp -d /tmp/mnist-gpu-suite.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+store="sqlite:///$work/gpu.db"
+mkdir -p "$(dirname "$out")"
+out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
+: > "$out"
+say() { echo "$@" | tee -a "$out"; }
+run() {  # a command, echoed into the results with its output
+  say ""
+  say "\$ $*"
+  "$@" 2>&1 | tee -a "$out"
+}
+
+say "# GPU suite$([ "$dry_run" = 1 ] && echo ' (dry run on the CPU: plumbing only, no figure)')"
+say "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+say "python: $("$PYTHON" -c 'import sys, torch, mlflow; print(sys.version.split()[0], "torch", torch.__version__, "mlflow", mlflow.__version__)')"
+say "device: $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
+if command -v nvidia-smi >/dev/null; then
+  run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+fi
+
+say ""
+say "## 1. The lab's five recipes on full MNIST"
+for model in cnn deep_cnn vit vgg16 alexnet; do
+  extra=()
+  case "$model" in
+    vgg16|alexnet)
+      size=224
+      [ "$dry_run" = 1 ] && size=$([ "$model" = vgg16 ] && echo 32 || echo 63)
+      extra=(--no-pretrained --freeze --image-size "$size") ;;
+  esac
+  start=$(date +%s%N)
+  cd "$work"  # where the runs' artifacts (./mlruns) land
+  run "$PYTHON" -m mnist_tracker train --model "$model" --precision auto --device "$device" \
+    --data-dir "$data_dir" --tracking-uri "$store" --experiment gpu-suite \
+    --run-name "gpu-suite-$model" "${limits[@]}" "${extra[@]}"
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  say "wall time of the command: $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
+  cd "$REPO"
+done
+
+say ""
+say "## Totals against the targets"
+"$PYTHON" - "$store" "$dry_run" <<'EOF' 2>&1 | tee -a "$out"
+import sys
+
+from mlflow.tracking import MlflowClient
+
+uri, dry = sys.argv[1], sys.argv[2] == "1"
+client = MlflowClient(uri)
+experiment = client.get_experiment_by_name("gpu-suite")
+runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+by_model = {r.data.params["model"]: r for r in runs}
+missing = {"cnn", "deep_cnn", "vit", "vgg16", "alexnet"} - set(by_model)
+if missing:
+    sys.exit(f"runs missing for {sorted(missing)}: a training failed above")
+print("| model | epochs | precision | device | training_time_s | test accuracy | img/s |")
+print("|---|---|---|---|---|---|---|")
+total = 0.0
+for name in ("cnn", "deep_cnn", "vit", "vgg16", "alexnet"):
+    r = by_model[name]
+    m, p = r.data.metrics, r.data.params
+    total += m["training_time_s"]
+    print(f"| {name} | {p['epochs']} | {p['precision']} | {p['device']} "
+          f"| {m['training_time_s']:.1f} | {m['test_accuracy']:.2%} "
+          f"| {m['train_throughput_img_s']:,.0f} |")
+cnn = by_model["cnn"].data.metrics["training_time_s"]
+verdict = (lambda ok: "n/a (dry run)" if dry else ("yes" if ok else "NO"))
+print()
+print("| target | measured | met |")
+print("|---|---|---|")
+print(f"| five recipes in <= 120 s of training | {total:.1f} s | {verdict(total <= 120)} |")
+print(f"| cnn's epochs in <= 8 s | {cnn:.1f} s | {verdict(cnn <= 8)} |")
+EOF
+
+say ""
+say "## 2. cnn throughput: the lab's pipeline vs ours"
+run "$PYTHON" benchmarks/throughput.py --models cnn "${bench[@]}"
+
+say ""
+say "## 3. Time to 99.3 %: --recipe fast"
+run "$PYTHON" benchmarks/time_to_accuracy.py "${bench[@]}"
+
+say ""
+say "done: results in $out"
