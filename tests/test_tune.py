@@ -393,3 +393,40 @@ def test_journal_study_lock_leaves_the_backend_its_own_lock(tmp_path):
         first.close()
         if second is not None:
             second.close()
+
+
+def test_storage_and_study_name_come_from_the_environment(sqlite_uri, tmp_path, monkeypatch):
+    """``--storage`` defaults to ``$MNIST_TRACKER_STORAGE`` and ``--study-name`` to
+    ``$MNIST_TRACKER_STUDY`` (the README's way to keep a storage password off the command line,
+    and how the compose file's tuners, whose command names neither, meet on one study); an
+    option given on the command line wins over its variable."""
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    env_db, option_db = tmp_path / "env.db", tmp_path / "option.db"
+    monkeypatch.setenv("MNIST_TRACKER_STORAGE", f"sqlite:///{env_db}")
+    monkeypatch.setenv("MNIST_TRACKER_STUDY", "from-env")
+    args = ["tune", "--model", "cnn", "--trials", "1", "--epochs", "1", "--limit-train",
+            "200", "--val-size", "100", "--pruner", "none", "--no-final", "--data-dir",
+            str(SUBSET)]  # fmt: skip
+
+    given = ["--storage", f"sqlite:///{option_db}", "--study-name", "from-option"]
+    result = CliRunner().invoke(main, [*args, *given])
+    assert result.exit_code == 0, result.output
+    assert not env_db.exists(), "the variable's storage was opened though --storage was given"
+    assert optuna.get_all_study_names(f"sqlite:///{option_db}") == ["from-option"]
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"storage sqlite:///{env_db}" in result.stderr
+    assert result.stdout.startswith("study from-env: best val_accuracy ")
+    storage = f"sqlite:///{env_db}"
+    assert optuna.get_all_study_names(storage) == ["from-env"]
+    study = optuna.load_study(study_name="from-env", storage=storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    parent = MlflowClient().get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.run_name == "from-env"
+    assert len(_children(parent.info.run_id)) == 1
+    other = optuna.load_study(study_name="from-option", storage=f"sqlite:///{option_db}")
+    assert len(other.get_trials()) == 1, "the run without options joined the option's study"
