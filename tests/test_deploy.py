@@ -4,6 +4,7 @@ compose file's own command, tuning workers on a PostgreSQL study, and the compos
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -64,20 +65,102 @@ def test_login_is_required(auth_server):
     assert _status(url, auth_server["username"], auth_server["password"]) == 200
 
 
-def test_training_run_through_the_authenticated_server(logged_in, experiment_name, cli_env):
+def _train_tiny(experiment: str, env: dict[str, str]):
+    """A one-epoch cnn on 200 images, through the server ``env`` logs in to: the command's
+    output (``proc.stdout + proc.stderr``) and the experiment's one run, FINISHED."""
     proc = subprocess.run(
         [str(BIN / "mnist-tracker"), "train", "--model", "cnn", "--epochs", "1",
          "--limit-train", "200", "--limit-test", "100", "--data-dir", str(SUBSET),
-         "--experiment", experiment_name],
-        capture_output=True, text=True, env=cli_env, timeout=300,
+         "--experiment", experiment],
+        capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    exp = MlflowClient().get_experiment_by_name(experiment_name)
+    exp = MlflowClient().get_experiment_by_name(experiment)
     (run,) = MlflowClient().search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
+    return proc.stdout + proc.stderr, run
+
+
+def test_training_run_through_the_authenticated_server(logged_in, experiment_name, cli_env):
+    output, run = _train_tiny(experiment_name, cli_env)
     paths = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert "plots/learning_curves.png" in paths, "artifacts went through the served store"
-    assert logged_in["password"] not in proc.stderr + proc.stdout
+    assert logged_in["password"] not in output
+
+
+def _api(uri: str, method: str, path: str, user: str, password: str, body: dict | None = None):
+    """One REST call to ``/api/2.0/mlflow/<path>`` as ``user``: (HTTP status, JSON answer)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data, method=method)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        text = err.read().decode(errors="replace")
+        try:
+            return err.code, json.loads(text or "{}")
+        except ValueError:  # not MLflow's JSON error: kept to be shown by a failing assert
+            return err.code, {"body": text[:500]}
+
+
+def test_a_login_per_person_reads_every_run_and_writes_only_its_own(
+    logged_in, experiment_name, cli_env
+):
+    """README: "Create a login per person with MLflow's auth API
+    (`mlflow.server.get_app_client("basic-auth", tracking_uri=...)`) rather than sharing the
+    admin"; deploy/mlflow-server.sh gives every login `default_permission = READ`. A person so
+    created logs in with their own password only, reads the admin's experiment and run, is
+    refused every write to them (403, the auth app's "Permission denied"), which leaves them
+    as they were, and trains with `mnist-tracker train` into an experiment of their own."""
+    from mlflow.server import get_app_client
+
+    uri, client = logged_in["uri"], MlflowClient()
+    admin_experiment = client.create_experiment(experiment_name)
+    admin_run = client.create_run(admin_experiment).info.run_id
+    client.log_metric(admin_run, "test_accuracy", 0.5, step=1)
+
+    person, password = f"person-{experiment_name}", "person-pw-5c1e0b"
+    get_app_client("basic-auth", tracking_uri=uri).create_user(person, password)
+    search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _status(search, person, "wrong-password") == 401
+    assert _status(search, person, logged_in["password"]) == 401, "the admin's password is not it"
+
+    status, answer = _api(uri, "GET", f"runs/get?run_id={admin_run}", person, password)
+    assert status == 200, answer
+    assert [(m["key"], m["value"]) for m in answer["run"]["data"]["metrics"]] == [
+        ("test_accuracy", 0.5)
+    ]
+    status, answer = _api(
+        uri, "GET", f"experiments/get?experiment_id={admin_experiment}", person, password
+    )
+    assert status == 200 and answer["experiment"]["name"] == experiment_name, answer
+
+    now = int(time.time() * 1000)
+    writes = {
+        "runs/log-metric": {"run_id": admin_run, "key": "test_accuracy", "value": 0.1,
+                            "timestamp": now, "step": 2},
+        "runs/set-tag": {"run_id": admin_run, "key": "written_by", "value": person},
+        "runs/update": {"run_id": admin_run, "status": "FAILED", "end_time": now},
+        "runs/create": {"experiment_id": admin_experiment, "start_time": now},
+        "experiments/set-experiment-tag": {"experiment_id": admin_experiment,
+                                           "key": "written_by", "value": person},
+    }  # fmt: skip
+    for path, body in writes.items():
+        status, answer = _api(uri, "POST", path, person, password, body)
+        assert (status, answer) == (403, {"body": "Permission denied"}), path
+    run = client.get_run(admin_run)
+    assert run.info.status == "RUNNING" and "written_by" not in run.data.tags
+    assert [m.value for m in client.get_metric_history(admin_run, "test_accuracy")] == [0.5]
+    assert len(client.search_runs([admin_experiment])) == 1
+    assert "written_by" not in client.get_experiment(admin_experiment).tags
+
+    env = dict(cli_env, MLFLOW_TRACKING_USERNAME=person, MLFLOW_TRACKING_PASSWORD=password)
+    output, trained = _train_tiny(f"{experiment_name}-own", env)
+    assert "test_accuracy" in trained.data.metrics
+    assert password not in output
 
 
 def _tune_command(postgres, experiment_name, study, trials, extra=()):
