@@ -1,0 +1,46 @@
+"""Accuracy on full MNIST, trained for real by the command a user types (`full_data`: CI has
+the data; elsewhere these skip with the reason)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .conftest import BIN
+
+pytestmark = [pytest.mark.slow, pytest.mark.full_data]
+
+
+def _train_cnn(full_data_dir, tracking_uri: str, cli_env, *args: str):
+    """`mnist-tracker train --model cnn ARGS` on full MNIST: its one FINISHED run, which saw
+    all 60,000 training and 10,000 test images."""
+    proc = subprocess.run(
+        [str(BIN / "mnist-tracker"), "train", "--model", "cnn", *args,
+         "--data-dir", str(full_data_dir), "--tracking-uri", tracking_uri],
+        capture_output=True, text=True, env=cli_env, timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["train_size"], run.data.params["test_size"]) == ("60000", "10000")
+    return run
+
+
+def test_one_epoch_of_the_lab_cnn_on_full_mnist(full_data_dir, sqlite_uri, cli_env):
+    """README: `make run MNIST_DATA_DIR=... ARGS="--epochs 1"` (the lab's cnn recipe, one
+    epoch) gave 98.41 % test accuracy. The recipe's 10 epochs (GUIDE's 99.38 %) take about
+    10 minutes on a 2-core CPU, too long for CI: one epoch is checked, against a bound a few
+    tenths below the figure measured by hand."""
+    # Measured 2026-12-03 on the 2-core CPU, shared with other jobs (load average 6-10):
+    # `mnist-tracker train --model cnn --epochs 1 --data-dir /work/shared/data/mnist
+    # --tracking-uri sqlite:///mlflow-lab.db` gave test_accuracy 0.9824 (F1 0.9823; fp32,
+    # seed 42; 575 s for the epoch, 697 s end to end on that loaded machine). README's run of
+    # 2026-12-02 gave 0.9841: the bound sits 0.34 below the lower of the two.
+    run = _train_cnn(full_data_dir, sqlite_uri, cli_env, "--epochs", "1")
+    params = run.data.params
+    assert (params["recipe"], params["epochs"], params["batch_size"]) == ("lab", "1", "64")
+    assert params["precision"] == "fp32", "the lab recipe keeps fp32 unless asked"
+    assert run.data.metrics["test_accuracy"] >= 0.979
