@@ -162,6 +162,21 @@ def test_a_login_per_person_reads_every_run_and_writes_only_its_own(
     assert "test_accuracy" in trained.data.metrics
     assert password not in output
 
+    # Training into the admin's experiment: one line naming the login and the fix, exit 2.
+    proc = subprocess.run(
+        [str(BIN / "mnist-tracker"), "train", "--model", "cnn", "--epochs", "1",
+         "--limit-train", "200", "--limit-test", "100", "--data-dir", str(SUBSET),
+         "--experiment", experiment_name],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == proc.stderr.strip().splitlines()[-1:], proc.stderr[-2000:]
+    assert f"refused '{person}' a write (403 Permission denied)" in errors[0]
+    assert "ask its admin for EDIT" in errors[0] and "Traceback" not in proc.stderr
+    assert password not in proc.stdout + proc.stderr
+    assert len(client.search_runs([admin_experiment])) == 1, "no run was created"
+
 
 def _tune_command(postgres, experiment_name, study, trials, extra=()):
     return [

@@ -6,6 +6,7 @@
 | ``RunFailed`` (Diverged, ...)        | ``Error: <one line>. <hint>``         | 1          |
 | Ctrl-C (KeyboardInterrupt, Abort)    | ``Interrupted. <hint>``               | 130        |
 | ``Interrupted`` (SIGTERM)            | ``Stopped by signal N. <hint>``       | 128 + N    |
+| a write the server's auth refused    | ``Error: <one line: login, fix>``     | 2          |
 | anything else                        | the traceback (a bug, or an outage)   | 1          |
 
 Everything printed has its passwords hidden (``uris.scrub``), the traceback included.
@@ -59,9 +60,23 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, RunFailed):
         click.echo(scrub(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc)), err=True)
         return exc.exit_code
+    refused = _permission_refusal(exc)
+    if refused is not None:
+        click.echo(f"Error: {_one_line(refused)}", err=True)
+        return USAGE_EXIT
     # A bug or an outage: the traceback, as Python would print it, passwords hidden.
     click.echo(scrub("".join(traceback.format_exception(exc))).rstrip(), err=True)
     return 1
+
+
+def _permission_refusal(exc: BaseException) -> str | None:
+    """``tracking.client.permission_refusal``, asked only when MLflow is loaded (a command
+    that never imported it raised nothing of MLflow's)."""
+    if "mlflow" not in sys.modules:
+        return None
+    from ..tracking.client import permission_refusal
+
+    return permission_refusal(exc)
 
 
 class OneLineErrors(click.Group):

@@ -121,6 +121,25 @@ def answered(exc: BaseException) -> bool:
     return "error responses" in str(exc)
 
 
+def permission_refusal(exc: BaseException) -> str | None:
+    """The one-line message for a write the tracking server's auth refused this login (HTTP
+    403: MLflow's auth app answers "Permission denied"), or None for anything else."""
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    text = str(exc)
+    if exc.error_code != "PERMISSION_DENIED" and not (
+        "403" in text and "Permission denied" in text
+    ):
+        return None
+    login = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this login"
+    return (
+        f"the tracking server {redact(mlflow.get_tracking_uri())} refused {login!r} a write "
+        "(403 Permission denied): another login owns the experiment, and the team server gives "
+        "others READ; ask its admin for EDIT on it (the auth API's "
+        "create_experiment_permission), or pass an --experiment of your own"
+    )
+
+
 def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
     """``exc`` as one line, at most ``limit`` characters, with ``uri``'s password hidden."""
     return scrub(" ".join(str(exc).split())[:limit], uri)
