@@ -65,15 +65,21 @@ def test_login_is_required(auth_server):
     assert _status(url, auth_server["username"], auth_server["password"]) == 200
 
 
-def _train_tiny(experiment: str, env: dict[str, str]):
-    """A one-epoch cnn on 200 images, through the server ``env`` logs in to: the command's
-    output (``proc.stdout + proc.stderr``) and the experiment's one run, FINISHED."""
-    proc = subprocess.run(
+def _run_tiny(experiment: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`mnist-tracker train` of a one-epoch cnn on 200 images, through the server ``env``
+    logs in to, into ``experiment``."""
+    return subprocess.run(
         [str(BIN / "mnist-tracker"), "train", "--model", "cnn", "--epochs", "1",
          "--limit-train", "200", "--limit-test", "100", "--data-dir", str(SUBSET),
          "--experiment", experiment],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
+
+
+def _train_tiny(experiment: str, env: dict[str, str]):
+    """``_run_tiny``, which must succeed: the command's output (``proc.stdout +
+    proc.stderr``) and the experiment's one run, FINISHED."""
+    proc = _run_tiny(experiment, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = MlflowClient().get_experiment_by_name(experiment)
     (run,) = MlflowClient().search_runs([exp.experiment_id])
@@ -163,12 +169,7 @@ def test_a_login_per_person_reads_every_run_and_writes_only_its_own(
     assert password not in output
 
     # Training into the admin's experiment: one line naming the login and the fix, exit 2.
-    proc = subprocess.run(
-        [str(BIN / "mnist-tracker"), "train", "--model", "cnn", "--epochs", "1",
-         "--limit-train", "200", "--limit-test", "100", "--data-dir", str(SUBSET),
-         "--experiment", experiment_name],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    proc = _run_tiny(experiment_name, env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
     assert errors == proc.stderr.strip().splitlines()[-1:], proc.stderr[-2000:]
