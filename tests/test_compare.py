@@ -690,6 +690,19 @@ def test_select_rows(mode, metric, expected):
     assert list(compare.select_rows(runs, mode, metric)["run_id"]) == expected
 
 
+@pytest.mark.parametrize("metric", ["test_loss", "val_loss", "train_loss"])
+def test_lower_is_better_for_every_loss(metric):
+    """README: "lower is better for `*loss`": the run with the smallest loss is each model's
+    best, as for times; a metric named otherwise (F1 here) ranks the other way."""
+    runs = frame([("cnn", "c1", 1, 0.9, 30.0), ("cnn", "c2", 2, 0.8, 10.0),
+                  ("vit", "v1", 1, 0.95, 40.0)])  # fmt: skip
+    runs[metric] = [0.30, 0.10, 0.40]
+    assert compare.lower_is_better(metric) and not compare.lower_is_better("test_f1_macro")
+    assert list(compare.select_rows(runs, "best", metric)["run_id"]) == ["c2", "v1"]
+    assert list(compare.select_rows(runs, "all", metric)["run_id"]) == ["c2", "c1", "v1"]
+    assert list(compare.select_rows(runs, "best", "test_f1_macro")["run_id"]) == ["v1", "c1"]
+
+
 def test_missing_values_render_empty_and_null():
     runs = frame([("resnet", "r1", 0, 0.5, math.nan)])
     table = compare.results_table(runs, "test_accuracy")
