@@ -99,8 +99,26 @@ def test_precision_resolution():
     assert runtime.resolve_precision("fp32", cpu) == "fp32"
     expected = "bf16" if runtime.cpu_has_fast_bf16() else "fp32"  # AVX512-bf16 / AMX or not
     assert runtime.resolve_precision("auto", cpu) == expected
+    flags = runtime.cpu_flags()
+    if flags is not None:  # Linux: the flags decide, and plain AVX-512 (emulated bf16) is not it
+        assert runtime.cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
     with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
         runtime.resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [
+        ({"avx512f", "avx512bw", "avx512_vnni"}, False),  # bf16 only emulated by oneDNN
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"amx_tile", "amx_bf16"}, True),
+        ({"avx2", "fma"}, False),
+    ],
+)
+def test_auto_picks_bf16_only_where_the_cpu_has_it_natively(monkeypatch, flags, fast):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    assert runtime.cpu_has_fast_bf16() is fast
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")
 
 
 @pytest.mark.slow

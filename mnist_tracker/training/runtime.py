@@ -33,8 +33,28 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix work natively (AVX512-bf16 or AMX)."""
+    """Whether this CPU runs bf16 matrix work natively (AVX512-BF16 or AMX-BF16).
+
+    Not oneDNN's own check alone: ``_is_mkldnn_bf16_supported`` also says yes for plain
+    AVX-512, where bf16 is emulated and slower than fp32 (the lab cnn trained at 800-840
+    img/s in bf16 against about 1,500 in fp32 on such a Xeon). Where the flags cannot be
+    read, oneDNN's check decides."""
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(NATIVE_BF16_FLAGS & flags)
     with contextlib.suppress(Exception):
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
