@@ -14,11 +14,19 @@ from mnist_tracker.tracking import fresh_store
 
 
 def schema(db) -> list[tuple]:
-    """Every table, index and trigger with its SQL, and the schema revision."""
+    """Every table, index and trigger with the lines of its SQL, and the schema revision.
+
+    The lines of one statement are compared as a set: MLflow's own migrations write a table's
+    CHECK constraints in an order that changes from process to process (two stores MLflow
+    created in two processes differ so), which SQLite does not care about."""
     with contextlib.closing(sqlite3.connect(db)) as con:
         objects = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
         revision = con.execute("SELECT version_num FROM alembic_version").fetchall()
-        return [*objects.fetchall(), ("revision", revision)]
+        lines = [
+            (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+            for kind, name, sql in objects.fetchall()
+        ]
+        return [*lines, ("revision", revision)]
 
 
 def contents(uri: str) -> dict:
