@@ -84,6 +84,8 @@ def install_log_scrubber() -> None:
 # SQLAlchemy databases ("postgresql+psycopg2://" too), Databricks and local folders (file:).
 _SERVERS = ("http", "https")
 _DATABASES = ("postgresql", "mysql", "mssql")
+# Every scheme MLflow opens with SQLAlchemy (a database, not a server or a folder).
+SQL_SCHEMES = ("sqlite", *_DATABASES)
 _DATABRICKS = ("databricks", "databricks-uc", "uc")
 SUPPORTED_STORES = (
     "http(s)://HOST:PORT (a tracking server), sqlite:///PATH, file:PATH (or a folder), "

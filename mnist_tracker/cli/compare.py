@@ -65,10 +65,10 @@ def _log_to_project_run(paths: list[Path]) -> None:
 def _refuse_missing_sqlite(uri: str) -> None:
     """A SQLite store that does not exist is a typo, not an empty store: MLflow would create
     it (and its tables) on the first query."""
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if str(path) != ":memory:" and not path.is_file():
+    from ..tracking.fresh_store import sqlite_path
+
+    path = sqlite_path(uri)  # None: not a SQLite file (a server, in memory)
+    if path is not None and not path.is_file():
         fail(
             f"no tracking store at {path} (from {uri}); pass the --tracking-uri your runs were "
             "logged to"

@@ -214,9 +214,11 @@ def build_inputs(
     if not plan.enabled:
         # On a GPU the images (uint8, 47 MB for all of MNIST) stay on the device for the whole
         # fit: a step then slices device memory instead of copying a batch from the host.
-        x = [None if t is None else t.to(device) for t in (splits.train_x, splits.val_x)]
-        test_x = None if splits.test_x is None else splits.test_x.to(device)
-        return Inputs(model, x[0], x[1], test_x, eval_bs, train_y=train_y)
+        train_x, val_x, test_x = (
+            None if t is None else t.to(device)
+            for t in (splits.train_x, splits.val_x, splits.test_x)
+        )
+        return Inputs(model, train_x, val_x, test_x, eval_bs, train_y=train_y)
     seconds: dict[str, float] = {}
     cached: dict[str, torch.Tensor | None] = {"val": None, "test": None}
     for split in ("train", "val", "test"):
