@@ -12,7 +12,8 @@ A training run writes (``workflows.train``) and ``reporting`` reads:
   (step = epoch), which the UI's image view compares across runs.
 - ``CONFUSION_MATRIX``: ``{"labels": [0..9], "matrix": [[count, ...] x 10]}``, rows the true
   digit, columns the predicted one (``confusion_payload`` / ``read_confusion``).
-- ``CLASSIFICATION_REPORT``: scikit-learn's ``classification_report(output_dict=True)``.
+- ``CLASSIFICATION_REPORT``: scikit-learn's ``classification_report(output_dict=True)``
+  layout (written by ``training.metrics.classification_report``).
 - ``CHECKPOINT``: the newest ``training.checkpoint`` of a run that may be resumed.
 
 Tags other parts select runs by live here too.

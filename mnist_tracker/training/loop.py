@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch import nn
 
 from ..config import TrainConfig
 from ..data import iterate_batches
+from .metrics import macro_f1
 from .runtime import autocast
 
 
@@ -155,8 +155,6 @@ def evaluate(
     return EvalResult(
         loss=total_loss / len(y),
         accuracy=float((predictions == labels).mean()),
-        f1_macro=float(
-            f1_score(labels, predictions, average="macro", labels=list(range(10)), zero_division=0)
-        ),
+        f1_macro=macro_f1(labels, predictions),
         predictions=predictions,
     )

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sklearn.metrics import classification_report
 
 from ..config import TrainConfig, fit_to_data
 from ..data import MNIST, Splits, load_mnist, split_data
@@ -33,6 +32,7 @@ from ..tracking.system import system_metrics
 from ..training import FitResult, fit, resolve_runtime, seed_everything
 from ..training.callbacks import Callback, EpochPrinter, ProgressBar
 from ..training.features import CachePlan, plan_cache
+from ..training.metrics import classification_report
 from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits
 
 RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
@@ -268,14 +268,7 @@ def _log_finish(run: TrackedRun, prep: _Prepared, options: TrainOptions, result)
     confusion = images.confusion_matrix_png(matrix["matrix"], f"{title}: test set")
     sink.log_bytes(confusion, artifacts.CONFUSION_FIGURE)
     sink.log_dict(matrix, artifacts.CONFUSION_MATRIX)
-    report = classification_report(
-        labels,
-        predictions,
-        labels=list(range(10)),
-        target_names=artifacts.DIGITS,
-        output_dict=True,
-        zero_division=0,
-    )
+    report = classification_report(labels, predictions, artifacts.DIGITS)
     sink.log_dict(report, artifacts.CLASSIFICATION_REPORT)
     example = prep.splits.test_x[:2].unsqueeze(1).float().div(255.0)
     last_epoch = len(result.history)  # its test metrics are linked to the logged model
