@@ -14,11 +14,38 @@ message saying how to scale them, instead of being classified wrongly.
 
 from __future__ import annotations
 
+import sys
+
 import mlflow
 import numpy as np
 import pandas as pd
 
 COLUMNS = ["label", "probability", *(f"prob_{d}" for d in range(10))]
+_LIGHTNING = ("pytorch_lightning", "lightning")
+
+
+def import_mlflow_pytorch():
+    """``mlflow.pytorch``, imported without PyTorch Lightning.
+
+    Where Lightning is installed (the peer benchmark's extra puts it in the test environment),
+    ``mlflow.pytorch`` imports it at once for an autolog callback this model never uses: 4-8 s
+    (torchmetrics, torchvision, ``torch._dynamo``) on every model logged or loaded. Lightning
+    is hidden only while ``mlflow.pytorch`` loads and only if nothing imported it yet, so a
+    process that uses Lightning keeps all of it; ``mlflow.pytorch.autolog`` imports its
+    Lightning part again when called.
+    """
+    if "mlflow.pytorch" in sys.modules:
+        return sys.modules["mlflow.pytorch"]
+    hidden = [name for name in _LIGHTNING if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # "import pytorch_lightning" raises ImportError, caught there
+    try:
+        import mlflow.pytorch
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return mlflow.pytorch
 
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
@@ -31,9 +58,7 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True  # MLflow's switch for that (it would warn otherwise)
 
     def load_context(self, context) -> None:
-        import mlflow.pytorch
-
-        self.network = mlflow.pytorch.load_model(context.artifacts["network"])
+        self.network = import_mlflow_pytorch().load_model(context.artifacts["network"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         import torch

@@ -186,6 +186,25 @@ def test_listing_models_needs_no_torch_and_a_new_store_prints_no_mlflow_info(tmp
     assert "Creating initial MLflow database tables" not in proc.stderr + proc.stdout
 
 
+def test_a_training_run_imports_neither_scikit_learn_nor_lightning(tmp_path, subset_dir):
+    """scikit-learn cost each run 1.5-2.5 s of start-up for two metrics, and MLflow's
+    ``mlflow.pytorch`` imports Lightning (4-8 s) wherever it is installed, as in this test
+    environment (issue 13). A whole run, report and model logging included, imports neither,
+    and Lightning stays importable in that process afterwards."""
+    code = (
+        "import sys; from click.testing import CliRunner; from mnist_tracker.cli import main; "
+        f"r = CliRunner().invoke(main, ['train', '--model', 'cnn', '--epochs', '1', "
+        f"'--limit-train', '64', '--limit-test', '64', '--data-dir', {str(subset_dir)!r}, "
+        f"'--tracking-uri', 'sqlite:///{tmp_path}/s.db']); "
+        "heavy = ('sklearn', 'pytorch_lightning', 'lightning', 'torchmetrics'); "
+        "loaded = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}); "
+        "import pytorch_lightning; "
+        "print(r.exit_code, loaded, r.output[-300:] if r.exit_code else '')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1:] == ["0 []"], out.stdout[-2000:] + out.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Issue 11: input MLflow or the machine would refuse only later, refused up front.
 

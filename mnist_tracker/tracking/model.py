@@ -16,6 +16,7 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tempfile
@@ -30,6 +31,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import ModelError
 from ..models import create_model
+from ..serving import import_mlflow_pytorch
 from . import artifacts
 from .client import client, env_vars
 
@@ -116,16 +118,16 @@ def _register_once(mlflow_client, uri: str, run_id: str, register: str) -> None:
 
 def _log_new(model, example, run_id: str, experiment_id: str, name: str, register, step) -> str:
     """One ``Model.log`` call: the pyfunc around the network (see ``log_model``)."""
-    import mlflow.pytorch
     from mlflow.models import Model, infer_signature
 
+    mlflow_pytorch = import_mlflow_pytorch()
     cpu_model = copy.deepcopy(model).to("cpu").float().eval()
     example = example[:2].to("cpu").float()
     with torch.inference_mode():
         logits = cpu_model(example)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _requirements_trusted():
         network = Path(tmp) / "network"
-        mlflow.pytorch.save_model(
+        mlflow_pytorch.save_model(
             cpu_model,
             str(network),
             serialization_format="pt2",
@@ -157,6 +159,34 @@ def _log_new(model, example, run_id: str, experiment_id: str, name: str, registe
                 step=step,
             )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _requirements_trusted():
+    """Skip MLflow's check of the model's pip requirements against the installed packages,
+    made when the network is saved and again when ``Model.log`` loads the pyfunc to validate
+    the input example (that validation itself still runs).
+
+    ``pip_requirements()`` names the running versions, so the check cannot find a mismatch;
+    it costs 1.5-3 s per model logged (``importlib.metadata.packages_distributions`` reads
+    every installed package's file list). MLflow's functions are put back afterwards; where a
+    later MLflow moves them, the check simply runs.
+    """
+    import mlflow.pyfunc
+    from mlflow.utils import environment
+
+    patched = [m for m in (environment, mlflow.pyfunc) if hasattr(m, _CHECK)]
+    originals = [getattr(m, _CHECK) for m in patched]
+    for module in patched:
+        setattr(module, _CHECK, lambda requirements: None)
+    try:
+        yield
+    finally:
+        for module, original in zip(patched, originals, strict=True):
+            setattr(module, _CHECK, original)
+
+
+_CHECK = "warn_dependency_requirement_mismatches"
 
 
 def _served(logits: torch.Tensor) -> pd.DataFrame:
