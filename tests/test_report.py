@@ -28,6 +28,7 @@ from mnist_tracker.config import resolve_config
 from mnist_tracker.data import load_mnist
 from mnist_tracker.reporting import report
 from mnist_tracker.tracking import artifacts
+from mnist_tracker.training.metrics import confusion
 from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import IN_CI, SUBSET
@@ -301,9 +302,11 @@ def test_report_renders_in_headless_chromium(server_uri, report_runs, tmp_path):
 def test_confusion_artifact_round_trips_sklearns_matrix():
     rng = np.random.default_rng(0)
     labels, predictions = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
-    payload = json.loads(json.dumps(artifacts.confusion_payload(labels, predictions)))
+    payload = json.loads(json.dumps(artifacts.confusion_payload(confusion(labels, predictions))))
     assert payload["labels"] == list(range(10))
     assert artifacts.read_confusion(payload) == confusion_matrix(labels, predictions).tolist()
+    with pytest.raises(ValueError, match="10x10"):
+        artifacts.confusion_payload(np.zeros((9, 9), dtype=np.int64))
     for broken in ({}, {"matrix": [[1, 2]]}, {"matrix": [[0] * 10] * 9}, []):
         with pytest.raises(ValueError, match="10x10"):
             artifacts.read_confusion(broken)

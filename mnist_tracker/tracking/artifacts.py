@@ -50,16 +50,13 @@ REAPED_TAG = "mnist_tracker.reaped"  # why `runs reap` ended the run FAILED
 CREATE_KEY_TAG = "mnist_tracker.create_key"  # finds a run whose creation answer was lost
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> list[list[int]]:
-    """Counts of true digit (rows) against predicted digit (columns), 10 x 10."""
-    matrix = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, np.int64)), 1)
-    return matrix.tolist()
-
-
-def confusion_payload(labels: np.ndarray, predictions: np.ndarray) -> dict:
-    """The ``CONFUSION_MATRIX`` artifact's content."""
-    return {"labels": list(range(10)), "matrix": confusion_matrix(labels, predictions)}
+def confusion_payload(matrix: np.ndarray) -> dict:
+    """The ``CONFUSION_MATRIX`` artifact's content for a 10 x 10 ``matrix`` of counts
+    (``training.metrics.confusion``: true digit in rows, predicted digit in columns)."""
+    counts = np.asarray(matrix)
+    if counts.shape != (10, 10):
+        raise ValueError(f"not a 10x10 confusion matrix: shape {counts.shape}")
+    return {"labels": list(range(10)), "matrix": counts.astype(np.int64).tolist()}
 
 
 def read_confusion(payload: dict) -> list[list[int]]:

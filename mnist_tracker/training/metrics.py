@@ -42,11 +42,12 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
 
 
 def classification_report(
-    labels: np.ndarray, predictions: np.ndarray, names: list[str]
+    matrix: np.ndarray, names: list[str]
 ) -> dict[str, dict[str, float] | float]:
-    """``sklearn.metrics.classification_report(..., output_dict=True)`` for the classes
-    ``names`` (in label order): per class, ``accuracy``, ``macro avg`` and ``weighted avg``."""
-    matrix = confusion(labels, predictions, len(names))
+    """``sklearn.metrics.classification_report(..., output_dict=True)`` of a ``confusion``
+    ``matrix`` for the classes ``names`` (in label order): per class, ``accuracy``, ``macro
+    avg`` and ``weighted avg``. It takes the matrix, not the labels, so that a run counts its
+    test predictions once for this report and its confusion-matrix artifact."""
     scores = per_class(matrix)
     support = scores["support"]
     total = int(support.sum())

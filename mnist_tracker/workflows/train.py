@@ -32,7 +32,7 @@ from ..tracking.system import system_metrics
 from ..training import FitResult, fit, resolve_runtime, seed_everything
 from ..training.callbacks import Callback, EpochPrinter, ProgressBar
 from ..training.features import CachePlan, plan_cache
-from ..training.metrics import classification_report
+from ..training.metrics import classification_report, confusion
 from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits
 
 RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
@@ -262,13 +262,14 @@ def _log_finish(run: TrackedRun, prep: _Prepared, options: TrainOptions, result)
         return
     title = _title(prep, run)
     labels, predictions = result.test_labels, result.test_predictions
-    matrix = artifacts.confusion_payload(labels, predictions)
+    matrix = confusion(labels, predictions)
+    payload = artifacts.confusion_payload(matrix)
     sink = run.sink
     sink.log_bytes(images.learning_curves_png(result.history, title), artifacts.LEARNING_CURVES)
-    confusion = images.confusion_matrix_png(matrix["matrix"], f"{title}: test set")
-    sink.log_bytes(confusion, artifacts.CONFUSION_FIGURE)
-    sink.log_dict(matrix, artifacts.CONFUSION_MATRIX)
-    report = classification_report(labels, predictions, artifacts.DIGITS)
+    figure = images.confusion_matrix_png(payload["matrix"], f"{title}: test set")
+    sink.log_bytes(figure, artifacts.CONFUSION_FIGURE)
+    sink.log_dict(payload, artifacts.CONFUSION_MATRIX)
+    report = classification_report(matrix, artifacts.DIGITS)
     sink.log_dict(report, artifacts.CLASSIFICATION_REPORT)
     example = prep.splits.test_x[:2].unsqueeze(1).float().div(255.0)
     last_epoch = len(result.history)  # its test metrics are linked to the logged model
