@@ -1,5 +1,5 @@
 # Two entry points for a fresh clone (Python 3.11 and pip are all it needs):
-#   make run    create .venv, install, train the lab's cnn, tracked in ./mlflow.db
+#   make run    create .venv, install the package, train the lab's cnn, tracked in ./mlflow.db
 #   make test   create .venv, install with test extras, lint, run the test suite
 #   make test-fast   lint + the tests marked `fast` (no servers, no subprocesses; < 2 minutes)
 PYTHON ?= python3
@@ -7,20 +7,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test test-fast lint format ui clean
+.PHONY: install install-test run test test-fast lint format ui clean
 
+# `make run` installs the package alone; the test extras (pytest, ruff, scikit-learn, and the
+# peer benchmark's PyTorch Lightning) only come with the targets that need them.
 $(BIN)/mnist-tracker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-extras: $(BIN)/mnist-tracker
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
 install: $(BIN)/mnist-tracker
 
+install-test: $(VENV)/.test-extras
+
 run: install
 	$(BIN)/mnist-tracker train --model cnn $(ARGS)
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -30,7 +38,7 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m fast $(PYTEST_ARGS)
 
-format: install
+format: install-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
