@@ -1,11 +1,11 @@
 """The frozen-backbone feature cache: when it runs, what it stores, and that it changes nothing.
 
 Equivalence: the same seed, one epoch, once on pixels and once on cached features. alexnet
-runs with random frozen features (no weights download here): in bf16 the two paths must be
-bit-identical; in fp32 (features stored in fp16) close. Random AlexNet features carry almost no
-information about the digit, so a small stand-in with the same structure (conv features,
-adaptive pool, dropout MLP head, the same split) shows that the accuracies of a head that does
-learn agree too.
+runs with random frozen features (no weights download here): in fp32 (features stored in fp16)
+the two paths must be close. A small stand-in with the same structure (conv features, adaptive
+pool, dropout MLP head, the same split) shows that in bf16 they are bit-identical, and that
+the accuracies of a head that does learn agree (random AlexNet features carry almost no
+information about the digit).
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def _head(model: nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_bf16_cached_path_is_bit_identical_to_the_plain_path():
-    """bf16 runs store what the plain path's head receives: the same numbers, exactly."""
-    plain, plain_model, _ = _fit(precision="bf16", feature_cache="off")
-    cached, cached_model, _ = _fit(precision="bf16", feature_cache="on")
+def test_bf16_cached_path_is_bit_identical_to_the_plain_path(stand_in):
+    """bf16 runs store what the plain path's head receives: the same numbers, exactly. On the
+    stand-in (alexnet's split and head layout at 28 px): alexnet's convolutions in bf16 take
+    over a minute on a CPU without native bf16 and prove nothing more about the cache."""
+    plain, plain_model, _ = _fit(stand_in, precision="bf16", feature_cache="off", image_size=28)
+    cached, cached_model, _ = _fit(stand_in, precision="bf16", feature_cache="on", image_size=28)
     assert (plain.feature_cache, cached.feature_cache) == ("off", "on")
     assert cached.final["feature_cache_time_s"] > 0 and "feature_cache_time_s" not in plain.final
     for key in METRICS:
@@ -218,8 +220,12 @@ def test_fp16_storage_refuses_to_overflow():
 
 
 @pytest.mark.slow
-def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(sqlite_uri, experiment_name):
-    config = resolve_config("alexnet", **(SMALL | {"val_size": 0}))
+def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(
+    stand_in, sqlite_uri, experiment_name
+):
+    """On the stand-in: an alexnet run would export and store a ~230 MB model for the same
+    proof (alexnet's own export is tested in test_tracking.py)."""
+    config = resolve_config(stand_in, **(SMALL | {"val_size": 0, "image_size": 28}))
     outcome = train(config, TrainOptions(data_dir=SUBSET, experiment=experiment_name))
     run = MlflowClient().get_run(outcome.run_id)
     assert run.data.params["feature_cache"] == "on"
@@ -227,7 +233,7 @@ def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(sqlite_uri, ex
     assert "computed once" in run.data.tags["feature_cache_reason"]
     assert run.data.metrics["feature_cache_time_s"] > 0
 
-    network = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/alexnet/artifacts/network")
+    network = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/{stand_in}/artifacts/network")
     images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     with torch.inference_mode():
         expected = outcome.model.to("cpu").eval()(torch.from_numpy(images)).numpy()
