@@ -179,10 +179,13 @@ def test_a_login_per_person_reads_every_run_and_writes_only_its_own(
     assert len(client.search_runs([admin_experiment])) == 1, "no run was created"
 
 
-def _tune_command(postgres, experiment_name, study, trials, extra=()):
+def _tune_command(postgres, experiment_name, study, trials, extra=(), limit_train=128):
+    """A tuning worker on the team stack: 128 training images (the least the cnn's search
+    space allows: batches of up to 128) unless a test needs its trials to last (a worker
+    killed mid-trial)."""
     return [
         str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", str(trials),
-        "--epochs", "1", "--limit-train", "200", "--val-size", "100", "--pruner", "none",
+        "--epochs", "1", "--limit-train", str(limit_train), "--val-size", "100", "--pruner", "none",
         "--no-final", "--storage", pg_url(postgres, "optuna", "optuna"),
         "--study-name", study, "--data-dir", str(SUBSET), "--experiment", experiment_name,
         *extra,
@@ -286,7 +289,7 @@ def test_killed_worker_on_postgres(postgres, logged_in, experiment_name, cli_env
     the other, and the study still reaches its total."""
     study_name = f"pg-kill-{experiment_name}"
     extra = ("--heartbeat-interval", "1", "--grace-period", "4", "--epochs", "2")
-    command = _tune_command(postgres, experiment_name, study_name, 4, extra)
+    command = _tune_command(postgres, experiment_name, study_name, 4, extra, limit_train=200)
     victim = subprocess.Popen(command, stderr=subprocess.DEVNULL, text=True, env=cli_env)
     # Kill the victim inside a trial of its own, found from the study rather than by a sleep;
     # the survivor starts then, so that it cannot own that trial.

@@ -222,7 +222,7 @@ def test_two_workers_share_one_journal_study(server_uri, experiment_name, cli_en
     journal = tmp_path / "study.journal"
     command = [
         str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", "6", "--epochs", "1",
-        "--limit-train", "150", "--val-size", "100", "--pruner", "none", "--no-final",
+        "--limit-train", "128", "--val-size", "100", "--pruner", "none", "--no-final",
         "--storage", f"journal:{journal}", "--study-name", "shared",
         "--data-dir", str(SUBSET), "--tracking-uri", server_uri, "--experiment", experiment_name,
     ]  # fmt: skip
