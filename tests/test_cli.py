@@ -69,6 +69,31 @@ BAD = [
 ]
 
 
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], (True, True)),  # a transfer model's defaults
+        (["--pretrained", "false"], (False, False)),  # as `mlflow run -P pretrained=false` passes
+        (["--no-pretrained"], (False, False)),
+        (["--pretrained", "true", "--freeze", "false"], (True, False)),
+        (["--pretrained"], (True, True)),
+    ],
+)
+def test_pretrained_and_freeze_values_reach_the_config(args, expected, monkeypatch):
+    """The config `train` would run with (the run itself replaced): a value given as
+    ``--pretrained false`` turns alexnet's pretrained default off, and freeze follows it."""
+    import importlib
+
+    train_cli = importlib.import_module("mnist_tracker.cli.train")  # the module, not the command
+    started = []
+    monkeypatch.setattr(train_cli, "_run", lambda start, *rest: started.append(start.args[0]))
+    result = invoke("train", "--model", "alexnet", *args)
+    assert result.exit_code == 0, result.output
+    (config,) = started
+    assert (config.pretrained, config.freeze) == expected
+
+
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_line_exit_2_no_run(args, message, sqlite_uri):
     result = invoke("train", *args, "--tracking-uri", sqlite_uri)

@@ -33,6 +33,8 @@ def test_mlflow_run_main_entry_point(server_uri, experiment_name, cli_env, tmp_p
             "-P",
             "model=cnn",
             "-P",
+            "seed=7",
+            "-P",
             "epochs=1",
             "-P",
             "limit_train=128",
@@ -62,6 +64,7 @@ def test_mlflow_run_main_entry_point(server_uri, experiment_name, cli_env, tmp_p
     params = run.data.params
     expected = {
         "model": "cnn",
+        "seed": "7",  # declared, not its default: the value given reaches the command
         "epochs": "1",
         "limit_train": "128",
         "limit_test": "64",
