@@ -118,6 +118,30 @@ def test_options_go_to_the_models_they_fit():
         suite.suite_configs(["vgg16"], image_size=16)
 
 
+@pytest.mark.fast
+def test_no_pretrained_freeze_freezes_the_transfer_models_only(monkeypatch, sqlite_uri):
+    """`suite --no-pretrained --freeze` (the GPU suite's transfer models: frozen random
+    backbones) reaches vgg16's and alexnet's configs, not the cnn's, which has no backbone
+    (`train --model cnn --freeze` refuses it). The suite itself is replaced: only its configs."""
+    seen = []
+
+    def record(configs, mnist, **kwargs):
+        seen.extend(configs)
+        return suite.SuiteResult("x" * 32, kwargs["experiment"])
+
+    monkeypatch.setattr(suite, "run_suite", record)
+    options = ["--no-pretrained", "--freeze", "--image-size", "63", "--data-dir", str(SUBSET)]
+    result = invoke("--models", "cnn,vgg16,alexnet", *options, "--tracking-uri", sqlite_uri)
+    assert result.exit_code == 0, result.output
+    assert [(c.model, c.pretrained, c.freeze, c.image_size) for c in seen] == [
+        ("cnn", False, False, 28),
+        ("vgg16", False, True, 63),
+        ("alexnet", False, True, 63),
+    ]
+    without = suite.suite_configs(["alexnet"], pretrained=False)  # freeze follows pretrained
+    assert (without[0].pretrained, without[0].freeze) == (False, False)
+
+
 @pytest.mark.slow
 def test_mlflow_run_suite_nests_the_models(server_uri, experiment_name, cli_env, tmp_path):
     """Under `mlflow run`, each model is a child run of the run it created."""

@@ -219,6 +219,7 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
     batch_size={"help": "Batch size [default: 64]."},
 )
 @flag("pretrained", "ImageNet weights for vgg16/alexnet [default: yes for those].")
+@flag("freeze", "Freeze vgg16's/alexnet's features [default: yes when pretrained].")
 @training_options(
     "precision",
     "limit_train",

@@ -3,8 +3,8 @@
 Contracts:
 - ``suite_configs`` resolves every model's config up front (ConfigError names the model), so
   bad input stops the suite before anything trains. Options that only some models take
-  (``image_size`` for the resizable ones, ``pretrained`` for those with ImageNet weights) are
-  applied to those models only.
+  (``image_size`` for the resizable ones, ``pretrained`` and ``freeze`` for those with ImageNet
+  weights) are applied to those models only.
 - ``run_suite`` trains the configs in order; a model that raises any ``Exception`` (weights
   unavailable, out of memory, a bug) is recorded as failed and the next one starts. Ctrl-C and
   SIGTERM (BaseExceptions) stop the suite, the current run marked KILLED by ``train``.
@@ -76,18 +76,20 @@ def parse_models(text: str) -> list[str]:
 def suite_configs(models: Sequence[str], **overrides: Any) -> list[TrainConfig]:
     """One validated config per model: its recipe plus the overrides that apply to it.
 
-    ``image_size`` goes to resizable models only and ``pretrained`` to models with ImageNet
-    weights only; every other override (None = recipe) goes to all. Raises ConfigError
-    prefixed with the model's name.
+    ``image_size`` goes to resizable models only, ``pretrained`` and ``freeze`` to models with
+    ImageNet weights only; every other override (None = recipe) goes to all. Raises
+    ConfigError prefixed with the model's name.
     """
     image_size = overrides.pop("image_size", None)
     pretrained = overrides.pop("pretrained", None)
+    freeze = overrides.pop("freeze", None)
     configs = []
     for name in models:
         spec = get_spec(name)
         extra = {
             "image_size": image_size if spec.resizable else None,
             "pretrained": pretrained if spec.has_pretrained else None,
+            "freeze": freeze if spec.has_pretrained else None,
         }
         try:
             configs.append(resolve_config(name, **overrides, **extra))
