@@ -174,3 +174,20 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 def test_freed_memory_is_kept_where_glibc_allows():
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert runtime.keep_freed_memory() is expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_weights_finite_finds_one_bad_weight_in_a_trainable_tensor(bad):
+    """One NaN or infinity anywhere in a trainable tensor is found; frozen tensors and empty
+    ones are not read."""
+    model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 10))
+    model.add_module("empty", torch.nn.Linear(0, 0))
+    assert loop.weights_finite(model)
+    with torch.no_grad():
+        model[0].weight[123, 45] = bad
+    assert not loop.weights_finite(model)
+    model[0].weight.requires_grad_(False)  # frozen: the guard checks trained weights only
+    assert loop.weights_finite(model)
+    with torch.no_grad():
+        model[1].bias[9] = bad
+    assert not loop.weights_finite(model)
