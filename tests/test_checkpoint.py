@@ -110,3 +110,32 @@ def test_divergence_is_caught_mid_epoch_by_the_periodic_check(mnist):
         fit(config, splits, create_model(config), [OnCheckpoint(states.append)])
     assert info.value.epoch == 1 and states == []
     assert "after 100 images" in info.value.reason, info.value.reason
+
+
+def test_a_capture_without_copies_shares_the_live_tensors_and_saves_the_same(mnist, tmp_path):
+    """``capture(copy=False)`` (what the run's Checkpointer writes at once) holds the live CPU
+    tensors of the model and Adam's state, not copies, and writes the same checkpoint as
+    ``capture()``, whose tensors are copies."""
+    from mnist_tracker.training.callbacks import Callback
+
+    config, splits = _setup(mnist, "cnn", epochs=1)
+    seen = {}
+
+    class Both(Callback):
+        def on_epoch_end(self, state, metrics):
+            live = {id(p): p.data_ptr() for p in state.model.parameters()}
+            shared, copied = state.capture(copy=False), state.capture()
+            for name, captured in (("shared", shared), ("copied", copied)):
+                ptrs = {t.data_ptr() for t in captured["model"].values()}
+                adam = captured["optimizer"]["state"][0]["exp_avg"].data_ptr()
+                seen[name] = (ptrs >= set(live.values()), adam)
+                checkpoint.save(captured, tmp_path / f"{name}.pt")
+            seen["adam"] = state.optimizer.state_dict()["state"][0]["exp_avg"].data_ptr()
+
+    fit(config, splits, create_model(config), [Both()])
+    assert seen["shared"] == (True, seen["adam"])
+    assert seen["copied"][0] is False and seen["copied"][1] != seen["adam"]
+    a, b = checkpoint.load(tmp_path / "shared.pt"), checkpoint.load(tmp_path / "copied.pt")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])

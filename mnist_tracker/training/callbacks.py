@@ -70,9 +70,11 @@ class FitState:
     evals: dict[str, EvalResult] = field(default_factory=dict)  # this epoch's, by split
     elapsed_s: Callable[[], float] = lambda: 0.0  # total time of the run so far
 
-    def capture(self) -> dict:
-        """The checkpoint of the epoch just finished (``checkpoint.capture``)."""
+    def capture(self, copy: bool = True) -> dict:
+        """The checkpoint of the epoch just finished (``checkpoint.capture``; ``copy=False``
+        for a state written at once and not kept)."""
         return checkpoint.capture(
+            copy=copy,
             epoch=self.epoch,
             model=self.model,
             optimizer=self.optimizer,

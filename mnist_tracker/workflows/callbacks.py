@@ -71,7 +71,7 @@ class Checkpointer(Callback):
     def on_epoch_end(self, state: FitState, metrics: dict[str, float]) -> None:
         if self.broken:
             return
-        saved = state.capture()
+        saved = state.capture(copy=False)  # written below, before training goes on
         saved["config"] = self.config.to_dict()
         saved["register"] = self.register  # a resumed run registers its model as asked
         try:
