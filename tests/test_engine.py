@@ -178,10 +178,16 @@ def test_freed_memory_is_kept_where_glibc_allows():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_weights_finite_finds_one_bad_weight_in_a_trainable_tensor(bad):
-    """One NaN or infinity anywhere in a trainable tensor is found; frozen tensors and empty
-    ones are not read."""
+    """One NaN or infinity anywhere in a trainable tensor is found, whatever its dtype; frozen
+    tensors and empty ones are not read."""
     model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 10))
     model.add_module("empty", torch.nn.Linear(0, 0))
+    model.add_module("bf16", torch.nn.Linear(4, 4).to(torch.bfloat16))
+    assert loop.weights_finite(model)
+    with torch.no_grad():
+        model.bf16.weight[1, 2] = bad
+    assert not loop.weights_finite(model)
+    model.bf16.weight.requires_grad_(False)
     assert loop.weights_finite(model)
     with torch.no_grad():
         model[0].weight[123, 45] = bad

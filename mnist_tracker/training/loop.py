@@ -133,9 +133,8 @@ def weights_finite(model: nn.Module) -> bool:
     120 M-parameter head (0.013 s against 0.33 s a call here), which is checked every
     50 batches.
     """
-    ends = [
-        torch.stack(torch.aminmax(p)) for p in model.parameters() if p.requires_grad and p.numel()
-    ]
+    trained = [p for p in model.parameters() if p.requires_grad and p.numel()]
+    ends = [torch.stack(torch.aminmax(p)).float() for p in trained]  # any mix of dtypes
     return bool(torch.isfinite(torch.cat(ends)).all()) if ends else True
 
 
