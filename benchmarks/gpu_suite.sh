@@ -90,16 +90,20 @@ size=224
 [ "$dry_run" = 1 ] && size=63
 start=$(date +%s%N)
 cd "$work"  # where the runs' artifacts (./mlruns) land
+# A model that fails does not stop the others (suite exits 1 at its end), nor a failed step
+# the next: the results file says what failed, and the script then exits 1.
+failed=()
 run "$PYTHON" -m mnist_tracker suite --models cnn,deep_cnn,vit,vgg16,alexnet \
   --precision auto --device "$device" --no-pretrained --freeze --image-size "$size" \
-  --data-dir "$data_dir" --tracking-uri "$store" --experiment gpu-suite "${limits[@]}"
+  --data-dir "$data_dir" --tracking-uri "$store" --experiment gpu-suite \
+  ${limits[@]+"${limits[@]}"} || failed+=("step 1 (the five recipes)")
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 say "wall time of the command (five trainings, one process): $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
 cd "$REPO"
 
 say ""
 say "## Totals against the targets"
-"$PYTHON" - "$store" "$dry_run" <<'EOF' 2>&1 | tee -a "$out"
+"$PYTHON" - "$store" "$dry_run" <<'EOF' 2>&1 | tee -a "$out" || failed+=("the totals")
 import sys
 
 from mlflow.tracking import MlflowClient
@@ -107,6 +111,8 @@ from mlflow.tracking import MlflowClient
 uri, dry = sys.argv[1], sys.argv[2] == "1"
 client = MlflowClient(uri)
 experiment = client.get_experiment_by_name("gpu-suite")
+if experiment is None:
+    sys.exit("no run of the suite: step 1 failed above")
 runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
 by_model = {r.data.params["model"]: r for r in runs}
 missing = {"cnn", "deep_cnn", "vit", "vgg16", "alexnet"} - set(by_model)
@@ -133,11 +139,16 @@ EOF
 
 say ""
 say "## 2. cnn throughput: the lab's pipeline vs ours"
-run "$PYTHON" benchmarks/throughput.py --models cnn "${bench[@]}"
+run "$PYTHON" benchmarks/throughput.py --models cnn "${bench[@]}" || failed+=("step 2")
 
 say ""
 say "## 3. Time to 99.3 %: --recipe fast"
-run "$PYTHON" benchmarks/time_to_accuracy.py "${bench[@]}"
+run "$PYTHON" benchmarks/time_to_accuracy.py "${bench[@]}" || failed+=("step 3")
 
 say ""
+if [ ${#failed[@]} -gt 0 ]; then
+  what=$(printf '%s; ' "${failed[@]}")
+  say "FAILED: ${what%; } (see above). Results in $out"
+  exit 1
+fi
 say "done: results in $out"

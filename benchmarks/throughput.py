@@ -45,7 +45,7 @@ MODELS = ("cnn", "deep_cnn", "vgg16", "alexnet", "vit")
 # images the set-up of each ``fit``, such as a new optimizer's first step, weighs on ours).
 IMAGES = {"cnn": 60_000, "deep_cnn": 1024, "vit": 2048, "vgg16": 128, "alexnet": 512}
 SMALL_IMAGES = {"vgg16": 512, "alexnet": 1024}  # at the smallest image size
-# Targets on the lab's batch size: ratio ours / lab at the CLI's defaults. The nets trained
+# Targets on the lab's batch size: ratio ours / lab, ours at --precision auto. The nets trained
 # from scratch: issue 13 (round two), 3x each; the transfer models: round one's 4x, at both
 # image sizes measured.
 TARGETS = {

@@ -178,8 +178,9 @@ def test_freed_memory_is_kept_where_glibc_allows():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_weights_finite_finds_one_bad_weight_in_a_trainable_tensor(bad):
-    """One NaN or infinity anywhere in a trainable tensor is found, whatever its dtype; frozen
-    tensors and empty ones are not read."""
+    """One NaN or infinity anywhere in a trainable tensor is found, whatever its dtype (a
+    finite float64 beyond float32's range is no infinity); frozen tensors and empty ones are
+    not read."""
     model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 10))
     model.add_module("empty", torch.nn.Linear(0, 0))
     model.add_module("bf16", torch.nn.Linear(4, 4).to(torch.bfloat16))
@@ -193,6 +194,16 @@ def test_weights_finite_finds_one_bad_weight_in_a_trainable_tensor(bad):
         model[0].weight[123, 45] = bad
     assert not loop.weights_finite(model)
     model[0].weight.requires_grad_(False)  # frozen: the guard checks trained weights only
+    assert loop.weights_finite(model)
+    wide = torch.nn.Linear(3, 3).to(torch.float64)  # finite beyond float32's range stays so
+    with torch.no_grad():
+        wide.weight[0, 0] = 1e300
+    model.add_module("fp64", wide)
+    assert loop.weights_finite(model)
+    with torch.no_grad():
+        wide.weight[2, 1] = bad
+    assert not loop.weights_finite(model)
+    wide.weight.requires_grad_(False)
     assert loop.weights_finite(model)
     with torch.no_grad():
         model[1].bias[9] = bad

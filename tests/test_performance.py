@@ -232,8 +232,9 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path, cli_env):
     assert wall and total < float(wall.group(1)) < 900, text[:3000]
     targets = {r["target"]: r for r in table(text, "| target | measured | met |")}
     five = targets["five recipes in <= 120 s of training"]
-    # Rows and total are printed to 0.01 s: the sum of five rounded rows is off by < 0.03.
-    assert number(five["measured"].removesuffix(" s")) == pytest.approx(total, abs=0.03), five
+    # Rows and total are printed to 0.01 s: the sum of five rounded rows is off by up to
+    # 5 x 0.005, the total by 0.005 more.
+    assert number(five["measured"].removesuffix(" s")) == pytest.approx(total, abs=0.035), five
     assert {r["met"] for r in targets.values()} == {"n/a (dry run)"}
     assert [r["model"] for r in table(text, "| model | image size |")] == ["cnn"]
     # Steps 2 and 3 are the benchmarks' smoke modes: their headers and figures, checked as in
@@ -243,6 +244,35 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path, cli_env):
     check_time_to_accuracy(text)
     assert text.rstrip().endswith(f"done: results in {out}")
     assert not list(tmp_path.glob("mlruns")) and not (REPO / "benchmarks" / "mlruns").exists()
+
+
+def test_gpu_suite_goes_on_past_a_failed_step_and_exits_1(tmp_path, cli_env):
+    """A failed step (here each of them, through a Python that fails the suite and both
+    benchmarks at once) does not stop the next: the results file names every failed step and
+    the script exits 1, so on the GPU one failing model still leaves the other figures."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'for a in "$@"; do case "$a" in suite|*/throughput.py|*/time_to_accuracy.py)\n'
+        '  echo "failed on purpose: $a" >&2; exit 3;; esac; done\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "gpu.md"
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(out)],
+        capture_output=True, text=True, env={**cli_env, "PYTHON": str(fake)}, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    text = out.read_text()
+    for step in ("suite", "benchmarks/throughput.py", "benchmarks/time_to_accuracy.py"):
+        assert re.search(f"^failed on purpose: .*{step}$", text, re.M), step
+    assert "no run of the suite: step 1 failed above" in text
+    assert text.rstrip().endswith(
+        f"FAILED: step 1 (the five recipes); the totals; step 2; step 3 (see above). "
+        f"Results in {out}"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

@@ -128,14 +128,19 @@ def train_one_epoch(
 def weights_finite(model: nn.Module) -> bool:
     """Whether every trainable parameter of ``model`` is finite (one host sync).
 
-    A tensor is finite exactly when its minimum and maximum are (``aminmax`` propagates NaN):
-    two numbers per tensor instead of ``isfinite``'s full-size mask, 25x faster on vgg16's
-    120 M-parameter head (0.013 s against 0.33 s a call here), which is checked every
-    50 batches.
+    A real tensor is finite exactly when its minimum and maximum are (``aminmax`` propagates
+    NaN): two numbers per tensor instead of ``isfinite``'s full-size mask, 25x faster on
+    vgg16's 102.8 M-element classifier layer (0.013 s against 0.33 s here), read once an
+    epoch. Complex tensors, which ``aminmax`` does not take, get the mask.
     """
-    trained = [p for p in model.parameters() if p.requires_grad and p.numel()]
-    ends = [torch.stack(torch.aminmax(p)).float() for p in trained]  # any mix of dtypes
-    return bool(torch.isfinite(torch.cat(ends)).all()) if ends else True
+    flags = [
+        torch.isfinite(p).all()
+        if p.is_complex()
+        else torch.isfinite(torch.stack(torch.aminmax(p))).all()
+        for p in model.parameters()
+        if p.requires_grad and p.numel()
+    ]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @torch.inference_mode()
