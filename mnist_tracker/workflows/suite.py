@@ -73,6 +73,14 @@ def parse_models(text: str) -> list[str]:
     return names
 
 
+# The overrides that only some models take, and which: the rest go to every model.
+_SCOPED = {
+    "image_size": lambda spec: spec.resizable,
+    "pretrained": lambda spec: spec.has_pretrained,
+    "freeze": lambda spec: spec.has_pretrained,
+}
+
+
 def suite_configs(models: Sequence[str], **overrides: Any) -> list[TrainConfig]:
     """One validated config per model: its recipe plus the overrides that apply to it.
 
@@ -80,17 +88,11 @@ def suite_configs(models: Sequence[str], **overrides: Any) -> list[TrainConfig]:
     ImageNet weights only; every other override (None = recipe) goes to all. Raises
     ConfigError prefixed with the model's name.
     """
-    image_size = overrides.pop("image_size", None)
-    pretrained = overrides.pop("pretrained", None)
-    freeze = overrides.pop("freeze", None)
+    scoped = {key: overrides.pop(key, None) for key in _SCOPED}
     configs = []
     for name in models:
         spec = get_spec(name)
-        extra = {
-            "image_size": image_size if spec.resizable else None,
-            "pretrained": pretrained if spec.has_pretrained else None,
-            "freeze": freeze if spec.has_pretrained else None,
-        }
+        extra = {key: value if _SCOPED[key](spec) else None for key, value in scoped.items()}
         try:
             configs.append(resolve_config(name, **overrides, **extra))
         except ConfigError as exc:
