@@ -38,9 +38,11 @@ def deterministic():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
-def _setup(mnist, model_name="cnn", **overrides):
-    config = resolve_config(model_name, limit_train=512, limit_test=256, device="cuda", **overrides)
-    splits = data.split_data(mnist, seed=config.seed, limit_train=512, limit_test=256)
+def _setup(mnist, model_name="cnn", limit_train=512, limit_test=256, **overrides):
+    config = resolve_config(
+        model_name, limit_train=limit_train, limit_test=limit_test, device="cuda", **overrides
+    )
+    splits = data.split_data(mnist, seed=config.seed, limit_train=limit_train, limit_test=limit_test)
     return config, splits
 
 
@@ -49,7 +51,10 @@ def test_half_precision_trains_like_fp32(mnist, precision):
     """bf16 autocast, and fp16 autocast with a GradScaler: finite, learning, close to fp32."""
     results = {}
     for p in ("fp32", precision):
-        config, splits = _setup(mnist, epochs=3, precision=p)
+        # The whole subset (1,000 training images), 8 epochs: the lab cnn is past 90 % there
+        # (fp32 and bf16 on the CPU: 92.6 %); after 3 epochs on 512 it was still at 35-50 %
+        # and moving by 10 points an epoch, too early to compare two precisions.
+        config, splits = _setup(mnist, limit_train=None, limit_test=None, epochs=8, precision=p)
         torch.manual_seed(config.seed)
         results[p] = fit(config, splits, create_model(config))
     half = results[precision]
@@ -57,8 +62,8 @@ def test_half_precision_trains_like_fp32(mnist, precision):
     losses = [h["train_loss"] for h in half.history]
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0], losses
-    # 3 epochs on 512 images: well above chance (10 %), and within a few points of fp32.
-    assert half.final["test_accuracy"] > 0.6, half.final
+    # Well above chance (10 %), and within a few points of fp32.
+    assert half.final["test_accuracy"] > 0.85, half.final
     assert abs(half.final["test_accuracy"] - results["fp32"].final["test_accuracy"]) < 0.05
 
 
