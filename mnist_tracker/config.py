@@ -60,7 +60,9 @@ class TrainConfig:
     models resize inside the model). ``limit_*`` of None means the whole split. ``recipe`` names
     the recipe the defaults came from. ``feature_cache``: ``auto`` caches a frozen backbone's
     features when it can (``features.plan_cache``), ``on`` requires it, ``off`` never; a run
-    logs ``on`` or ``off``, the path that ran.
+    logs ``on`` or ``off``, the path that ran. ``cuda_graphs``: each full training batch
+    replays one captured CUDA graph of the whole step (``training.graphs``); CUDA only, not
+    with fp16 or a schedule that changes the learning rate every batch.
     """
 
     model: str
@@ -81,6 +83,7 @@ class TrainConfig:
     val_size: int = 0
     recipe: str = "lab"
     feature_cache: str = "auto"
+    cuda_graphs: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # model kwargs, e.g. from a search
 
     def to_params(self) -> dict[str, str]:
@@ -196,6 +199,8 @@ def validate(config: TrainConfig) -> None:
             f"{'has none' if spec.split is None else 'is not frozen'}); pass --feature-cache "
             "auto or off"
         )
+    if config.cuda_graphs:
+        _validate_cuda_graphs(config)
     for name in ("limit_train", "limit_test"):
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -205,6 +210,24 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"val size must be 0 or more (got {config.val_size})")
     if config.device not in ("auto", "cpu", "mps") and not config.device.startswith("cuda"):
         raise ConfigError(f"unknown device {config.device!r}; pass auto, cpu, cuda, cuda:N or mps")
+
+
+def _validate_cuda_graphs(config: TrainConfig) -> None:
+    """What a captured step cannot replay: the host decisions of fp16's GradScaler (it skips
+    a step whose gradients overflowed), and a learning rate that changes between two batches
+    (the optimizer's step is captured with the rate it had). The device is checked once it is
+    resolved (``runtime.resolve_runtime``)."""
+    if config.precision == "fp16":
+        raise ConfigError(
+            "--cuda-graphs cannot capture fp16's gradient scaler; pass --precision bf16 or fp32, "
+            "or leave --cuda-graphs out"
+        )
+    if config.scheduler == "onecycle":
+        raise ConfigError(
+            "--cuda-graphs needs a learning rate that stays fixed through an epoch, and the "
+            "onecycle schedule changes it every batch; pass --scheduler none or cosine, or "
+            "leave --cuda-graphs out"
+        )
 
 
 def _validate_image_size(config: TrainConfig) -> None:

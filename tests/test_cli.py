@@ -66,6 +66,11 @@ BAD = [
     (["--model", "cnn", "--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
     (["--model", "cnn", "--val-size", "1000"], "not smaller than the training set"),
     (["--model", "alexnet", "--pretrained", "--no-pretrained"], "contradict"),
+    (["--model", "cnn", "--cuda-graphs", "--precision", "fp16"], "cannot capture fp16"),
+    (
+        ["--model", "cnn", "--cuda-graphs", "--device", "cpu", "--data-dir", str(SUBSET)],
+        "--cuda-graphs needs a CUDA device",
+    ),
 ]
 
 

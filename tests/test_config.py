@@ -120,6 +120,8 @@ def test_lab_recipe_is_the_default_and_fast_recipe_changes_the_cnn():
         ("cnn", {"feature_cache": "maybe"}, "unknown feature cache setting 'maybe'"),
         ("cnn", {"feature_cache": "on"}, r"needs a frozen backbone \(cnn has none\)"),
         ("alexnet", {"pretrained": False, "feature_cache": "on"}, "alexnet is not frozen"),
+        ("cnn", {"cuda_graphs": True, "precision": "fp16"}, "--cuda-graphs cannot capture fp16"),
+        ("cnn", {"cuda_graphs": True, "recipe": "fast"}, "onecycle schedule changes it every"),
     ],
 )
 def test_recipe_and_feature_cache_values_are_checked(model, overrides, message):

@@ -89,7 +89,7 @@ def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_
         "weight_decay": "1e-05", "scheduler": "none", "image_size": "28", "pretrained": "false",
         "freeze": "false", "precision": "fp32", "seed": "42", "device": "cpu",
         "limit_train": "300", "limit_test": "100", "val_size": "100", "recipe": "lab",
-        "feature_cache": "off",
+        "feature_cache": "off", "cuda_graphs": "false",
     }  # fmt: skip
     for key, value in expected.items():
         assert params[key] == value, key

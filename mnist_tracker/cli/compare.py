@@ -15,6 +15,7 @@ from ..constants import DEFAULT_EXPERIMENT, FORMATS, RUN_MODES
 from ..uris import redact
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
+    CUDA_GRAPHS_HELP,
     check_experiments,
     data_dir_option,
     flag,
@@ -228,6 +229,7 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
     "device",
     precision={"help": "Numeric precision [default: fp32]."},
 )
+@flag("cuda_graphs", CUDA_GRAPHS_HELP)
 @data_dir_option
 @tracking_options
 def suite_cmd(

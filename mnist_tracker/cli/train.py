@@ -14,6 +14,7 @@ from .. import __version__
 from ..uris import redact
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
+    CUDA_GRAPHS_HELP,
     check_tracking_uri,
     data_dir_option,
     flag,
@@ -56,6 +57,7 @@ def echo_err(line: str) -> None:
     "recipe", "precision", "feature_cache", "limit_train", "limit_test", "val_size", "seed",
     "device",
 )  # fmt: skip
+@flag("cuda_graphs", CUDA_GRAPHS_HELP)
 @data_dir_option
 @option(
     "--run-name", default=None, help="MLflow run name [default: <model>-<recipe>-<epochs>ep-<id>]."

@@ -6,7 +6,8 @@ calls the hooks.
 
 Speed without changing what is computed: batches are sliced from uint8 tensors in memory;
 conv nets train in channels_last; the config's precision picks autocast; a frozen backbone's
-features are computed once per split and the head trains on them (``features.plan_cache``).
+features are computed once per split and the head trains on them (``features.plan_cache``);
+with ``config.cuda_graphs`` full batches replay one captured CUDA graph (``graphs.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import Splits
-from . import checkpoint, features
+from . import checkpoint, features, graphs
 from .callbacks import Callback, DivergenceGuard, FitState, Stop
 from .loop import EvalResult, build_optimizer, build_scheduler, evaluate, train_one_epoch
 from .runtime import is_resolved, keep_freed_memory, memory_format, sync
@@ -79,6 +80,18 @@ def fit(
     # After any restore, so that cached features come from the backbone the run trains with.
     inputs = features.build_inputs(config, splits, model, plan, device)
     state.trained = inputs.module
+    graphed = None
+    if config.cuda_graphs:
+        if state.scaler is not None or state.per_batch:  # the config refuses both
+            raise ValueError("cuda_graphs cannot replay a GradScaler or a per-batch schedule")
+        graphed = graphs.GraphedEpochs(
+            inputs.module,
+            inputs.train_x,
+            inputs.train_y,
+            batch_size=config.batch_size,
+            optimizer=state.optimizer,
+            precision=config.precision,
+        )
     hooks = [DivergenceGuard(), *callbacks]
     first_epoch = len(state.history) + 1
     test = stopped = None
@@ -87,7 +100,7 @@ def fit(
             state.epoch = epoch
             # This call computed the training features before its first epoch: count them.
             setup_s = inputs.seconds.get("train", 0.0) if epoch == first_epoch else 0.0
-            metrics, test = _run_epoch(state, hooks, splits, inputs, setup_s)
+            metrics, test = _run_epoch(state, hooks, splits, inputs, setup_s, graphed)
             stopped = _epoch_end(hooks, state, metrics)
             if stopped is not None:
                 break
@@ -134,8 +147,9 @@ def _initial_state(
     return state
 
 
-def _run_epoch(state: FitState, hooks, splits: Splits, inputs, setup_s: float):
-    """One epoch: train, evaluate; returns (metrics, test EvalResult or None)."""
+def _run_epoch(state: FitState, hooks, splits: Splits, inputs, setup_s: float, graphed=None):
+    """One epoch: train (through ``graphed`` when the fit captures its steps), evaluate;
+    returns (metrics, test EvalResult or None)."""
     config, device = state.config, torch.device(state.config.device)
     lr = state.optimizer.param_groups[0]["lr"]
     for hook in hooks:
@@ -146,19 +160,22 @@ def _run_epoch(state: FitState, hooks, splits: Splits, inputs, setup_s: float):
             hook.on_batch_end(state, batch)
 
     t0 = time.perf_counter()
-    train_loss, train_acc = train_one_epoch(
-        inputs.module,
-        inputs.train_x,
-        inputs.train_y,
-        batch_size=config.batch_size,
-        optimizer=state.optimizer,
-        device=device,
-        precision=config.precision,
-        generator=state.generator,
-        scheduler=state.scheduler if state.per_batch else None,
-        scaler=state.scaler,
-        on_batch=on_batch,
-    )
+    if graphed is not None:
+        train_loss, train_acc = graphed.train_epoch(generator=state.generator, on_batch=on_batch)
+    else:
+        train_loss, train_acc = train_one_epoch(
+            inputs.module,
+            inputs.train_x,
+            inputs.train_y,
+            batch_size=config.batch_size,
+            optimizer=state.optimizer,
+            device=device,
+            precision=config.precision,
+            generator=state.generator,
+            scheduler=state.scheduler if state.per_batch else None,
+            scaler=state.scaler,
+            on_batch=on_batch,
+        )
     sync(device)
     for hook in hooks:
         hook.on_train_end(state, train_loss)

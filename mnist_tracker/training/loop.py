@@ -51,15 +51,17 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
     Adam and AdamW use the fused implementation on CPU and CUDA (one pass over each tensor
     instead of several; the same update): it matters for the transfer models' heads, whose
-    120 M parameters make the optimizer step memory-bound.
+    120 M parameters make the optimizer step memory-bound. With ``config.cuda_graphs`` they
+    are capturable (their step counts on the device), as a captured step needs.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     fused = params[0].device.type in ("cpu", "cuda") or None
     kwargs = {"lr": config.lr, "weight_decay": config.weight_decay}
+    adam = {"fused": fused, "capturable": config.cuda_graphs}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, fused=fused, **kwargs)
+        return torch.optim.Adam(params, **adam, **kwargs)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, fused=fused, **kwargs)
+        return torch.optim.AdamW(params, **adam, **kwargs)
     return torch.optim.SGD(params, momentum=0.9, nesterov=True, **kwargs)
 
 

@@ -77,6 +77,11 @@ def resolve_runtime(config: TrainConfig) -> TrainConfig:
     """``config`` with ``device`` and ``precision`` as they will actually run."""
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)
+    if config.cuda_graphs and device.type != "cuda":
+        raise ConfigError(
+            f"--cuda-graphs needs a CUDA device, and this run would train on {device.type}; "
+            "pass --device cuda on a machine with one, or leave --cuda-graphs out"
+        )
     return config.replace(device=str(device), precision=precision)
 
 
@@ -85,12 +90,14 @@ def is_resolved(config: TrainConfig) -> bool:
     return config.device != "auto" and config.precision != "auto"
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context for a resolved precision (a no-op for fp32)."""
+def autocast(device: torch.device, precision: str, *, cache: bool = True):
+    """The autocast context for a resolved precision (a no-op for fp32). ``cache=False`` casts
+    the weights afresh at every use, as a CUDA graph capture needs (its cache would outlive
+    the capture)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def memory_format(config: TrainConfig) -> torch.memory_format:
