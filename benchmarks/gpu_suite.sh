@@ -4,34 +4,39 @@
 #      the data read once), timed from launch to exit, each model's training_time_s from its run:
 #      cnn, deep_cnn, vit from scratch; vgg16 and alexnet at 224 px with FROZEN RANDOM backbones
 #      (--no-pretrained --freeze: ImageNet weights cannot be fetched there; the same operations,
-#      for speed only, so their accuracy means nothing), all at --precision auto (bf16);
+#      for speed only, so their accuracy means nothing), all at --precision auto (bf16) and,
+#      unless --eager, with --cuda-graphs (each full batch replays one captured step);
 #      targets on an H100/H200: the five trainings in 120 s or less in total (training_time_s;
 #      the lab's GPU took 1,707 s), the cnn's 10 epochs in 8 s or less;
 #   2. the cnn's throughput against the lab's pipeline (benchmarks/throughput.py --models cnn);
 #   3. the fast recipe's time to 99.3 % (benchmarks/time_to_accuracy.py).
 #
 # Usage (from the repository root):
-#   bash benchmarks/gpu_suite.sh --data-dir DIR [--out FILE]   # on CUDA; refuses to run without
+#   bash benchmarks/gpu_suite.sh --data-dir DIR [--out FILE] [--eager]  # on CUDA; refuses to
+#        run without; --eager trains step by step (no --cuda-graphs), as 2026-12-04's figures
 #   bash benchmarks/gpu_suite.sh --dry-run [--out FILE]        # CPU, committed subset, a few
 #        images, one epoch: the same steps and commands, to check the plumbing (the suite's test)
 #
 # PYTHON (default: .venv/bin/python if present, else python3) must import torch, mlflow and the
 # package's other dependencies; the package itself is read from this checkout (PYTHONPATH).
 # The results file defaults to $OUT/gpu_results.md when OUT is set, else gpu_results.md.
-# GIT_COMMIT names the commit in the results where the checkout has no .git (a copied tree).
+# GIT_COMMIT, when set, names the commit in the results instead of git's HEAD (a copied tree
+# may carry another commit's .git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
 dry_run=0
+eager=0
 data_dir="${MNIST_DATA_DIR:-}"
 out="${OUT:+$OUT/}gpu_results.md"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
+    --eager) eager=1 ;;
     --data-dir) data_dir="$2"; shift ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "Error: unknown argument $1; see --help" >&2; exit 2 ;;
   esac
   shift
@@ -68,6 +73,8 @@ else
   bench=(--data-dir "$data_dir")
   tta=(--repeats 3)  # issue 13 asks for medians of at least 3
 fi
+graphs=()  # CUDA graphs exist on CUDA only: the dry run on the CPU trains eagerly
+[ "$dry_run" = 0 ] && [ "$eager" = 0 ] && graphs=(--cuda-graphs)
 
 work=$(mktemp -d /tmp/mnist-gpu-suite.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -83,7 +90,7 @@ run() {  # a command, echoed into the results with its output
 }
 
 say "# GPU suite$([ "$dry_run" = 1 ] && echo ' (dry run on the CPU: plumbing only, no figure)')"
-say "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown}")"
+say "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 say "python: $("$PYTHON" -c 'import sys, torch, mlflow; print(sys.version.split()[0], "torch", torch.__version__, "mlflow", mlflow.__version__)')"
 say "device: $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
 if command -v nvidia-smi >/dev/null; then
@@ -103,7 +110,7 @@ failed=()
 run "$PYTHON" -m mnist_tracker suite --models cnn,deep_cnn,vit,vgg16,alexnet \
   --precision auto --device "$device" --no-pretrained --freeze --image-size "$size" \
   --data-dir "$data_dir" --tracking-uri "$store" --experiment gpu-suite \
-  ${limits[@]+"${limits[@]}"} || failed+=("step 1 (the five recipes)")
+  ${limits[@]+"${limits[@]}"} ${graphs[@]+"${graphs[@]}"} || failed+=("step 1 (the five recipes)")
 ms=$(( ($(date +%s%N) - start) / 1000000 ))
 say "wall time of the command (five trainings, one process): $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s"
 cd "$REPO"
@@ -125,14 +132,16 @@ by_model = {r.data.params["model"]: r for r in runs}
 missing = {"cnn", "deep_cnn", "vit", "vgg16", "alexnet"} - set(by_model)
 if missing:
     sys.exit(f"runs missing for {sorted(missing)}: a training failed above")
-print("| model | epochs | precision | device | training_time_s | test accuracy | img/s |")
-print("|---|---|---|---|---|---|---|")
+print("| model | epochs | precision | device | cuda_graphs | training_time_s | test accuracy "
+      "| img/s |")
+print("|---|---|---|---|---|---|---|---|")
 total = 0.0
 for name in ("cnn", "deep_cnn", "vit", "vgg16", "alexnet"):
     r = by_model[name]
     m, p = r.data.metrics, r.data.params
     total += m["training_time_s"]
     print(f"| {name} | {p['epochs']} | {p['precision']} | {p['device']} "
+          f"| {p.get('cuda_graphs', 'false')} "
           f"| {m['training_time_s']:.2f} | {m['test_accuracy']:.2%} "
           f"| {m['train_throughput_img_s']:,.0f} |")
 cnn = by_model["cnn"].data.metrics["training_time_s"]
