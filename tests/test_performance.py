@@ -293,3 +293,21 @@ def test_gpu_suite_refuses_to_run_without_a_gpu(tmp_path, cli_env):
     assert proc.stderr.strip().splitlines() == [
         "Error: torch sees no CUDA device; run on a GPU machine, or pass --dry-run"
     ]
+
+
+@pytest.mark.fast
+def test_gpu_bundle_refuses_a_folder_without_mnist(tmp_path):
+    """scripts/gpu_bundle.sh checks its input before it replaces .gpu and .whl: a folder with
+    no MNIST is one line and exit 2, and nothing of the checkout is touched."""
+    before = sorted(p.name for p in REPO.iterdir())
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_bundle.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "Error: full MNIST not found; pass its folder (or set MNIST_DATA_DIR)"
+    )
+    assert sorted(p.name for p in REPO.iterdir()) == before
