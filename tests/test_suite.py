@@ -16,6 +16,7 @@ from mnist_tracker.data import load_mnist
 from mnist_tracker.workflows import suite
 
 from .conftest import BIN, REPO, SUBSET
+from .test_cli import assert_no_runs
 
 main.add_command(suite_cmd)  # what cli.py does; a no-op once it does
 
@@ -140,6 +141,18 @@ def test_no_pretrained_freeze_freezes_the_transfer_models_only(monkeypatch, sqli
     ]
     without = suite.suite_configs(["alexnet"], pretrained=False)  # freeze follows pretrained
     assert (without[0].pretrained, without[0].freeze) == (False, False)
+
+
+@pytest.mark.fast
+def test_cuda_graphs_without_cuda_is_refused_before_any_model_trains(sqlite_uri):
+    """`suite --cuda-graphs` where no model could run it: one line, exit 2, no run, not one
+    failure per model."""
+    result = invoke("--models", "cnn,vit", "--cuda-graphs", "--device", "cpu", *TINY,
+                    "--tracking-uri", sqlite_uri)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --cuda-graphs needs a CUDA device")
+    assert_no_runs(sqlite_uri)
 
 
 @pytest.mark.slow

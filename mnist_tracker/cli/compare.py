@@ -247,11 +247,14 @@ def suite_cmd(
     from ..data import load_mnist
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
+    from ..training.runtime import resolve_runtime
     from ..workflows import suite as suite_mod
     from .train import connect
 
     names = suite_mod.parse_models(models)
     configs = suite_mod.suite_configs(names, **overrides)
+    for config in configs:  # what no model could run here (--cuda-graphs off CUDA): refused now
+        resolve_runtime(config)
     mnist = load_mnist(data_dir)
     uri = connect(tracking_uri)
     echo_err(f"suite: {', '.join(names)}; tracking to {redact(uri)}")

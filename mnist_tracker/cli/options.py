@@ -117,7 +117,7 @@ TRAINING_OPTIONS: dict[str, dict] = {
 CUDA_GRAPHS_HELP = (
     "Replay one captured CUDA graph of the whole training step for each full batch: far "
     "fewer kernel launches on a GPU (CUDA only; not with fp16 or --scheduler onecycle) "
-    "[default: no]."
+    "[default: false]."
 )
 
 
