@@ -12,8 +12,9 @@
 #   3. the fast recipe's time to 99.3 % (benchmarks/time_to_accuracy.py).
 #
 # Usage (from the repository root):
-#   bash benchmarks/gpu_suite.sh --data-dir DIR [--out FILE] [--eager]  # on CUDA; refuses to
-#        run without; --eager trains step by step (no --cuda-graphs), as 2026-12-04's figures
+#   bash benchmarks/gpu_suite.sh --data-dir DIR [--out FILE] [--eager] [--steps 1,2,3]
+#        on CUDA; refuses to run without. --eager trains step by step (no --cuda-graphs), as
+#        2026-12-04's figures; --steps runs only the steps named (to split them over calls).
 #   bash benchmarks/gpu_suite.sh --dry-run [--out FILE]        # CPU, committed subset, a few
 #        images, one epoch: the same steps and commands, to check the plumbing (the suite's test)
 #
@@ -23,17 +24,21 @@
 # GIT_COMMIT, when set, names the commit in the results instead of git's HEAD (a copied tree
 # may carry another commit's .git).
 set -euo pipefail
+here=$(pwd)  # relative paths given (PYTHON, --data-dir, --out) are relative to here
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
+absolute() { case "$1" in /*|"") echo "$1" ;; *) echo "$here/$1" ;; esac; }
 
 dry_run=0
 eager=0
+steps=1,2,3
 data_dir="${MNIST_DATA_DIR:-}"
 out="${OUT:+$OUT/}gpu_results.md"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
     --eager) eager=1 ;;
+    --steps) steps="$2"; shift ;;
     --data-dir) data_dir="$2"; shift ;;
     --out) out="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -41,13 +46,19 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if ! [[ "$steps" =~ ^[123](,[123])*$ ]]; then
+  echo "Error: --steps takes step numbers 1-3 separated by commas (got '$steps')" >&2
+  exit 2
+fi
+want() { [[ ",$steps," == *",$1,"* ]]; }
+data_dir=$(absolute "$data_dir")
+out=$(absolute "$out")
 
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
 fi
-case "$PYTHON" in  # a relative path still works once the trainings run in a scratch folder
-  /*) ;;
-  */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
+case "$PYTHON" in  # a path, not a command name: absolute, as the trainings run elsewhere
+  */*) PYTHON=$(absolute "$PYTHON") ;;
 esac
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MLFLOW_DISABLE_TELEMETRY=true
@@ -97,6 +108,8 @@ if command -v nvidia-smi >/dev/null; then
   run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 fi
 
+failed=()
+if want 1; then
 say ""
 say "## 1. The lab's five recipes on full MNIST"
 # The transfer models' size: 224 px on CUDA; in a dry run the least both take (alexnet's 63).
@@ -106,7 +119,6 @@ start=$(date +%s%N)
 cd "$work"  # where the runs' artifacts (./mlruns) land
 # A model that fails does not stop the others (suite exits 1 at its end), nor a failed step
 # the next: the results file says what failed, and the script then exits 1.
-failed=()
 run "$PYTHON" -m mnist_tracker suite --models cnn,deep_cnn,vit,vgg16,alexnet \
   --precision auto --device "$device" --no-pretrained --freeze --image-size "$size" \
   --data-dir "$data_dir" --tracking-uri "$store" --experiment gpu-suite \
@@ -152,14 +164,20 @@ print("|---|---|---|")
 print(f"| five recipes in <= 120 s of training | {total:.2f} s | {verdict(total <= 120)} |")
 print(f"| cnn's epochs in <= 8 s | {cnn:.2f} s | {verdict(cnn <= 8)} |")
 EOF
+fi
 
-say ""
-say "## 2. cnn throughput: the lab's pipeline vs ours"
-run "$PYTHON" benchmarks/throughput.py --models cnn "${bench[@]}" || failed+=("step 2")
+if want 2; then
+  say ""
+  say "## 2. cnn throughput: the lab's pipeline vs ours"
+  run "$PYTHON" benchmarks/throughput.py --models cnn "${bench[@]}" || failed+=("step 2")
+fi
 
-say ""
-say "## 3. Time to 99.3 %: --recipe fast"
-run "$PYTHON" benchmarks/time_to_accuracy.py "${bench[@]}" ${tta[@]+"${tta[@]}"} || failed+=("step 3")
+if want 3; then
+  say ""
+  say "## 3. Time to 99.3 %: --recipe fast"
+  run "$PYTHON" benchmarks/time_to_accuracy.py "${bench[@]}" ${tta[@]+"${tta[@]}"} ||
+    failed+=("step 3")
+fi
 
 say ""
 if [ ${#failed[@]} -gt 0 ]; then

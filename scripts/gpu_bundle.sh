@@ -7,15 +7,20 @@
 # Usage (from anywhere, on the development machine):
 #   bash scripts/gpu_bundle.sh [MNIST_DIR]    # default: $MNIST_DATA_DIR
 # Both folders are ignored by git through .git/info/exclude (they must not be committed) and
-# come to about 56 MiB, under the tool's 64 MiB. Running it again replaces them.
+# come to about 56 MiB, under the tool's 64 MiB. Running it again replaces them, once the new
+# bundle is complete: a failed download leaves the old one as it was.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
 data="${1:-${MNIST_DATA_DIR:-}}"
-if [ -z "$data" ] || [ ! -f "$data/train-images-idx3-ubyte.gz" ]; then
-  echo "Error: full MNIST not found; pass its folder (or set MNIST_DATA_DIR)" >&2
-  exit 2
-fi
+files=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz
+  t10k-labels-idx1-ubyte.gz)
+for name in "${files[@]}"; do
+  if [ -z "$data" ] || [ ! -f "$data/$name" ]; then
+    echo "Error: full MNIST not found; pass its folder (or set MNIST_DATA_DIR)" >&2
+    exit 2
+  fi
+done
+data=$(cd "$data" && pwd)  # before moving to the checkout
+cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   echo "Error: no .venv here; run 'make install-test' first (the wheels take its versions)" >&2
   exit 2
@@ -26,11 +31,12 @@ for folder in /.whl/ /.gpu/; do
   grep -qxF "$folder" .git/info/exclude 2>/dev/null || echo "$folder" >> .git/info/exclude
 done
 
-rm -rf .gpu .whl
-mkdir -p .gpu/mnist .whl
-cp "$data"/*.gz .gpu/mnist/
-[ -f "$data/SHA256SUMS" ] && cp "$data/SHA256SUMS" .gpu/mnist/
-chmod -R u+w .gpu
+new=$(mktemp -d .git/gpu-bundle.XXXXXX)  # on the checkout's disk, unseen by git status
+trap 'rm -rf "$new"' EXIT
+mkdir -p "$new/gpu/mnist" "$new/whl"
+for name in "${files[@]}"; do cp "$data/$name" "$new/gpu/mnist/"; done
+if [ -f "$data/SHA256SUMS" ]; then cp "$data/SHA256SUMS" "$new/gpu/mnist/"; fi
+chmod -R u+w "$new/gpu"
 
 # Not in the machine's image (device tool, KINDS.md: "Python packages already there",
 # 2026-11-17), needed to import MLflow (its SQL store and server), Optuna and plotly. A missing
@@ -58,5 +64,8 @@ EOF
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
-  -d .whl $pins
+  -d "$new/whl" $pins
+rm -rf .gpu .whl
+mv "$new/gpu" .gpu
+mv "$new/whl" .whl
 echo "bundle: $(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1); MNIST $(du -sh .gpu | cut -f1)"

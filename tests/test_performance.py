@@ -296,18 +296,29 @@ def test_gpu_suite_refuses_to_run_without_a_gpu(tmp_path, cli_env):
 
 
 @pytest.mark.fast
-def test_gpu_bundle_refuses_a_folder_without_mnist(tmp_path):
-    """scripts/gpu_bundle.sh checks its input before it replaces .gpu and .whl: a folder with
-    no MNIST is one line and exit 2, and nothing of the checkout is touched."""
-    before = sorted(p.name for p in REPO.iterdir())
+def test_gpu_bundle_refuses_an_incomplete_mnist_and_keeps_the_old_bundle(tmp_path):
+    """scripts/gpu_bundle.sh checks its input before it touches anything: a folder missing one
+    of the four IDX files is one line and exit 2, and a bundle already there stays as it was.
+    (A copy of the script in a stand-in checkout, so that the real .gpu and .whl are not at
+    stake.)"""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    script = checkout / "scripts" / "gpu_bundle.sh"
+    script.write_text((REPO / "scripts" / "gpu_bundle.sh").read_text())
+    for folder in (".gpu", ".whl"):
+        (checkout / folder).mkdir()
+        (checkout / folder / "kept").write_text(folder)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (mnist / name).write_bytes(b"")  # the test files are missing
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_bundle.sh"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        ["bash", str(script), str(mnist)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
         "Error: full MNIST not found; pass its folder (or set MNIST_DATA_DIR)"
     )
-    assert sorted(p.name for p in REPO.iterdir()) == before
+    assert sorted(p.name for p in checkout.iterdir()) == [".gpu", ".whl", "scripts"]
+    for folder in (".gpu", ".whl"):
+        assert [p.name for p in (checkout / folder).iterdir()] == ["kept"]
