@@ -102,8 +102,8 @@ def test_graphs_are_a_logged_param_and_reach_every_model_of_a_suite():
 def test_a_graph_replays_each_full_batch_and_is_dropped_when_the_lr_moves(splits):
     """With a graph in place (a stand-in that counts its replays: no capture without CUDA),
     every full batch replays it, the last smaller one runs eagerly into the same gradient
-    tensors (zeroed in place: they are the graph's buffers), and a changed learning rate drops
-    the graph before the next epoch's first batch."""
+    tensors (kept, not dropped: they are the graph's buffers), and a changed learning rate
+    drops the graph before the next epoch's first batch."""
     config = resolve_config("cnn", device="cpu", limit_train=300)
     model = create_model(config)
     optimizer = build_optimizer(config, model)

@@ -3,9 +3,9 @@
 Why: on a GPU, a batch-64 step of the lab's nets is a few hundred small kernels, and launching
 them one by one from Python costs more than running them. Measured on an H200
 (benchmarks/RESULTS.md, 2026-12-04): the cnn's eager step took 4.5 ms for its ~210 operators
-and the vit's 15 ms for ~1,320, with the GPU mostly idle. A CUDA graph launches the recorded
-kernels of a whole step (gather the batch, forward, loss, backward, optimizer step, running
-sums) with one call.
+and the vit's 15 ms for ~1,320, each a small kernel at batch 64. A CUDA graph launches the
+recorded kernels of a whole step (gather the batch, forward, loss, backward, optimizer step,
+running sums) with one call.
 
 Contracts:
 - ``GraphedEpochs(...).train_epoch(generator=..., on_batch=...)`` has ``loop.train_one_epoch``'s
