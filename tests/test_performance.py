@@ -283,6 +283,40 @@ def test_gpu_suite_goes_on_past_a_failed_step_and_exits_1(tmp_path, cli_env):
     )
 
 
+def test_gpu_suite_runs_only_the_steps_named(tmp_path, cli_env):
+    """--steps 2,3 skips the five recipes (a device lease splits the suite over calls); a
+    relative --out lands where the script was started; a step that does not exist is refused."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'for a in "$@"; do case "$a" in */throughput.py|*/time_to_accuracy.py)\n'
+        '  echo "failed on purpose: $a" >&2; exit 3;; esac; done\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    script = str(REPO / "benchmarks" / "gpu_suite.sh")
+    proc = subprocess.run(
+        ["bash", script, "--dry-run", "--steps", "2,3", "--out", "gpu.md"],
+        capture_output=True, text=True, env={**cli_env, "PYTHON": str(fake)}, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    text = (tmp_path / "gpu.md").read_text()
+    assert "## 1." not in text and "## Totals" not in text
+    assert "## 2. cnn throughput" in text and "## 3. Time to 99.3 %" in text
+    assert text.rstrip().endswith(
+        f"FAILED: step 2; step 3 (see above). Results in {tmp_path / 'gpu.md'}"
+    )
+    bad = subprocess.run(
+        ["bash", script, "--dry-run", "--steps", "1,4"], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "Error: --steps takes step numbers 1-3 separated by commas (got '1,4')"
+    )
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_gpu_suite_refuses_to_run_without_a_gpu(tmp_path, cli_env):
     proc = subprocess.run(
