@@ -30,7 +30,9 @@ from .conftest import (
     wait_for_running_trial,
 )
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs this whole module: its tests share one authenticated server (a session
+# fixture) on one PostgreSQL, and two servers migrating the same databases at once would race.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team-stack")]
 
 
 @pytest.fixture
