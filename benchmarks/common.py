@@ -88,7 +88,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def mlflow_server() -> Iterator[str]:
     """A local ``mlflow server`` (SQLite backend, served artifacts) in a temporary folder;
-    yields its URI and stops it afterwards."""
+    yields its URI and stops it afterwards. When ``$MNIST_BENCH_TRACKING_URI`` names a server
+    already running, yields that one instead: the test suite's smoke runs share its session
+    server (a server start is seconds of CPU); a measurement by hand leaves it unset."""
+    shared = os.environ.get("MNIST_BENCH_TRACKING_URI")
+    if shared:
+        yield shared
+        return
     with tempfile.TemporaryDirectory(prefix="mnist-bench-mlflow-") as root:
         port = free_port()
         log = open(Path(root) / "server.log", "w")  # noqa: SIM115 - closed below

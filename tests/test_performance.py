@@ -195,16 +195,23 @@ SCRIPTS = [
 ]
 
 
+@pytest.fixture
+def bench_env(cli_env, mlflow_server) -> dict[str, str]:
+    """The benchmarks track to the session's server (benchmarks/common.py's
+    ``MNIST_BENCH_TRACKING_URI``) instead of starting one each."""
+    return {**cli_env, "MNIST_BENCH_TRACKING_URI": mlflow_server}
+
+
 @pytest.mark.parametrize(
     ("script", "table_header", "check"), SCRIPTS, ids=[s[0] for s, _, _ in SCRIPTS]
 )
-def test_benchmark_runs_in_smoke_mode(script, table_header, check, cli_env):
+def test_benchmark_runs_in_smoke_mode(script, table_header, check, bench_env):
     name, *args = script
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / name), "--smoke", *args],
         capture_output=True,
         text=True,
-        env=cli_env,
+        env=bench_env,
         cwd=REPO,
         timeout=600,
     )
@@ -214,7 +221,7 @@ def test_benchmark_runs_in_smoke_mode(script, table_header, check, cli_env):
     check(proc.stdout)
 
 
-def test_gpu_suite_dry_run_runs_every_step(tmp_path, cli_env):
+def test_gpu_suite_dry_run_runs_every_step(tmp_path, bench_env, mlflow_server):
     """`gpu_suite.sh --dry-run`: the same steps as on CUDA, on the CPU with a few images. The
     results file holds the five trainings (one `suite` process: one epoch each, on the CPU)
     with their wall time and totals against the targets (not judged: a dry run), then the
@@ -223,7 +230,7 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path, cli_env):
     out = tmp_path / "results" / "gpu.md"
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run", "--out", str(out)],
-        capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=900,
+        capture_output=True, text=True, env=bench_env, cwd=tmp_path, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     text = out.read_text()
@@ -250,6 +257,8 @@ def test_gpu_suite_dry_run_runs_every_step(tmp_path, cli_env):
     for needed in ("command: ", "machine: ", "software: torch "):
         assert len(re.findall(f"^{needed}", text, re.M)) == 2, needed
     check_time_to_accuracy(text)
+    # Step 3 tracked to the shared server, as MNIST_BENCH_TRACKING_URI asked.
+    assert re.search(f"^\\$ .* train .*--tracking-uri {mlflow_server} ", text, re.M), text[-3000:]
     assert text.rstrip().endswith(f"done: results in {out}")
     assert not list(tmp_path.glob("mlruns")) and not (REPO / "benchmarks" / "mlruns").exists()
 
