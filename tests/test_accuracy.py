@@ -44,3 +44,21 @@ def test_one_epoch_of_the_lab_cnn_on_full_mnist(full_data_dir, sqlite_uri, cli_e
     assert (params["recipe"], params["epochs"], params["batch_size"]) == ("lab", "1", "64")
     assert params["precision"] == "fp32", "the lab recipe keeps fp32 unless asked"
     assert run.data.metrics["test_accuracy"] >= 0.979
+
+
+def test_the_fast_recipe_reaches_99_3_percent_on_full_mnist(full_data_dir, sqlite_uri, cli_env):
+    """README: `--recipe fast` (cnn: batch 512, one-cycle to 1e-2, 4 epochs, `--precision
+    auto`) reaches 99.3 % test accuracy on full MNIST. Its last epoch is the run's result
+    (GUIDE.md section 3), so that is what must reach it, not a better epoch on the way."""
+    # Measured by `python benchmarks/time_to_accuracy.py --data-dir /work/shared/data/mnist
+    # --repeats 3` (benchmarks/RESULTS.md): 99.48 % in all three runs in bf16 on a CPU with
+    # avx512_bf16 (2026-12-04), 99.39 % in all three in fp32 on one without; the recipe ends
+    # epoch 3 at 99.28-99.29 %, so a recipe that lost its last epoch would fail here.
+    run = _train_cnn(full_data_dir, sqlite_uri, cli_env, "--recipe", "fast")
+    params = run.data.params
+    assert (params["recipe"], params["epochs"], params["batch_size"]) == ("fast", "4", "512")
+    assert params["scheduler"] == "onecycle", params
+    history = MlflowClient(sqlite_uri).get_metric_history(run.info.run_id, "test_accuracy")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3, 4]
+    assert run.data.metrics["test_accuracy"] == max(history, key=lambda m: m.step).value
+    assert run.data.metrics["test_accuracy"] >= 0.993
