@@ -35,13 +35,14 @@ lint: install-test
 
 # The suite runs on PYTEST_WORKERS pytest-xdist workers, torch at one thread in each: on the
 # 2-core machine two one-thread workers do the same tests in far less time than one process
-# with two threads (whose OpenMP threads spent CPU waiting on each other's). Tests that share
-# one server stay on one worker (`xdist_group`). PYTEST_WORKERS=0 runs in a single process.
+# with two threads (whose OpenMP threads spent CPU waiting on each other's). Each test module
+# runs on one worker (--dist loadfile): tests/test_deploy.py's share one server and database.
+# (xdist_group marks were ignored under pytest 9.2 + xdist 3.8.) PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 WORKER_ENV = $(if $(filter 0,$(PYTEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1})
 
 test: lint
-	$(WORKER_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(WORKER_ENV) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: lint
 	$(BIN)/python -m pytest -m 'fast and not slow' $(PYTEST_ARGS)

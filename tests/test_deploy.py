@@ -30,9 +30,10 @@ from .conftest import (
     wait_for_running_trial,
 )
 
-# One xdist worker runs this whole module: its tests share one authenticated server (a session
-# fixture) on one PostgreSQL, and two servers migrating the same databases at once would race.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team-stack")]
+# `make test` runs each module on one xdist worker (--dist loadfile): these tests share one
+# authenticated server (a session fixture) on .ci/run's PostgreSQL, and two servers migrating
+# the same databases at once race ("alembic_version already exists").
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
