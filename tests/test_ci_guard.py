@@ -1,0 +1,55 @@
+"""The suite's own guard (conftest.py): under CI=true no test may be skipped unseen."""
+
+from __future__ import annotations
+
+import pytest
+import torch  # noqa: F401 - see below
+
+from . import conftest
+
+pytestmark = pytest.mark.fast
+
+INNER_CONFTEST = "from tests.conftest import pytest_make_collect_report, pytest_runtest_makereport"
+SKIPPED_TEST = """
+import pytest
+
+def test_needs_a_service():
+    pytest.skip("no service here")
+
+@pytest.mark.gpu
+def test_needs_cuda():
+    pytest.skip("no CUDA device")
+"""
+SKIPPED_MODULE = """
+import pytest
+
+pytest.skip("module needs what is missing", allow_module_level=True)
+
+def test_never_collected():
+    pass
+"""
+
+
+@pytest.mark.parametrize("in_ci", [True, False], ids=["CI", "elsewhere"])
+def test_a_skip_fails_under_ci_unless_it_is_a_gpu_test_without_cuda(pytester, monkeypatch, in_ci):
+    """Under CI=true a test skipped while it runs fails, and a module skipped while it is
+    collected is an error; a ``gpu`` test may still skip where there is no CUDA device.
+    Elsewhere all three are skips, with their reasons."""
+    # torch is imported with this module, before pytester snapshots sys.modules: the modules
+    # imported after the snapshot are dropped again, and torch cannot be imported twice.
+    cuda = conftest._cuda_available()
+    monkeypatch.setattr(conftest, "IN_CI", in_ci)
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makepyfile(test_runs=SKIPPED_TEST, test_module=SKIPPED_MODULE)
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-rfEs", "--continue-on-collection-errors"
+    )  # fmt: skip
+    if in_ci:
+        # On a CUDA machine a skipped gpu test fails too: that machine has what it needs.
+        result.assert_outcomes(failed=1 + cuda, skipped=int(not cuda), errors=1)
+        result.stdout.fnmatch_lines(
+            ["*skipped under CI=true, which must run every test: Skipped: no service here*"]
+        )
+        result.stdout.fnmatch_lines(["*skipped under CI=true*module needs what is missing*"])
+    else:
+        result.assert_outcomes(skipped=3)
