@@ -166,6 +166,35 @@ def test_second_resume_of_a_run_in_use_is_refused(sqlite_uri, experiment_name, c
     assert not box.pending()
 
 
+def test_resume_sends_the_outbox_before_any_epoch(sqlite_uri, experiment_name):
+    """`--resume` sends the run's pending outbox before it trains: an outbox that ends the run
+    FINISHED leaves nothing to resume (refused, still epoch 1 only), and one the store
+    refuses stops the resume before any epoch, with the sync command to run."""
+    meta = {"tracking_uri": sqlite_uri}
+    ended = stopped_run(experiment_name)
+    finish = {"op": "set_terminated", "run_id": ended, "status": "FINISHED",
+              "end_time": int(time.time() * 1000)}  # fmt: skip
+    Outbox(outbox_dir(ended)).add(finish, meta={"run_id": ended, **meta})
+    refused_resume(ended, "already FINISHED", "nothing to resume")
+    assert MlflowClient().get_run(ended).info.status == "FINISHED", "the outbox was sent"
+    assert steps(ended) == [1], "and nothing trained"
+    assert not Outbox(outbox_dir(ended)).pending()
+
+    refused = stopped_run(experiment_name)
+    box = Outbox(outbox_dir(refused))
+    # MLflow refuses to change a logged param: an operation the store does not take.
+    change = {"op": "log_batch", "run_id": refused, "metrics": [], "params": {"lr": "0.5"},
+              "tags": {}}  # fmt: skip
+    box.add(change, meta={"run_id": refused, **meta})
+    refused_resume(
+        refused, "outbox the server did not take", f"mnist-tracker sync {run_dir(refused)}"
+    )
+    run = MlflowClient().get_run(refused)
+    assert run.info.status == "KILLED" and run.data.params["lr"] == "0.001"
+    assert steps(refused) == [1], "no epoch trained after the refused outbox"
+    assert len(box.pending()) == 1
+
+
 def test_a_live_holder_on_another_machine_is_refused_and_a_stale_one_is_not(
     sqlite_uri, experiment_name
 ):
