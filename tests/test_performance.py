@@ -219,6 +219,11 @@ def test_benchmark_runs_in_smoke_mode(script, table_header, check, bench_env):
     for needed in ("command: ", "machine: ", "software: torch ", table_header):
         assert needed in proc.stdout, needed
     check(proc.stdout)
+    if name == "tracking_overhead.py":  # its runs went to the shared server, as asked
+        from mlflow.tracking import MlflowClient
+
+        shared = MlflowClient(bench_env["MNIST_BENCH_TRACKING_URI"])
+        assert shared.get_experiment_by_name("tracking-overhead") is not None
 
 
 def test_gpu_suite_dry_run_runs_every_step(tmp_path, bench_env, mlflow_server):
