@@ -364,6 +364,7 @@ def test_a_run_empties_its_outbox_itself_once_the_server_is_back_before_it_ends(
     from mnist_tracker.training import OnEpoch
     from mnist_tracker.workflows.train import TrainOptions, train
 
+    assert sink_mod.RECONNECT_EVERY_S == 30.0, "README: the sink retries every 30 s"
     monkeypatch.setattr(sink_mod, "RECONNECT_EVERY_S", 1.0)
     server = KillableServer(tmp_path, free_port())
     server.start()
