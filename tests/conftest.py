@@ -48,7 +48,9 @@ def pytest_runtest_makereport(item, call):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     """The same for a whole module skipped as it is collected (``pytest.importorskip``,
-    ``pytest.skip(allow_module_level=True)``): under CI=true it is a collection error."""
+    ``pytest.skip(allow_module_level=True)``): under CI=true it is a collection error, with no
+    exception for ``gpu`` (a module skipped while importing has no marks to read): GPU tests
+    skip one by one, as tests/test_gpu.py does."""
     outcome = yield
     report = outcome.get_result()
     if IN_CI and report.skipped:
@@ -245,7 +247,7 @@ def copy_subset(dest: Path, layout: str = "torchvision", gz: bool = True) -> Pat
 
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL and the authenticated tracking server (the team stack, run natively)
+# Services the suite cannot start here (PostgreSQL: tests/test_deploy.py; a tmpfs mount)
 
 
 def _needs_service(reason: str):
@@ -253,75 +255,3 @@ def _needs_service(reason: str):
     if IN_CI:
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """A PostgreSQL with the stack's databases: ``.ci/run``'s (TEST_POSTGRES_PORT), else one
-    started here with deploy/local-postgres.sh. Yields a dict of host, port, passwords."""
-    import tempfile
-
-    info = {
-        "host": "127.0.0.1",
-        "mlflow_password": os.environ.get("TEST_MLFLOW_DB_PASSWORD", "mlflow-test-pw"),
-        "optuna_password": os.environ.get("TEST_OPTUNA_DB_PASSWORD", "optuna-test-pw"),
-    }
-    if os.environ.get("TEST_POSTGRES_PORT"):
-        info["port"] = int(os.environ["TEST_POSTGRES_PORT"])
-        yield info
-        return
-    # Not under the pytest tmp dir: its parents are private to root and the server runs as
-    # the postgres user.
-    root = tempfile.mkdtemp(prefix="mnist-tracker-pg-")
-    os.chmod(root, 0o755)
-    data_dir = os.path.join(root, "data")
-    env = dict(os.environ, MLFLOW_DB_PASSWORD=info["mlflow_password"],
-               OPTUNA_DB_PASSWORD=info["optuna_password"])  # fmt: skip
-    info["port"] = free_port()
-    script = str(REPO / "deploy" / "local-postgres.sh")
-    proc = subprocess.run(["sh", script, "start", data_dir, str(info["port"])], env=env,
-                          capture_output=True, text=True)  # fmt: skip
-    if proc.returncode != 0:
-        _needs_service(f"PostgreSQL could not be started: {proc.stderr.strip()[-300:]}")
-    yield info
-    subprocess.run(["sh", script, "stop", data_dir], env=env, capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def pg_url(postgres: dict, user: str, database: str) -> str:
-    password = postgres[f"{user}_password"]
-    return f"postgresql://{user}:{password}@{postgres['host']}:{postgres['port']}/{database}"
-
-
-@pytest.fixture(scope="session")
-def auth_server(postgres, tmp_path_factory):
-    """deploy/mlflow-server.sh (the compose command) on the PostgreSQL above: served artifacts,
-    basic auth. Yields dict(uri, username, password)."""
-    import uuid as _uuid
-
-    root = tmp_path_factory.mktemp("auth_server")
-
-    port = free_port()
-    # Fixed: the admin is created on the first start against an empty auth database only.
-    creds = {
-        "username": "admin",
-        "password": os.environ.get("TEST_MLFLOW_ADMIN_PASSWORD", "admin-test-pw-1234"),
-    }
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        MLFLOW_BACKEND_STORE_URI=pg_url(postgres, "mlflow", "mlflow"),
-        MLFLOW_AUTH_DATABASE_URI=pg_url(postgres, "mlflow", "mlflow_auth"),
-        MLFLOW_ARTIFACTS_DESTINATION=str(root / "artifacts"),
-        MLFLOW_AUTH_ADMIN_USERNAME=creds["username"],
-        MLFLOW_AUTH_ADMIN_PASSWORD=creds["password"],
-        MLFLOW_FLASK_SERVER_SECRET_KEY=_uuid.uuid4().hex,
-        MLFLOW_HOST="127.0.0.1",
-        MLFLOW_PORT=str(port),
-        MLFLOW_WORKERS="2",
-    )
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        env.pop(var, None)
-    command = ["sh", str(REPO / "deploy" / "mlflow-server.sh")]
-    with running_server(command, root, port, env) as uri:
-        yield {"uri": uri, **creds}
