@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mnist_tracker.training.runtime import cpu_has_fast_bf16
+
 from .conftest import BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.full_data]
@@ -53,12 +55,15 @@ def test_the_fast_recipe_reaches_99_3_percent_on_full_mnist(full_data_dir, sqlit
     # Measured by `python benchmarks/time_to_accuracy.py --data-dir /work/shared/data/mnist
     # --repeats 3` (benchmarks/RESULTS.md): 99.48 % in all three runs in bf16 on a CPU with
     # avx512_bf16 (2026-12-04), 99.39 % in all three in fp32 on one without; the recipe ends
-    # epoch 3 at 99.28-99.29 %, so a recipe that lost its last epoch would fail here.
+    # epoch 3 at 99.28-99.29 %, so a recipe that lost its last epoch would fail here. As
+    # `make test` runs it (OMP_NUM_THREADS=1, 2026-12-05, bf16): 99.44 %, epoch 3 99.23 %.
     run = _train_cnn(full_data_dir, sqlite_uri, cli_env, "--recipe", "fast")
     params = run.data.params
     assert (params["recipe"], params["epochs"], params["batch_size"]) == ("fast", "4", "512")
-    assert params["scheduler"] == "onecycle", params
+    assert (params["scheduler"], float(params["lr"])) == ("onecycle", 0.01), params
+    if params["device"] == "cpu":  # --precision auto: bf16 where the CPU has it natively
+        assert params["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32"), params
     history = MlflowClient(sqlite_uri).get_metric_history(run.info.run_id, "test_accuracy")
-    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3, 4]
-    assert run.data.metrics["test_accuracy"] == max(history, key=lambda m: m.step).value
-    assert run.data.metrics["test_accuracy"] >= 0.993
+    epochs = sorted(history, key=lambda m: m.step)
+    assert [m.step for m in epochs] == [1, 2, 3, 4]
+    assert epochs[-1].value >= 0.993
