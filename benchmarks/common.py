@@ -93,6 +93,8 @@ def mlflow_server() -> Iterator[str]:
     server (a server start is seconds of CPU); a measurement by hand leaves it unset."""
     shared = os.environ.get("MNIST_BENCH_TRACKING_URI")
     if shared:
+        print(f"tracking to {shared} ($MNIST_BENCH_TRACKING_URI)", flush=True)
+        _wait_healthy(shared, None, timeout=30.0)
         yield shared
         return
     with tempfile.TemporaryDirectory(prefix="mnist-bench-mlflow-") as root:
@@ -131,10 +133,10 @@ def mlflow_server() -> Iterator[str]:
             log.close()
 
 
-def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_healthy(uri: str, proc: subprocess.Popen | None, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
         with (
             contextlib.suppress(OSError),

@@ -223,7 +223,8 @@ def test_benchmark_runs_in_smoke_mode(script, table_header, check, bench_env):
         from mlflow.tracking import MlflowClient
 
         shared = MlflowClient(bench_env["MNIST_BENCH_TRACKING_URI"])
-        assert shared.get_experiment_by_name("tracking-overhead") is not None
+        experiment = shared.get_experiment_by_name("tracking-overhead")
+        assert experiment is not None and shared.search_runs([experiment.experiment_id])
 
 
 def test_gpu_suite_dry_run_runs_every_step(tmp_path, bench_env, mlflow_server):
