@@ -153,12 +153,10 @@ def gc_paused() -> Iterator[None]:
 def search_runs(
     experiment_ids: Sequence[str],
     filter_string: str = "",
-    page_size: int | None = None,
     mlflow_client: MlflowClient | None = None,
 ) -> list[Run]:
     """Every active run matching ``filter_string``, newest first, following page tokens
-    (``page_size`` runs a request, ``PAGE_SIZE`` unless given: read at call time, so a test
-    can make the pages small).
+    (``PAGE_SIZE`` runs a request).
 
     Raises InvalidQuery for a filter MLflow rejects, StoreError when the store cannot answer.
     """
@@ -171,7 +169,7 @@ def search_runs(
                 page = c.search_runs(
                     list(experiment_ids),
                     filter_string,
-                    max_results=page_size or PAGE_SIZE,
+                    max_results=PAGE_SIZE,
                     page_token=token,
                 )
             runs.extend(page)
