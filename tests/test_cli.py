@@ -536,3 +536,73 @@ def test_reap_reads_durations_in_each_unit():
 
     given = ["90", "90s", "1.5m", " 2h ", "1d"]
     assert [parse_duration(None, None, v) for v in given] == [90, 90, 90, 7200, 86400]
+
+
+# A process that ends through `leave`, or through sys.exit for the control: a thread and a
+# thread-pool job still running, an atexit handler that lists what they wrote, stdout with no
+# newline (buffered in a pipe), and an object whose __del__ only the interpreter's teardown calls.
+ENDING = r"""
+import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mnist_tracker.cli.leave import leave
+
+out = Path(sys.argv[1])
+
+
+class TornDown:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __del__(self, open=open):  # the builtins may be gone when the teardown calls it
+        open(self.path, "w").close()
+
+
+KEEP = TornDown(out / "teardown")
+
+
+def late(name):
+    time.sleep(0.5)
+    (out / name).write_text("done")
+
+
+threading.Thread(target=late, args=("thread",)).start()
+ThreadPoolExecutor(1).submit(late, "pool")  # never shut down: threading's exit call waits
+listing = lambda: ",".join(sorted(p.name for p in out.iterdir()))  # noqa: E731
+atexit.register(lambda: (out / "atexit").write_text(listing()))
+sys.stdout.write("buffered, no newline")
+code = {"none": None, "msg": "bye: a message"}.get(sys.argv[3], sys.argv[3])
+(leave if sys.argv[2] == "leave" else sys.exit)(int(code) if str(code).isdigit() else code)
+"""
+
+
+@pytest.mark.parametrize(("code", "status"), [("3", 3), ("none", 0), ("msg", 1)])
+@pytest.mark.parametrize("how", ["leave", "sys.exit"])
+def test_a_command_ends_as_sys_exit_would_without_the_teardown(how, code, status, tmp_path):
+    """`leave` (how every `mnist-tracker` process ends) does what an exit shows outside the
+    process: the same status, a message on stderr, threads and pool jobs finished before the
+    atexit handlers, stdout flushed. The teardown it skips is the only difference, and the
+    sys.exit control shows this test can see it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ENDING, str(tmp_path), how, code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout == "buffered, no newline"
+    assert proc.stderr.strip() == ("bye: a message" if code == "msg" else "")
+    assert (tmp_path / "atexit").read_text() == "pool,thread"
+    assert (tmp_path / "teardown").exists() == (how == "sys.exit")
+
+
+@pytest.mark.fast
+def test_the_console_script_and_python_m_end_through_leave():
+    """Both ways to start the CLI go through `entry`, which ends with `leave`."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mnist-tracker"]
+    assert script.value == "mnist_tracker.cli:entry"
+    main_py = (SUBSET.parents[2] / "mnist_tracker" / "__main__.py").read_text()
+    assert "entry()" in main_py
