@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 ARGS ?=
 
 .PHONY: install install-test run test test-fast lint format ui clean
+# Both install targets write the one .venv: never two at once (make -j).
+.NOTPARALLEL:
 
 # `make run` installs the package alone; the test extras (pytest, ruff, scikit-learn, and the
 # peer benchmark's PyTorch Lightning) only come with the targets that need them, in one pip call

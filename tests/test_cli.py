@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -573,36 +574,72 @@ listing = lambda: ",".join(sorted(p.name for p in out.iterdir()))  # noqa: E731
 atexit.register(lambda: (out / "atexit").write_text(listing()))
 sys.stdout.write("buffered, no newline")
 code = {"none": None, "msg": "bye: a message"}.get(sys.argv[3], sys.argv[3])
-(leave if sys.argv[2] == "leave" else sys.exit)(int(code) if str(code).isdigit() else code)
+(sys.exit if sys.argv[2] == "sys.exit" else leave)(int(code) if str(code).isdigit() else code)
 """
 
 
-@pytest.mark.parametrize(("code", "status"), [("3", 3), ("none", 0), ("msg", 1)])
+def _end(tmp_path, how: str, code: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "ending.py"
+    script.write_text(ENDING)
+    profile = ["-m", "cProfile", "-o", str(tmp_path / "profile")] if how == "profiled" else []
+    # Unbuffered, the final flush of stdout could not be told from none.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = tmp_path / "out"
+    out.mkdir()
+    return subprocess.run(
+        [sys.executable, *profile, str(script), str(out), how, code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(("code", "status"), [("3", 3), ("none", 0), ("msg", 1), ("256", 0)])
 @pytest.mark.parametrize("how", ["leave", "sys.exit"])
 def test_a_command_ends_as_sys_exit_would_without_the_teardown(how, code, status, tmp_path):
     """`leave` (how every `mnist-tracker` process ends) does what an exit shows outside the
     process: the same status, a message on stderr, threads and pool jobs finished before the
     atexit handlers, stdout flushed. The teardown it skips is the only difference, and the
     sys.exit control shows this test can see it."""
-    proc = subprocess.run(
-        [sys.executable, "-c", ENDING, str(tmp_path), how, code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _end(tmp_path, how, code)
     assert proc.returncode == status, proc.stderr
     assert proc.stdout == "buffered, no newline"
     assert proc.stderr.strip() == ("bye: a message" if code == "msg" else "")
-    assert (tmp_path / "atexit").read_text() == "pool,thread"
-    assert (tmp_path / "teardown").exists() == (how == "sys.exit")
+    assert (tmp_path / "out" / "atexit").read_text() == "pool,thread"
+    assert (tmp_path / "out" / "teardown").exists() == (how == "sys.exit")
+
+
+def test_under_a_profiler_a_command_ends_the_ordinary_way(tmp_path):
+    """cProfile (like coverage and pdb) writes its results after the program: `leave` then
+    exits as sys.exit does, teardown included, and the profile is written."""
+    proc = _end(tmp_path, "profiled", "3")
+    assert proc.returncode == 0, proc.stderr  # cProfile's own: it swallows SystemExit
+    assert (tmp_path / "profile").stat().st_size > 0
+    assert (tmp_path / "out" / "teardown").exists()
 
 
 @pytest.mark.fast
-def test_the_console_script_and_python_m_end_through_leave():
-    """Both ways to start the CLI go through `entry`, which ends with `leave`."""
+@pytest.mark.parametrize(("argv", "status"), [(["models"], 0), (["train", "--model", "x"], 2)])
+def test_the_console_script_ends_through_leave_with_the_commands_status(argv, status, monkeypatch):
+    """`entry` (the console script, and `python -m mnist_tracker`) hands the status of the
+    command to `leave`."""
     from importlib.metadata import entry_points
+
+    import mnist_tracker.cli as cli
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mnist-tracker"]
     assert script.value == "mnist_tracker.cli:entry"
-    main_py = (SUBSET.parents[2] / "mnist_tracker" / "__main__.py").read_text()
-    assert "entry()" in main_py
+    assert "entry()" in (Path(cli.__file__).parent.parent / "__main__.py").read_text()
+
+    class Left(Exception):
+        pass
+
+    def fake_leave(code=None):
+        raise Left(code)
+
+    monkeypatch.setattr(cli, "leave", fake_leave)
+    monkeypatch.setattr(sys, "argv", ["mnist-tracker", *argv])
+    with pytest.raises(Left) as left:
+        cli.entry()
+    assert left.value.args == (status,)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import sys
 import threading
@@ -35,16 +36,27 @@ def exit_status(code: object) -> int:
 
 
 def leave(code: object = None) -> NoReturn:
-    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown. On a
-    Python without the two hooks this needs (both CPython's since 3.x), the ordinary exit."""
+    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown.
+
+    The ordinary exit instead where something waits for the teardown: under a profiler or a
+    tracer (cProfile, coverage and pdb write their results after the program returns), or on
+    a Python without the two hooks this needs (CPython has both)."""
     status = exit_status(code)
     shutdown = getattr(threading, "_shutdown", None)
     run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
-    if shutdown is None or run_exitfuncs is None:
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if shutdown is None or run_exitfuncs is None or watched:
         sys.exit(status)
-    shutdown()  # ThreadPoolExecutor's exit calls, then every non-daemon thread joined
+    # A second Ctrl-C while threads finish: CPython, too, goes on to the atexit handlers.
+    with contextlib.suppress(KeyboardInterrupt):
+        shutdown()  # ThreadPoolExecutor's exit calls, then every non-daemon thread joined
     run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe: Python would only warn
-            stream.flush()
-    os._exit(status)
+    try:
+        sys.stdout.flush()
+    except Exception:
+        status = 120  # what CPython exits with when its final flush of stdout fails
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    with contextlib.suppress(Exception):  # C libraries' stdio buffers, which os._exit drops
+        ctypes.CDLL(None).fflush(None)
+    os._exit(status & 0xFF)
