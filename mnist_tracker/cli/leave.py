@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import sys
 import threading
@@ -58,5 +57,7 @@ def leave(code: object = None) -> NoReturn:
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     with contextlib.suppress(Exception):  # C libraries' stdio buffers, which os._exit drops
+        import ctypes  # here, not at start-up: only an exit needs it
+
         ctypes.CDLL(None).fflush(None)
     os._exit(status & 0xFF)
