@@ -19,11 +19,13 @@ ARGS ?=
 # PYTHONDONTWRITEBYTECODE is set, as on CI, an uncompiled torch is compiled again at every
 # import: 15 s instead of 6). compileall -j 0 does it on every core: a fresh install took 64 s
 # instead of 82 here. Like pip, it leaves files it cannot compile (torch ships a Python 3.12
-# test file) uncompiled, hence `|| true`.
+# test file) uncompiled, hence `|| true`. The installed packages' own test suites (a fifth of
+# the source: sympy's, scipy's, torch.testing._internal, ...) are never imported by the
+# package or its tests, so they are not compiled.
 define venv_install
 	test -x $(BIN)/python || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip; }
 	$(BIN)/pip install --quiet --no-compile -e '$(1)'
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
+	$(BIN)/python -m compileall -q -j 0 -x '/(tests?|testing/_internal)/' $(VENV)/lib >/dev/null || true
 endef
 
 $(BIN)/mnist-tracker: pyproject.toml
@@ -49,8 +51,8 @@ lint: install-test
 # 2-core machine two one-thread workers do the same tests in far less time than one process
 # with two threads (whose OpenMP threads spent CPU waiting on each other's). Each test module
 # runs on one worker (--dist loadfile): tests/test_deploy.py's share one server and database;
-# modules start in file order, so the long full-MNIST trainings (test_accuracy.py) go first
-# instead of last (xdist's default starts the modules with most tests first).
+# modules start in the order tests/conftest.py sorts them, longest first, so that neither
+# worker ends alone on a long module (xdist's default starts the modules with most tests first).
 # (xdist_group marks were ignored under pytest 9.2 + xdist 3.8.) PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 WORKER_ENV = $(if $(filter 0,$(PYTEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1})
