@@ -208,38 +208,3 @@ def test_weights_finite_finds_one_bad_weight_in_a_trainable_tensor(bad):
     with torch.no_grad():
         model[1].bias[9] = bad
     assert not loop.weights_finite(model)
-
-
-def test_evaluation_runs_in_cache_sized_batches_on_the_cpu_only():
-    """On the CPU at most ``CPU_EVAL_BATCH`` images a batch (large ones were 2x slower there),
-    whatever the training batch; on an accelerator the large, size-scaled batches."""
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    lab, fast = resolve_config("cnn"), resolve_config("cnn", recipe="fast")
-    transfer = resolve_config("alexnet", pretrained=False, image_size=224)
-    assert loop.CPU_EVAL_BATCH == 128
-    assert [loop.eval_batch_size(c, cpu) for c in (lab, fast, transfer)] == [128, 128, 64]
-    assert [loop.eval_batch_size(c, cuda) for c in (lab, fast, transfer)] == [2048, 2048, 64]
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_evaluation_scores_each_image_alone_whatever_the_batch(mnist, precision):
-    """The metrics of a trained cnn on the subset's 1,000 test images are those of any batch
-    size: the same predictions, the same loss to float rounding."""
-    config = resolve_config("cnn", device="cpu", epochs=1, batch_size=16, lr=2e-3, limit_test=64,
-                            extra={"dropout_conv": 0.1, "dropout_fc": 0.1})  # fmt: skip
-    splits = data.split_data(mnist, seed=config.seed, limit_test=config.limit_test)
-    torch.manual_seed(config.seed)
-    model = create_model(config)
-    fit(config, splits, model)
-    x, y = mnist.test_x, mnist.test_y
-    results = [
-        loop.evaluate(model, x, y, device=torch.device("cpu"), precision=precision, batch_size=size)
-        for size in (loop.CPU_EVAL_BATCH, 2048, 7)
-    ]
-    assert results[0].accuracy > 0.5, "a trained model, not chance"
-    for other in results[1:]:
-        assert (other.predictions == results[0].predictions).all()
-        assert other.loss == pytest.approx(
-            results[0].loss, rel=1e-3 if precision == "bf16" else 1e-5
-        )
-        assert (other.accuracy, other.f1_macro) == (results[0].accuracy, results[0].f1_macro)

@@ -209,7 +209,7 @@ def build_inputs(
     config: TrainConfig, splits: Splits, model: nn.Module, plan: CachePlan, device: torch.device
 ) -> Inputs:
     """The plain inputs, or (``plan.enabled``) the cached features of every split."""
-    eval_bs = eval_batch_size(config, device)
+    eval_bs = eval_batch_size(config)
     train_y = splits.train_y.to(device)
     if not plan.enabled:
         # On a GPU the images (uint8, 47 MB for all of MNIST) stay on the device for the whole

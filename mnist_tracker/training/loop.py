@@ -77,21 +77,10 @@ def build_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return None, False
 
 
-# Evaluation on the CPU runs in batches whose activations stay in the caches. Measured on the
-# 2-core CPU (10,000 images, channels_last, best of 2): the cnn took 0.90 s in batches of 128
-# against 1.91 s in 1,024 and 2.14 s in 2,048 (fp32, 2 threads; bf16 0.63 s against 1.11 s;
-# one thread 2.50 s against 3.25 s); deep_cnn and vit 1.3-1.5x faster at 128 than at 1,024.
-CPU_EVAL_BATCH = 128
-
-
-def eval_batch_size(config: TrainConfig, device: torch.device) -> int:
-    """The batch size of evaluation and feature encoding. On an accelerator: large batches,
-    scaled down for big inputs to bound activation memory, never below the training batch.
-    On the CPU: at most ``CPU_EVAL_BATCH`` (large batches are slower there, not faster).
-    The metrics do not depend on it (each image is scored on its own, in eval mode)."""
+def eval_batch_size(config: TrainConfig) -> int:
+    """Large batches for evaluation, scaled down for big inputs to bound activation memory."""
     scaled = int(2048 * (28 / config.image_size) ** 2)
-    size = max(config.batch_size, min(2048, scaled))
-    return min(size, CPU_EVAL_BATCH) if device.type == "cpu" else size
+    return max(config.batch_size, min(2048, scaled))
 
 
 def train_one_epoch(
