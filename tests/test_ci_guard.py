@@ -1,4 +1,5 @@
-"""The suite's own guard (conftest.py): under CI=true no test may be skipped unseen."""
+"""The suite's own machinery (conftest.py): under CI=true no test may be skipped unseen; the
+longest modules start first."""
 
 from __future__ import annotations
 
@@ -53,3 +54,10 @@ def test_a_skip_fails_under_ci_unless_it_is_a_gpu_test_without_cuda(pytester, mo
         result.stdout.fnmatch_lines(["*skipped under CI=true*module needs what is missing*"])
     else:
         result.assert_outcomes(skipped=3)
+
+
+def test_the_longest_first_order_names_modules_that_exist():
+    """``MODULE_SECONDS`` orders the modules by name: a renamed or removed module would drop
+    out of the order silently (and start last), so every name in it must be a test module."""
+    names = {path.name for path in conftest.TESTS.glob("test_*.py")}
+    assert set(conftest.MODULE_SECONDS) <= names, set(conftest.MODULE_SECONDS) - names
