@@ -102,11 +102,13 @@ run() {  # a command, echoed into the results with its output
 
 say "# GPU suite$([ "$dry_run" = 1 ] && echo ' (dry run on the CPU: plumbing only, no figure)')"
 say "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-# One interpreter for both lines (importing torch and MLflow takes seconds); as before, a
-# failure here leaves the lines out and the steps still run, and its stderr stays out of $out.
+# One interpreter for both lines (importing torch takes seconds; MLflow is not imported, its
+# version comes from its metadata); a failure here leaves the lines out and the steps still run,
+# and its stderr stays out of $out.
 "$PYTHON" - <<'EOF' | tee -a "$out" || true
-import sys, torch, mlflow
-print("python:", sys.version.split()[0], "torch", torch.__version__, "mlflow", mlflow.__version__)
+import sys, importlib.metadata, torch
+mlflow = importlib.metadata.version("mlflow")  # its version, without MLflow's 1-2 s import
+print("python:", sys.version.split()[0], "torch", torch.__version__, "mlflow", mlflow)
 print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
 EOF
 if command -v nvidia-smi >/dev/null; then
