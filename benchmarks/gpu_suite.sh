@@ -107,8 +107,8 @@ say "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${GIT_COMMIT:-$(git rev-pars
 # and its stderr stays out of $out.
 "$PYTHON" - <<'EOF' | tee -a "$out" || true
 import sys, importlib.metadata, torch
-mlflow = importlib.metadata.version("mlflow")  # its version, without MLflow's 1-2 s import
-print("python:", sys.version.split()[0], "torch", torch.__version__, "mlflow", mlflow)
+mlflow_version = importlib.metadata.version("mlflow")  # without MLflow's 1-2 s import
+print("python:", sys.version.split()[0], "torch", torch.__version__, "mlflow", mlflow_version)
 print("device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
 EOF
 if command -v nvidia-smi >/dev/null; then
