@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -27,6 +28,8 @@ FULL_DATA_DIR = os.environ.get("MNIST_DATA_DIR")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The machine's temporary directory, for what must live outside the session's (see _session_tmp).
+SYSTEM_TMP = tempfile.gettempdir()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -145,6 +148,24 @@ def full_data_dir() -> Path:
 def _session_cache(tmp_path_factory) -> Path:
     """One cache for the whole session (the SQLite store template: built once, not per test)."""
     return tmp_path_factory.mktemp("mnist_tracker_cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tmp(tmp_path_factory):
+    """The session's processes (this one and all it starts) put their temporary files under
+    pytest's base folder, which pytest prunes (the last 3 sessions are kept), not in the
+    machine's: MLflow's downloads of a model (mlflow.pyfunc.load_model, download_artifacts)
+    are never removed, and the suite used to leave ~0.5 GB of them in /tmp per run. What the
+    package itself leaves is a test's business (test_mlflow_ui.py's predict)."""
+    folder = tmp_path_factory.mktemp("tmp")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    yield folder
+    tempfile.tempdir = saved[1]
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,7 @@ from .conftest import (
     BIN,
     REPO,
     SUBSET,
+    SYSTEM_TMP,
     _needs_service,
     free_port,
     running_server,
@@ -60,7 +61,7 @@ def postgres():
         return
     # Not under the pytest tmp dir: its parents are private to root and the server runs as
     # the postgres user.
-    root = tempfile.mkdtemp(prefix="mnist-tracker-pg-")
+    root = tempfile.mkdtemp(prefix="mnist-tracker-pg-", dir=SYSTEM_TMP)
     os.chmod(root, 0o755)
     data_dir = os.path.join(root, "data")
     env = dict(os.environ, MLFLOW_DB_PASSWORD=info["mlflow_password"],

@@ -213,13 +213,19 @@ def test_promote_then_predict_a_drawn_digit_through_the_champion(
         paths.append(tmp_path / f"digit{i}.png")
         Image.fromarray(canvas).save(paths[-1])
     champion = "models:/ui-digits@champion"
-    out = _cli([*cli, "predict", "--model-uri", champion, *map(str, paths)], env)
+    scratch = tmp_path / "tmpdir"  # the process's temporary directory, to see what it leaves
+    scratch.mkdir()
+    predict = [*cli, "predict", "--model-uri", champion, *map(str, paths)]
+    out = _cli(predict, {**env, "TMPDIR": str(scratch)})
+    # MLflow's download of the model (left behind by mlflow.pyfunc.load_model) is removed.
+    assert not list(scratch.iterdir()), list(scratch.rglob("*"))[:10]
     lines = out.stdout.splitlines()
     assert len(lines) == 10 and lines[0].startswith(f"{paths[0]}: ")
     predicted = [
         int(re.search(r": (\d) \(probability [01]\.\d{3}\)$", line).group(1)) for line in lines
     ]
-    model = mlflow.pyfunc.load_model(champion)
+    (tmp_path / "champion").mkdir()
+    model = mlflow.pyfunc.load_model(champion, dst_path=str(tmp_path / "champion"))
     originals = (mnist.test_x[:10].numpy()[:, None] / 255.0).astype(np.float32)
     expected = model.predict(originals)["label"].tolist()
     agree = sum(p == e for p, e in zip(predicted, expected, strict=True))

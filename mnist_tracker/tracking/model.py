@@ -221,11 +221,19 @@ def log_saved(folder: Path, run_id: str, register: str | None, step: int = 0) ->
 
 def load_served(model_uri: str):
     """The pyfunc model at ``model_uri`` (``runs:/RUN/cnn``, ``models:/NAME@champion``), or
-    ModelError saying the URI could not be loaded and why."""
-    with env_vars({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}), warnings.catch_warnings():
+    ModelError saying the URI could not be loaded and why. Leaves no files behind: the loaded
+    model holds its network in memory."""
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    # MLflow downloads a model into a folder of its own under the temporary directory and
+    # never removes it (230 MB for an alexnet, per call): here it goes into one that is removed.
+    with (
+        env_vars(quiet),
+        warnings.catch_warnings(),
+        tempfile.TemporaryDirectory(prefix="mnist-tracker-model-") as download,
+    ):
         warnings.simplefilter("ignore", UserWarning)
         try:
-            return mlflow.pyfunc.load_model(model_uri)
+            return mlflow.pyfunc.load_model(model_uri, dst_path=download)
         except Exception as exc:  # a bad URI, an unknown alias, an unreachable store
             reason = " ".join(str(exc).split())[:300]
             raise ModelError(
