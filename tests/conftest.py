@@ -81,6 +81,18 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
 
 
+# Heavy packages no test module may import at collection, where every worker imports every
+# module: Lightning (the peer benchmark's extra), which `import mlflow.pytorch` pulls in
+# wherever it is installed: 2.4 s of each worker's start (use mnist_tracker's
+# import_mlflow_pytorch). Checked by test_ci_guard.py.
+NOT_AT_COLLECTION = ("lightning", "pytorch_lightning", "torchmetrics")
+imported_at_collection: list[str] = []
+
+
+def pytest_collection_finish(session):
+    imported_at_collection[:] = [name for name in NOT_AT_COLLECTION if name in sys.modules]
+
+
 def _cuda_available() -> bool:
     import torch
 

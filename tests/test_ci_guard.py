@@ -61,3 +61,12 @@ def test_the_longest_first_order_names_modules_that_exist():
     out of the order silently (and start last), so every name in it must be a test module."""
     names = {path.name for path in conftest.TESTS.glob("test_*.py")}
     assert set(conftest.MODULE_SECONDS) <= names, set(conftest.MODULE_SECONDS) - names
+
+
+def test_collecting_the_suite_imports_no_lightning():
+    """No test module imports Lightning where it is collected (each worker collects all):
+    ``import mlflow.pytorch`` at the top of one cost every worker 2.4 s."""
+    assert conftest.imported_at_collection == [], (
+        f"{conftest.imported_at_collection} imported while collecting the suite; import "
+        "mlflow.pytorch through mnist_tracker.serving.import_mlflow_pytorch inside the test"
+    )

@@ -10,8 +10,6 @@ information about the digit).
 
 from __future__ import annotations
 
-import mlflow
-import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
@@ -22,6 +20,7 @@ from mnist_tracker import errors
 from mnist_tracker.config import ConfigError, resolve_config
 from mnist_tracker.models import InputSpec, ModelSpec, create_model, specs
 from mnist_tracker.models.transfer import split_features
+from mnist_tracker.serving import import_mlflow_pytorch
 from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit, loop
 from mnist_tracker.workflows.train import TrainOptions, prepare_data, train
 
@@ -235,7 +234,8 @@ def test_tracked_run_logs_the_cache_and_a_model_that_takes_pixels(
     assert "computed once" in run.data.tags["feature_cache_reason"]
     assert run.data.metrics["feature_cache_time_s"] > 0
 
-    network = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/{stand_in}/artifacts/network")
+    network_uri = f"runs:/{outcome.run_id}/{stand_in}/artifacts/network"
+    network = import_mlflow_pytorch().load_model(network_uri)
     images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     with torch.inference_mode():
         expected = outcome.model.to("cpu").eval()(torch.from_numpy(images)).numpy()

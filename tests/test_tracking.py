@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_tracker import errors, tracking, uris
 from mnist_tracker.config import resolve_config
+from mnist_tracker.serving import import_mlflow_pytorch
 from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import BIN, REPO, SUBSET
@@ -143,7 +143,8 @@ def test_logged_model_predicts_like_the_trained_one(server_uri, experiment_name,
     config = resolve_config(model, epochs=1, limit_train=128, limit_test=64, **overrides)
     outcome = train(config, TrainOptions(data_dir=SUBSET, experiment=experiment_name))
     loaded = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/{model}")  # named after it
-    network = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/{model}/artifacts/network")
+    network_uri = f"runs:/{outcome.run_id}/{model}/artifacts/network"
+    network = import_mlflow_pytorch().load_model(network_uri)
     images = torch.from_numpy(np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32))
     trained = outcome.model.to("cpu").eval()
     for n in (1, 7):
