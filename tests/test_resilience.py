@@ -74,20 +74,15 @@ class Cli:
         return code
 
 
-def invoke(args: list[str]):
+def invoke(args: list[str], env: dict[str, str | None] | None = None):
     """`mnist-tracker ARGS` in this process (click's CliRunner): for tests that need no
-    process of their own (no signal, no kill), seconds of interpreter start-up cheaper."""
+    process of their own (no signal, no kill), seconds of interpreter start-up cheaper.
+    ``env`` sets (None: unsets) environment variables for the call only."""
     from click.testing import CliRunner
 
     from mnist_tracker.cli import main
 
-    return CliRunner().invoke(main, args)
-
-
-def run_cli(args: list[str], env: dict[str, str]) -> Cli:
-    cli = Cli(args, env)
-    cli.wait()
-    return cli
+    return CliRunner().invoke(main, args, env=env)
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -112,11 +107,11 @@ def assert_same_epochs(client, run_id: str, reference: dict[str, list[tuple[int,
 def reference(mlflow_server, tmp_path_factory):
     """The metric histories of the same run never interrupted."""
     # Module-scoped, so set up before the autouse isolation: isolate it by hand.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MNIST_TRACKER_HOME=str(tmp_path_factory.mktemp("home")), PYTHONUNBUFFERED="1")
-    cli = run_cli([*RUN, "--tracking-uri", mlflow_server, "--experiment", "reference"], env)
-    assert cli.proc.returncode == 0, cli.text[-3000:]
-    run_id = re.search(r"^run (\w+):", cli.text, re.M).group(1)
+    env = {k: None for k in os.environ if k.startswith("MLFLOW_")}
+    env["MNIST_TRACKER_HOME"] = str(tmp_path_factory.mktemp("home"))
+    done = invoke([*RUN, "--tracking-uri", mlflow_server, "--experiment", "reference"], env)
+    assert done.exit_code == 0, done.output[-3000:]
+    run_id = re.search(r"^run (\w+):", done.output, re.M).group(1)
     client = MlflowClient(mlflow_server)
     return {key: history(client, run_id, key) for key in EPOCH_KEYS}
 
@@ -146,9 +141,9 @@ def test_sigterm_then_resume_gives_the_uninterrupted_run(
     # it one epoch ahead, and the resume sends that epoch's metrics.
     assert len(steps) <= saved <= len(steps) + 1
 
-    resumed = run_cli(["train", "--resume", run_id, "--tracking-uri", server_uri], cli_env)
-    assert resumed.proc.returncode == 0, resumed.text[-3000:]
-    assert f"resuming after epoch {saved} of 3" in resumed.text
+    resumed = invoke(["train", "--resume", run_id, "--tracking-uri", server_uri])
+    assert resumed.exit_code == 0, resumed.output[-3000:]
+    assert f"resuming after epoch {saved} of 3" in resumed.output
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert_same_epochs(client, run_id, reference)
