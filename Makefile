@@ -13,8 +13,10 @@ ARGS ?=
 .NOTPARALLEL:
 
 # `make run` installs the package alone; the test extras (pytest, ruff, scikit-learn, and the
-# peer benchmark's PyTorch Lightning) only come with the targets that need them, in one pip call
-# with the package on a fresh clone (one resolve, not two).
+# peer benchmark's PyTorch Lightning) only come with the targets that need them, with the
+# package on a fresh clone (one resolve, not two). scripts/venv_install.py is pip's install of
+# the package, its unpacking of the wheels (6 GB, PyTorch's) split over two pip processes: a
+# fresh `make install-test` took 58 s instead of 78 here.
 # pip byte-compiles what it installs on one core, and the compile cannot be skipped (where
 # PYTHONDONTWRITEBYTECODE is set, as on CI, an uncompiled torch is compiled again at every
 # import: 15 s instead of 6). compileall -j 0 does it on every core: a fresh install took 64 s
@@ -24,7 +26,7 @@ ARGS ?=
 # package or its tests, so they are not compiled.
 define venv_install
 	test -x $(BIN)/python || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip; }
-	$(BIN)/pip install --quiet --no-compile -e '$(1)'
+	$(BIN)/python scripts/venv_install.py '$(1)'
 	$(BIN)/python -m compileall -q -j 0 -x '/(tests?|testing/_internal)/' $(VENV)/lib >/dev/null || true
 endef
 

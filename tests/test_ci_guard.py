@@ -70,3 +70,26 @@ def test_collecting_the_suite_imports_no_lightning():
         f"{conftest.imported_at_collection} imported while collecting the suite; import "
         "mlflow.pytorch through mnist_tracker.serving.import_mlflow_pytorch inside the test"
     )
+
+
+def test_venv_install_splits_the_wheels_in_two_halves_of_about_equal_size(tmp_path):
+    """scripts/venv_install.py (the Makefile's install): the wheels pip resolved go to two pip
+    processes of about equal download size, each URL with the hash pip reported (so the second
+    pip installs the very file the resolver chose)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "venv_install", conftest.REPO / "scripts" / "venv_install.py"
+    )
+    venv_install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(venv_install)
+    sizes = {"torch": 900, "nvidia_a": 700, "nvidia_b": 500, "triton": 400, "numpy": 150}
+    for name, kib in sizes.items():
+        (tmp_path / f"{name}.whl").write_bytes(b"\0" * kib * 1024)
+    urls = [(tmp_path / f"{name}.whl").as_uri() for name in sizes]
+    groups = venv_install.halves(urls)
+    assert sorted(u for g in groups for u in g) == sorted(urls)
+    totals = sorted(sum(venv_install.size(u) for u in g) // 1024 for g in groups)
+    assert totals == [1300, 1350]  # {torch, triton} | {nvidia_a, nvidia_b, numpy}
+    item = {"download_info": {"url": urls[0], "archive_info": {"hash": "sha256=ab12"}}}
+    assert venv_install.wheel_url(item) == urls[0] + "#sha256=ab12"
