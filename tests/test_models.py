@@ -76,6 +76,26 @@ def test_pretrained_weights_load_from_the_hub_cache(name, tmp_path):
     assert all(p.requires_grad for p in net.classifier.parameters())
 
 
+def test_a_cached_file_of_other_weights_is_refused_with_its_path():
+    """A file in the hub cache that is not the network's weights (here AlexNet's layers cut
+    short) is a ModelError naming the file and both ways out, not a half-loaded network."""
+    from torchvision import models as tvm
+
+    path = weights_cache_path("alexnet")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = tvm.alexnet(weights=None).state_dict()
+    del state["classifier.6.bias"]
+    torch.save(state, path)
+    try:
+        with pytest.raises(ModelError) as err:
+            create_model(resolve_config("alexnet", image_size=64))
+    finally:
+        os.remove(path)
+    message = str(err.value)
+    assert path in message and "classifier.6.bias" in message, message
+    assert "delete it" in message and "--no-pretrained" in message, message
+
+
 def test_pretrained_offline_error_names_the_file(monkeypatch):
     # A proxy on a closed loopback port: the download fails at once, as it does offline.
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):

@@ -68,9 +68,10 @@ def build_transfer(config: BuildConfig) -> nn.Module:
     blocks (``config.extra``, default 0), which fine-tune with the head.
     """
     constructor, _ = _ARCHS[config.model]
-    net = constructor(weights=None)
     if config.pretrained:
-        net.load_state_dict(load_imagenet_state_dict(config.model))
+        net = _with_weights(config.model, load_imagenet_state_dict(config.model))
+    else:
+        net = constructor(weights=None)
     last = net.classifier[-1]
     net.classifier[-1] = nn.Linear(last.in_features, 10)
     if config.freeze:
@@ -79,6 +80,25 @@ def build_transfer(config: BuildConfig) -> nn.Module:
         blocks = feature_blocks(net.features)
         for block in blocks[len(blocks) - unfreeze :]:
             block.requires_grad_(True)
+    return net
+
+
+def _with_weights(name: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    """torchvision ``name`` holding ``state`` as its parameters, or ModelError naming the file
+    when ``state`` is not that network's.
+
+    Built on the meta device: torchvision's random initialisation, which the weights replace
+    anyway, took 1.1 s for VGG16's 138 M parameters (2 threads) and twice the memory."""
+    with torch.device("meta"):
+        net = _ARCHS[name][0](weights=None)
+    try:
+        net.load_state_dict(state, assign=True)
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelError(
+            f"{weights_cache_path(name)} does not hold {name}'s ImageNet weights ({reason}); "
+            "delete it to download them again, or train from scratch with --no-pretrained"
+        ) from None
     return net
 
 
