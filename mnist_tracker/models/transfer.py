@@ -94,7 +94,8 @@ def _with_weights(name: str, state: dict[str, torch.Tensor]) -> nn.Module:
     try:
         net.load_state_dict(state, assign=True)
     except RuntimeError as exc:  # missing, unexpected or misshapen tensors
-        reason = " ".join(str(exc).split())[:200]
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
         raise ModelError(
             f"{weights_cache_path(name)} does not hold {name}'s ImageNet weights ({reason}); "
             "delete it to download them again, or train from scratch with --no-pretrained"
