@@ -12,7 +12,9 @@ side by side, beside a third for the editable package; `pip check` then verifies
 `make install-test` on a fresh clone of the 2-core sandbox (2026-12-06, one run each): 58.4 s
 instead of 77.5 s with one `pip install -e '.[test]'`.
 
-Only stdlib; exits with pip's status (and its messages) when any pip call fails.
+Only stdlib; exits with pip's status (and its messages) when any pip call fails. The files
+must be archives (wheels or sdists) from an index, a link or a path, as every dependency in
+pyproject.toml is; a dependency pinned to a VCS URL would need its ``vcs+`` URL rebuilt here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The suite's own machinery (conftest.py): under CI=true no test may be skipped unseen; the
-longest modules start first."""
+longest modules start first. And the Makefile's install (scripts/venv_install.py)."""
 
 from __future__ import annotations
 
