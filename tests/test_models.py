@@ -77,6 +77,23 @@ def test_pretrained_weights_load_from_the_hub_cache(name, tmp_path):
     assert all(p.requires_grad for p in net.classifier.parameters())
 
 
+def test_half_precision_weights_in_the_cache_give_fp32_parameters():
+    """The weights become the network's own tensors (no random init first), yet a file saved
+    in fp16 gives fp32 parameters with the file's values, as copying into fp32 ones did."""
+    from torchvision import models as tvm
+
+    path = weights_cache_path("alexnet")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = {k: v.half() for k, v in tvm.alexnet(weights=None).state_dict().items()}
+    torch.save(state, path)
+    try:
+        net = create_model(resolve_config("alexnet", image_size=64)).net
+    finally:
+        os.remove(path)
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    assert torch.equal(net.features[0].weight, state["features.0.weight"].float())
+
+
 def test_a_cached_file_of_other_weights_is_refused_with_its_path():
     """A file in the hub cache that is not the network's weights (here AlexNet's layers cut
     short) is a ModelError naming the file and both ways out, not a half-loaded network."""

@@ -67,11 +67,10 @@ def build_transfer(config: BuildConfig) -> nn.Module:
     With ``config.freeze`` the features are frozen except the last ``unfreeze_blocks`` conv
     blocks (``config.extra``, default 0), which fine-tune with the head.
     """
-    constructor, _ = _ARCHS[config.model]
     if config.pretrained:
         net = _with_weights(config.model, load_imagenet_state_dict(config.model))
     else:
-        net = constructor(weights=None)
+        net = _ARCHS[config.model][0](weights=None)
     last = net.classifier[-1]
     net.classifier[-1] = nn.Linear(last.in_features, 10)
     if config.freeze:
@@ -91,6 +90,9 @@ def _with_weights(name: str, state: dict[str, torch.Tensor]) -> nn.Module:
     anyway, took 1.1 s for VGG16's 138 M parameters (2 threads) and twice the memory."""
     with torch.device("meta"):
         net = _ARCHS[name][0](weights=None)
+    # assign=True keeps the file's dtypes, where copying into the built parameters made them
+    # fp32: a file saved in half precision still gives fp32 parameters (a no-op for fp32).
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         net.load_state_dict(state, assign=True)
     except RuntimeError as exc:  # missing, unexpected or misshapen tensors
