@@ -54,17 +54,24 @@ def test_batch_sizes_and_eval_mode(name):
             assert model(torch.rand(n, 1, 28, 28)).shape == (n, 10)
 
 
+def _in_hub_cache(name: str, state: dict[str, torch.Tensor]) -> str:
+    """``state`` saved where torch hub keeps ``name``'s ImageNet weights (this test's own
+    $TORCH_HOME, from conftest); its path."""
+    path = weights_cache_path(name)
+    assert path.startswith(os.environ["TORCH_HOME"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 @pytest.mark.parametrize("name", ["vgg16", "alexnet"])
 def test_pretrained_weights_load_from_the_hub_cache(name, tmp_path):
     """A state dict placed in the torch hub cache ($TORCH_HOME from conftest) is loaded."""
     from torchvision import models as tvm
 
-    path = weights_cache_path(name)
-    assert path.startswith(os.environ["TORCH_HOME"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.manual_seed(123)
     reference = getattr(tvm, name)(weights=None)
-    torch.save(reference.state_dict(), path)
+    _in_hub_cache(name, reference.state_dict())
 
     model = create_model(resolve_config(name, image_size=get_spec(name).min_image_size))
     net = model.net
@@ -82,14 +89,9 @@ def test_half_precision_weights_in_the_cache_give_fp32_parameters():
     in fp16 gives fp32 parameters with the file's values, as copying into fp32 ones did."""
     from torchvision import models as tvm
 
-    path = weights_cache_path("alexnet")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     state = {k: v.half() for k, v in tvm.alexnet(weights=None).state_dict().items()}
-    torch.save(state, path)
-    try:
-        net = create_model(resolve_config("alexnet", image_size=64)).net
-    finally:
-        os.remove(path)
+    _in_hub_cache("alexnet", state)
+    net = create_model(resolve_config("alexnet", image_size=64)).net
     assert {p.dtype for p in net.parameters()} == {torch.float32}
     assert torch.equal(net.features[0].weight, state["features.0.weight"].float())
 
@@ -99,16 +101,11 @@ def test_a_cached_file_of_other_weights_is_refused_with_its_path():
     short) is a ModelError naming the file and both ways out, not a half-loaded network."""
     from torchvision import models as tvm
 
-    path = weights_cache_path("alexnet")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     state = tvm.alexnet(weights=None).state_dict()
     del state["classifier.6.bias"]
-    torch.save(state, path)
-    try:
-        with pytest.raises(ModelError) as err:
-            create_model(resolve_config("alexnet", image_size=64))
-    finally:
-        os.remove(path)
+    path = _in_hub_cache("alexnet", state)
+    with pytest.raises(ModelError) as err:
+        create_model(resolve_config("alexnet", image_size=64))
     message = str(err.value)
     assert path in message and "classifier.6.bias" in message, message
     assert "delete it" in message and "--no-pretrained" in message, message
