@@ -31,6 +31,7 @@ from mnist_tracker import data
 from mnist_tracker.config import TrainConfig
 from mnist_tracker.models import ModelSpec, get_spec
 from mnist_tracker.models.layers import Dropout
+from mnist_tracker.models.vit import Attention
 
 REPO = Path(__file__).resolve().parent.parent
 SUBSET = REPO / "tests" / "data" / "mnist"
@@ -152,10 +153,18 @@ def _wait_healthy(uri: str, proc: subprocess.Popen | None, timeout: float = 120.
 # The lab's pipeline
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+
+
 def lab_network(config: TrainConfig) -> nn.Module:
     """The bare network as the lab built it: ours with ``torch.nn.Dropout`` for our
-    ``Dropout`` (the same layer, with a slower mask on CPU)."""
+    ``Dropout``, and the vit's attention dropout SDPA's own (the same layers, with slower
+    masks on CPU)."""
     net = get_spec(config.model).build(config)
+    for module in net.modules():
+        if isinstance(module, Attention):
+            module.attend = _sdpa
     for parent in list(net.modules()):
         for name, child in parent.named_children():
             if isinstance(child, Dropout):

@@ -1,0 +1,80 @@
+"""models/vit.py: attention with dropout on CPU is SDPA's math path with the cheaper mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from mnist_tracker.models.layers import keep_mask
+from mnist_tracker.models.vit import Attention, attention_with_dropout
+
+pytestmark = pytest.mark.fast
+
+SHAPE = (4, 8, 50, 16)  # batch, heads, tokens (49 patches + CLS), head dim: the vit's
+
+
+def qkv(dtype: torch.dtype, grad: bool = False) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [torch.randn(SHAPE, dtype=dtype, requires_grad=grad) for _ in range(3)]
+
+
+def reference(q, k, v, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """The attention the docstring promises, in float64: softmax(q k^T / sqrt(d)), the weights
+    dropped where ``mask`` is False and the kept ones scaled by 1 / (1 - p), times v."""
+    q, k, v = q.double(), k.double(), v.double()
+    weights = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
+    return (weights * mask / (1 - p)) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_values_and_gradients_are_the_math_path_with_the_keep_mask(dtype):
+    q, k, v = qkv(dtype, grad=True)
+    torch.manual_seed(7)
+    out = attention_with_dropout(q, k, v, 0.1)
+    torch.manual_seed(7)  # the same draw: the mask the function used
+    mask = keep_mask(torch.empty(4, 8, 50, 50), 0.9)  # the weights: tokens x tokens
+    assert out.dtype == dtype and out.shape == SHAPE
+    assert 0.05 < 1 - float(mask.float().mean()) < 0.15  # it did drop about a tenth
+    ref = reference(q, k, v, mask, 0.1)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out.double(), ref, **tol)
+    upstream = torch.randn(SHAPE, dtype=torch.float64)
+    got = torch.autograd.grad(out.double(), (q, k, v), upstream)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(reference(q64, k64, v64, mask, 0.1), (q64, k64, v64), upstream)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), w, **tol)
+
+
+def test_bf16_inputs_are_computed_in_fp32_as_sdpa_does():
+    """SDPA's math path upcasts bf16 to fp32: so does this, under bf16 autocast too (which
+    would otherwise run the two matmuls in bf16, 0.008 off here)."""
+    q, k, v = qkv(torch.bfloat16)
+    torch.manual_seed(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention_with_dropout(q, k, v, 0.1)
+    torch.manual_seed(5)
+    in_fp32 = attention_with_dropout(q.float(), k.float(), v.float(), 0.1)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, in_fp32.bfloat16())
+    with sdpa_kernel(SDPBackend.MATH):  # the upcast itself, seen without dropout
+        math = F.scaled_dot_product_attention(q, k, v)
+    scale = SHAPE[-1] ** -0.25
+    weights = ((q.float() * scale) @ (k.float().transpose(-2, -1) * scale)).softmax(-1)
+    assert torch.equal(math, (weights @ v.float()).bfloat16())
+
+
+def test_the_layer_uses_it_in_training_on_cpu_and_sdpa_otherwise():
+    layer = Attention(dim=32, heads=4, dropout=0.1)
+    x = torch.randn(2, 50, 32)
+    torch.manual_seed(3)
+    trained = layer.train()(x)
+    q, k, v = layer.qkv(x).reshape(2, 50, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    torch.manual_seed(3)  # the attention's mask, then proj_drop's, as in the forward pass
+    inner = attention_with_dropout(q, k, v, 0.1).transpose(1, 2).reshape(2, 50, 32)
+    torch.testing.assert_close(trained, layer.proj_drop(layer.proj(inner)))
+    evaluated = layer.eval()(x)
+    inner = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 50, 32)
+    torch.testing.assert_close(evaluated, layer.proj(inner))
