@@ -80,6 +80,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def timed(command: list[str], cwd: Path) -> tuple[float, str]:
+    """Run ``command`` in ``cwd`` (where its artifacts land) to its end; its wall time and
+    stdout. Exits when it fails."""
+    print("$ " + " ".join(command), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,25 +65,13 @@ def write_torchvision_root(mnist: data.MNIST, root: Path, limits: dict | None) -
         data.write_idx(raw / data.FILES[key].name, tensor.numpy().astype("uint8"))
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, str]:
-    """Run ``command`` in ``cwd`` (where its artifacts land) to its end; its wall time and
-    stdout. Exits when it fails."""
-    print("$ " + " ".join(command), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return wall, proc.stdout
-
-
 def run_ours(side: Side, folder: Path, work: Path, epochs: int, limits: dict | None) -> None:
     uri = f"sqlite:///{work}/ours.db"
     command = [*common.CLI, "train", "--model", "cnn", "--epochs", str(epochs)]
     command += ["--data-dir", str(folder), "--tracking-uri", uri, "--experiment", "peer"]
     if limits:
         command += ["--limit-train", str(limits["train"]), "--limit-test", str(limits["test"])]
-    wall, _ = timed(command, work)
+    wall, _ = common.timed(command, work)
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("peer").experiment_id])
     side.wall_s.append(wall)
@@ -97,7 +83,7 @@ def run_peer(side: Side, root: Path, work: Path, epochs: int) -> None:
     script = Path(__file__).with_name("peer_lightning.py")
     command = [sys.executable, str(script), "--root", str(root), "--epochs", str(epochs)]
     command += ["--tracking-uri", f"sqlite:///{work}/peer.db"]
-    wall, out = timed(command, work)
+    wall, out = common.timed(command, work)
     result = json.loads(out.strip().splitlines()[-1])
     side.wall_s.append(wall)
     side.training_s.append(result["fit_s"])
