@@ -15,6 +15,8 @@ Fresh processes (the "cold" run of issue 13: a user's ``mnist-tracker train`` pa
 import, the store, the model's export, all of it): ``mnist-tracker train --model cnn --epochs
 1`` against ``benchmarks/plain_run.py`` (the CLI's same steps without MLflow; its config is
 checked equal to the tracked run's params), alternating, each timed from launch to exit.
+What only the tracked process does is tracking, and counts: the server check, the run folder,
+the run's tags, the system-metrics thread, and the server's own CPU on the same machine.
 Target: tracked / plain - 1 <= 3 %, the median of the pairs.
 
     python benchmarks/tracking_overhead.py --data-dir DIR [--recipe lab] [--repeats 5]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mnist_tracker.models.layers import keep_mask
 from mnist_tracker.models.vit import Attention, attention_with_dropout
@@ -49,21 +50,35 @@ def test_values_and_gradients_are_the_math_path_with_the_keep_mask(dtype):
         torch.testing.assert_close(g.double(), w, **tol)
 
 
-def test_bf16_inputs_are_computed_in_fp32_as_sdpa_does():
-    """SDPA's math path upcasts bf16 to fp32: so does this, under bf16 autocast too (which
-    would otherwise run the two matmuls in bf16, 0.008 off here)."""
-    q, k, v = qkv(torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_it_is_sdpas_math_path_given_the_same_mask(dtype):
+    """ATen's own math path, handed the mask this function drew, gives the same result: in
+    fp32 for bf16 inputs (the upcast), under bf16 autocast too (which would otherwise run the
+    matmuls in bf16, 0.008 off here). 1 ulp apart at most: the two scale the kept weights
+    in another order."""
+    q, k, v = qkv(dtype)
     torch.manual_seed(5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = attention_with_dropout(q, k, v, 0.1)
     torch.manual_seed(5)
-    in_fp32 = attention_with_dropout(q.float(), k.float(), v.float(), 0.1)
-    assert got.dtype == torch.bfloat16 and torch.equal(got, in_fp32.bfloat16())
-    with sdpa_kernel(SDPBackend.MATH):  # the upcast itself, seen without dropout
-        math = F.scaled_dot_product_attention(q, k, v)
-    scale = SHAPE[-1] ** -0.25
-    weights = ((q.float() * scale) @ (k.float().transpose(-2, -1) * scale)).softmax(-1)
-    assert torch.equal(math, (weights @ v.float()).bfloat16())
+    mask = keep_mask(torch.empty(4, 8, 50, 50), 0.9)
+    with warnings.catch_warnings():  # "Dropout mask should only be used for testing purposes"
+        warnings.simplefilter("ignore")
+        math, _ = torch.ops.aten._scaled_dot_product_attention_math(
+            q, k, v, dropout_p=0.1, dropout_mask=mask
+        )
+    assert got.dtype == math.dtype == dtype
+    ulp = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 0, "rtol": 2**-7}
+    torch.testing.assert_close(got, math, **ulp)
+
+
+def test_a_dropout_that_rounds_to_nothing_keeps_every_weight():
+    """0 < p < 2**-17 keeps each weight with probability 1 after keep_mask's rounding: the
+    result is attention without dropout (an int16 threshold of 2**15 once wrapped to a mask
+    that dropped everything)."""
+    q, k, v = qkv(torch.float32)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention_with_dropout(q, k, v, 1e-6), expected)
 
 
 def test_the_layer_uses_it_in_training_on_cpu_and_sdpa_otherwise():

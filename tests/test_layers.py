@@ -26,6 +26,17 @@ def test_keep_mask_keeps_each_element_with_the_given_probability(keep):
     assert float(both) == pytest.approx(keep**2, abs=0.004)
 
 
+@pytest.mark.parametrize("keep", [1.0, 1 - 1e-6])
+def test_a_keep_probability_that_rounds_to_one_keeps_every_element(keep):
+    """Rounded to 2**16 / 2**16, the int16 threshold would be 2**15, which wraps to -2**15: a
+    mask that kept nothing (a searched dropout of 1e-6 silenced its layer)."""
+    like = torch.empty(8, 16, 5, 5).to(memory_format=torch.channels_last)
+    mask = keep_mask(like, keep)
+    assert mask.all() and mask.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1000)
+    torch.testing.assert_close(Dropout(1 - keep).train()(x), x / keep)
+
+
 def test_keep_mask_follows_channels_last_layout_and_the_seed():
     like = torch.empty(8, 16, 5, 5).to(memory_format=torch.channels_last)
     torch.manual_seed(1)

@@ -13,12 +13,16 @@ def keep_mask(like: torch.Tensor, keep_prob: float) -> torch.Tensor:
     element True with probability ``round(keep_prob * 2**16) / 2**16``, independently.
 
     Every 64-bit draw of PyTorch's generator gives four elements 16 random bits each, so the
-    mask costs a quarter of the draws of ``bernoulli_``. Seeded by ``torch.manual_seed``.
+    mask costs a quarter of the draws of ``bernoulli_``. Seeded by ``torch.manual_seed``. A
+    ``keep_prob`` that rounds to 1 (within 2**-17 of it) keeps every element, drawing nothing.
     """
+    kept = round(keep_prob * _INT16_VALUES)
+    if kept >= _INT16_VALUES:  # the int16 comparison below cannot hold 2**15: it would wrap
+        return torch.ones_like(like, dtype=torch.bool)
     n = like.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
     words.random_(-(2**63), 2**63 - 1)
-    threshold = round(keep_prob * _INT16_VALUES) - _INT16_VALUES // 2
+    threshold = kept - _INT16_VALUES // 2
     flat = words.view(torch.int16)[:n] < threshold
     if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
         batch, channels, height, width = like.shape
