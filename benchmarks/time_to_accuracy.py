@@ -25,7 +25,7 @@ import common
 TARGET_ACCURACY = 0.993
 TARGET_SECONDS = 40.0  # issue 13 (was 150 s in issue 5)
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*test_acc ([\d.]+)%")
-SMOKE_OPTIONS = ["--epochs", "1", "--limit-train", "512", "--limit-test", "128"]  # fast: batch 512
+SMOKE_OPTIONS = ["--epochs", "1", "--limit-train", "512", "--limit-test", "128"]  # fast: batch 256
 
 
 @dataclass

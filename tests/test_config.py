@@ -104,8 +104,8 @@ def test_lab_recipe_is_the_default_and_fast_recipe_changes_the_cnn():
     assert (lab.recipe, lab.precision, lab.batch_size, lab.scheduler) == ("lab", "fp32", 64, "none")
     fast = resolve_config("cnn", recipe="fast")
     assert fast.recipe == "fast"
-    assert (fast.batch_size, fast.scheduler, fast.precision) == (512, "onecycle", "auto")
-    assert (fast.epochs, fast.lr, fast.optimizer) == (4, 1e-2, "adam")
+    assert (fast.batch_size, fast.scheduler, fast.precision) == (256, "onecycle", "auto")
+    assert (fast.epochs, fast.lr, fast.optimizer) == (3, 1e-2, "adam")
     assert fast.extra == {"dropout_conv": 0.1, "dropout_fc": 0.25}
     # An explicit option still wins over the recipe it starts from.
     assert resolve_config("cnn", recipe="fast", batch_size=128, epochs=2).batch_size == 128
