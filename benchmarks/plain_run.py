@@ -19,12 +19,12 @@ import sys
 
 import torch
 
-from mnist_tracker import data
 from mnist_tracker.cli.leave import leave
 from mnist_tracker.config import fit_to_data, resolve_config
 from mnist_tracker.models import create_model
 from mnist_tracker.training import fit, resolve_runtime, seed_everything
 from mnist_tracker.training.features import plan_cache
+from mnist_tracker.workflows.data import prepare_data
 
 
 def main() -> None:
@@ -34,14 +34,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     config = resolve_runtime(resolve_config("cnn", recipe=args.recipe, epochs=args.epochs))
-    # workflows.train.prepare_data's split, not the function: its module imports MLflow.
-    splits = data.split_data(
-        data.load_mnist(args.data_dir),
-        seed=config.seed,
-        limit_train=config.limit_train,
-        limit_test=config.limit_test,
-        val_size=config.val_size,
-    )
+    splits = prepare_data(config, args.data_dir)
     config = fit_to_data(config, len(splits.train_y), len(splits.test_y))
     seed_everything(config.seed)
     model = create_model(config)

@@ -22,7 +22,8 @@ from mnist_tracker.models import InputSpec, ModelSpec, create_model, specs
 from mnist_tracker.models.transfer import split_features
 from mnist_tracker.serving import import_mlflow_pytorch
 from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit, loop
-from mnist_tracker.workflows.train import TrainOptions, prepare_data, train
+from mnist_tracker.workflows.data import prepare_data
+from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import SUBSET
 

@@ -293,7 +293,7 @@ def test_logged_model_has_its_signature_and_input_example(server_uri, experiment
     from mlflow.models import Model, get_model_info
 
     from mnist_tracker import data
-    from mnist_tracker.workflows.train import splits_for
+    from mnist_tracker.workflows.data import splits_for
 
     config = resolve_config("cnn", epochs=1, limit_train=64, limit_test=64, device="cpu")
     outcome = train(config, TrainOptions(experiment=experiment_name, system_metrics=False))

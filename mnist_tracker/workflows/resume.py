@@ -24,7 +24,8 @@ from ..errors import ResumeError
 from ..paths import checkpoint_path, outbox_dir, run_dir
 from ..tracking import artifacts, lease, outbox, store
 from ..training import checkpoint
-from .train import Resume, TrainOptions, TrainOutcome, prepare_data, train
+from .data import prepare_data
+from .train import Resume, TrainOptions, TrainOutcome, train
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

@@ -26,7 +26,8 @@ from ..config import TrainConfig, resolve_config
 from ..errors import ConfigError
 from ..models import get_spec, list_specs
 from ..tracking import artifacts, attached_run_id, store
-from .train import TrainOptions, splits_for, train
+from .data import splits_for
+from .train import TrainOptions, train
 
 SUITE_TAG = artifacts.SUITE_TAG
 

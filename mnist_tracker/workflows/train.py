@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig, fit_to_data
-from ..data import MNIST, Splits, load_mnist, split_data
+from ..data import Splits
 from ..errors import Diverged
 from ..models import count_params, create_model, get_spec
 from ..paths import ensure_home
@@ -34,6 +34,7 @@ from ..training.callbacks import Callback, EpochPrinter, ProgressBar
 from ..training.features import CachePlan, plan_cache
 from ..training.metrics import classification_report, confusion
 from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits
+from .data import prepare_data
 
 RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
 
@@ -99,22 +100,6 @@ class _Prepared:
     plan: CachePlan
     params: dict[str, str]
     tags: dict[str, str]
-
-
-def splits_for(config: TrainConfig, mnist: MNIST) -> Splits:
-    """The splits ``config`` asks for (seed, limits, validation hold-out). Raises DataError."""
-    return split_data(
-        mnist,
-        seed=config.seed,
-        limit_train=config.limit_train,
-        limit_test=config.limit_test,
-        val_size=config.val_size,
-    )
-
-
-def prepare_data(config: TrainConfig, data_dir: str | os.PathLike | None) -> Splits:
-    """Load, verify and split MNIST as ``config`` asks. Raises DataError."""
-    return splits_for(config, load_mnist(data_dir))
 
 
 def _prepare(
