@@ -62,12 +62,13 @@ def size(url: str) -> int:
 
 def halves(urls: list[str]) -> list[list[str]]:
     """Two groups of about equal total size: largest first, each to the lighter group."""
+    sizes = {url: size(url) for url in urls}  # one stat a file
     groups: list[list[str]] = [[], []]
     totals = [0, 0]
-    for url in sorted(urls, key=size, reverse=True):
+    for url in sorted(urls, key=sizes.__getitem__, reverse=True):
         lighter = totals.index(min(totals))
         groups[lighter].append(url)
-        totals[lighter] += size(url)
+        totals[lighter] += sizes[url]
     return [g for g in groups if g]
 
 
