@@ -1,10 +1,13 @@
 """End to end against the peer: ``mnist-tracker train`` vs PyTorch Lightning + MLFlowLogger.
 
-Both train the lab's ``cnn`` with the lab's recipe (batch 64, Adam, fp32: the CLI's default)
-on the same data, evaluate the test set after every epoch and log to a fresh SQLite store of
-their own. Each is a fresh process, timed from launch to exit, as a user runs it; the two
-alternate (the order flips every repeat), and the ratio is the median of the per-repeat ratios
-peer / ours (each pair ran back to back, so a slow spell on a shared machine cancels out).
+Both train the lab's ``cnn`` with the lab's recipe (batch 64, Adam) at their defaults (ours
+``--precision auto``: bf16 on a CPU with native bf16, else fp32; Lightning's 32-bit, unless
+``--peer-precision`` names another, e.g. ``bf16-mixed``) on the same data, evaluate the test
+set after every epoch and log to a fresh SQLite store of their own. Each is a fresh process,
+timed from launch to exit, as a user runs it; the two alternate (the order flips every
+repeat), and the ratio is the median of the per-repeat ratios peer / ours (each pair ran back
+to back, so a slow spell on a shared machine cancels out). The table names the precision each
+ran, as each reports it.
 
 - ours: ``mnist-tracker train --model cnn --epochs E`` (params, per-epoch metrics, checkpoints,
   plots, report, the model loadable with ``mlflow.pyfunc``).
@@ -16,7 +19,7 @@ peer / ours (each pair ran back to back, so a slow spell on a shared machine can
 Targets: ours at least 2.5x faster end to end (for one epoch and for the recipe's 10), with
 test accuracy equal within 0.3 points (median of each side's repeats).
 
-    python benchmarks/peer.py --data-dir DIR [--epochs 1] [--repeats 3]
+    python benchmarks/peer.py --data-dir DIR [--epochs 1] [--repeats 3] [--peer-precision P]
     python benchmarks/peer.py --smoke     # seconds, on the committed subset
 """
 
@@ -47,6 +50,7 @@ class Side:
     wall_s: list[float] = field(default_factory=list)
     training_s: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
+    precision: set[str] = field(default_factory=set)  # what ran, as each pipeline reports it
 
 
 def write_torchvision_root(mnist: data.MNIST, root: Path, limits: dict | None) -> None:
@@ -77,28 +81,32 @@ def run_ours(side: Side, folder: Path, work: Path, epochs: int, limits: dict | N
     side.wall_s.append(wall)
     side.training_s.append(run.data.metrics["training_time_s"])
     side.accuracy.append(run.data.metrics["test_accuracy"] * 100)
+    side.precision.add(run.data.params["precision"])
 
 
-def run_peer(side: Side, root: Path, work: Path, epochs: int) -> None:
+def run_peer(side: Side, root: Path, work: Path, epochs: int, precision: str | None) -> None:
     script = Path(__file__).with_name("peer_lightning.py")
     command = [sys.executable, str(script), "--root", str(root), "--epochs", str(epochs)]
     command += ["--tracking-uri", f"sqlite:///{work}/peer.db"]
+    command += ["--precision", precision] if precision else []
     wall, out = common.timed(command, work)
     result = json.loads(out.strip().splitlines()[-1])
     side.wall_s.append(wall)
     side.training_s.append(result["fit_s"])
     side.accuracy.append(result["test_accuracy"] * 100)
+    side.precision.add(result["precision"])
 
 
 def table(ours: Side, peer: Side, epochs: int, smoke: bool) -> str:
     lines = [
-        "| pipeline | epochs | wall median (s) | wall per repeat (s) | training median (s) "
-        "| test accuracy median (%) |",
-        "|---|---|---|---|---|---|",
+        "| pipeline | precision | epochs | wall median (s) | wall per repeat (s) "
+        "| training median (s) | test accuracy median (%) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for side in (ours, peer):
         lines.append(
-            f"| {side.name} | {epochs} | {common.median(side.wall_s):.1f} "
+            f"| {side.name} | {', '.join(sorted(side.precision))} | {epochs} "
+            f"| {common.median(side.wall_s):.1f} "
             f"| {', '.join(f'{w:.1f}' for w in side.wall_s)} "
             f"| {common.median(side.training_s):.1f} | {common.median(side.accuracy):.2f} |"
         )
@@ -121,6 +129,9 @@ def main() -> None:
     parser.add_argument("--data-dir", help="full MNIST folder [$MNIST_DATA_DIR]")
     parser.add_argument("--epochs", type=int, default=1, help="both pipelines [1]")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline [3]")
+    parser.add_argument(
+        "--peer-precision", help="Lightning's Trainer(precision=), e.g. bf16-mixed [its default]"
+    )
     parser.add_argument("--smoke", action="store_true", help="seconds, on the committed subset")
     args = parser.parse_args()
     repeats = 1 if args.smoke else args.repeats
@@ -134,7 +145,7 @@ def main() -> None:
         for i in range(repeats):
             pair = [
                 lambda w: run_ours(ours, folder, w, args.epochs, limits),
-                lambda w: run_peer(peer, root, w, args.epochs),
+                lambda w: run_peer(peer, root, w, args.epochs, args.peer_precision),
             ]
             for j, run in enumerate(pair if i % 2 == 0 else pair[::-1]):
                 work = Path(tmp) / f"repeat-{i}-{j}"

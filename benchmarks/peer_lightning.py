@@ -4,7 +4,8 @@ What users would pick instead of ``mnist-tracker train``, written idiomatically:
 ``LightningModule`` around the same network, ``torchvision.datasets.MNIST`` with per-image
 transforms and ``DataLoader``s, torchmetrics accuracy and macro F1, Lightning's
 ``MLFlowLogger`` with ``log_model=True`` (the checkpoint Lightning writes becomes an
-artifact), the lab's recipe (Adam, lr, weight decay, batch, epochs, fp32). The test set is
+artifact), the lab's recipe (Adam, lr, weight decay, batch, epochs), at Lightning's default
+precision (32-bit) unless ``--precision`` names another (``bf16-mixed``). The test set is
 the validation set, evaluated after every epoch as ``mnist-tracker train`` does; the figure
 is the last epoch's, so no extra test pass is paid.
 
@@ -12,6 +13,7 @@ It prints one JSON line: ``{"fit_s": ..., "test_accuracy": ..., "test_f1_macro":
 ``benchmarks/peer.py`` runs it; by hand:
 
     python benchmarks/peer_lightning.py --root TORCHVISION_ROOT --tracking-uri URI [--epochs 1]
+        [--precision bf16-mixed]
 
 ``--root`` holds ``MNIST/raw/`` as ``torchvision.datasets.MNIST`` reads it (``peer.py``
 writes it, since nothing can be downloaded here).
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="folder holding MNIST/raw/")
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--epochs", type=int, help="[the lab recipe's]")
+    parser.add_argument("--precision", default=None, help="Trainer(precision=) [Lightning's: 32]")
     args = parser.parse_args()
     recipe = resolve_config("cnn", epochs=args.epochs)
     spec = get_spec("cnn")
@@ -96,6 +99,7 @@ def main() -> None:
         logger=logger,
         accelerator="auto",
         devices=1,
+        precision=args.precision,
         enable_progress_bar=False,  # a progress bar redrawn into a pipe only costs time
         enable_model_summary=False,
     )
@@ -110,6 +114,7 @@ def main() -> None:
                 "test_accuracy": float(metrics["test_accuracy"]),
                 "test_f1_macro": float(metrics["test_f1_macro"]),
                 "epochs": recipe.epochs,
+                "precision": str(trainer.precision),
                 "train_size": len(train),
                 "test_size": len(test),
             }

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.fast
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = resolve_config("cnn", epochs=3, limit_train=64, limit_test=32, device="cpu")
+    config = resolve_config(
+        "cnn", epochs=3, limit_train=64, limit_test=32, device="cpu", precision="fp32"
+    )
     mnist = data.load_mnist(SUBSET, download_missing=False)
     return config, data.split_data(mnist, seed=0, limit_train=64, limit_test=32)
 

@@ -24,7 +24,9 @@ def mnist():
 
 
 def _setup(mnist, model_name, **overrides):
-    config = resolve_config(model_name, limit_train=200, limit_test=100, device="cpu", **overrides)
+    config = resolve_config(
+        model_name, limit_train=200, limit_test=100, device="cpu", precision="fp32", **overrides
+    )
     splits = data.split_data(mnist, seed=config.seed, limit_train=200, limit_test=100)
     return config, splits
 

@@ -34,7 +34,7 @@ def mnist():
 
 
 def _fit(mnist, **overrides):
-    config = resolve_config("cnn", device="cpu", **overrides)
+    config = resolve_config("cnn", device="cpu", precision="fp32", **overrides)
     splits = data.split_data(
         mnist,
         seed=config.seed,
@@ -63,7 +63,13 @@ def test_cnn_learns_on_the_subset(mnist):
 def test_metrics_history_and_seeding(mnist):
     seen = []
     config = resolve_config(
-        "cnn", epochs=2, limit_train=300, limit_test=200, val_size=100, device="cpu"
+        "cnn",
+        epochs=2,
+        limit_train=300,
+        limit_test=200,
+        val_size=100,
+        device="cpu",
+        precision="fp32",
     )
     splits = data.split_data(mnist, seed=config.seed, limit_train=300, limit_test=200, val_size=100)
     torch.manual_seed(config.seed)
@@ -87,7 +93,9 @@ def test_metrics_history_and_seeding(mnist):
 
 
 def test_cosine_schedule_logs_the_epoch_lr(mnist):
-    config = resolve_config("vit", epochs=2, limit_train=64, limit_test=32, device="cpu")
+    config = resolve_config(
+        "vit", epochs=2, limit_train=64, limit_test=32, device="cpu", precision="fp32"
+    )
     splits = data.split_data(mnist, seed=0, limit_train=64, limit_test=32)
     result = fit(config, splits, create_model(config))
     assert result.history[0]["lr"] == pytest.approx(1e-3)
@@ -142,7 +150,9 @@ def test_conv_nets_train_channels_last_and_come_back_contiguous(mnist):
         torch.channels_last
     )
     assert runtime.memory_format(resolve_config("vit")) == torch.contiguous_format
-    config = resolve_config("cnn", epochs=1, limit_train=64, limit_test=32, device="cpu")
+    config = resolve_config(
+        "cnn", epochs=1, limit_train=64, limit_test=32, device="cpu", precision="fp32"
+    )
     model = create_model(config)
     seen = []
 

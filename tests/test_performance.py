@@ -16,6 +16,8 @@ import sys
 import pytest
 import torch
 
+from mnist_tracker.training.runtime import cpu_has_fast_bf16
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -166,11 +168,14 @@ def check_peer(stdout: str) -> None:
     """One repeat of each pipeline on the same 256 images: wall times the repeat line printed,
     training shorter than the whole process, accuracies in range, the ratio peer / ours and
     the accuracy gap computed from the rows."""
-    rows = {r["pipeline"]: r for r in table(stdout, "| pipeline | epochs |")}
+    rows = {r["pipeline"]: r for r in table(stdout, "| pipeline | precision |")}
     assert list(rows) == ["mnist-tracker train", "Lightning + MLFlowLogger"]
     (ours_wall, peer_wall) = map(
         float, re.search(r"^repeat 1: ours ([\d.]+) s, peer ([\d.]+) s$", stdout, re.M).groups()
     )
+    # What ran, as each reported it: ours at --precision auto, Lightning at its default.
+    ours_precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+    assert [r["precision"] for r in rows.values()] == [ours_precision, "32-true"], rows
     for r, wall in zip(rows.values(), (ours_wall, peer_wall), strict=True):
         assert r["epochs"] == "1", r
         assert number(r["wall median (s)"]) == number(r["wall per repeat (s)"]) == wall, r
@@ -207,7 +212,7 @@ SCRIPTS = [
         "| runs | store (MB) | min (s) | median (s) | max (s) |",
         check_compare_scale,
     ),
-    (["peer.py"], "| pipeline | epochs | wall median (s) |", check_peer),
+    (["peer.py"], "| pipeline | precision | epochs | wall median (s) |", check_peer),
 ]
 
 

@@ -98,8 +98,8 @@ TRAINING_OPTIONS: dict[str, dict] = {
     },
     "precision": {
         "type": click.Choice(PRECISIONS),
-        "help": "Numeric precision; auto = bf16 where the hardware is fast at it "
-        "[default: the recipe's: fp32 for lab, auto for fast].",
+        "help": "Numeric precision; auto = bf16 where the hardware is fast at it (AVX512-bf16 "
+        "or AMX CPUs, CUDA GPUs with bf16), else fp32 [default: auto].",
     },
     "feature_cache": {
         "type": click.Choice(FEATURE_CACHE),

@@ -13,14 +13,12 @@ LAB_ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10}
 # --recipe fast for the cnn (the lab's architecture): batches of 256 (on a 2-core CPU as many
 # images a second as 512, with twice the steps), a one-cycle schedule peaking at 1e-2 so that 3
 # epochs reach 99.3 % (99.33-99.53 % in 17 runs of 8 seeds, bf16 and fp32, 2026-12-06; 512 needed
-# 4 epochs), lighter dropout (the lab's 0.25 / 0.5 slow a short run down), bf16 where the
-# hardware runs it fast.
+# 4 epochs), lighter dropout (the lab's 0.25 / 0.5 slow a short run down).
 CNN_FAST = {
     "batch_size": 256,
     "scheduler": "onecycle",
     "lr": 1e-2,
     "epochs": 3,
-    "precision": "auto",
     "extra": {"dropout_conv": 0.1, "dropout_fc": 0.25},
 }
 CONV_SEARCH = {
