@@ -34,7 +34,7 @@ def mnist():
 
 
 def _fit(mnist, **overrides):
-    config = resolve_config("cnn", device="cpu", precision="fp32", **overrides)
+    config = resolve_config("cnn", **({"device": "cpu", "precision": "fp32"} | overrides))
     splits = data.split_data(
         mnist,
         seed=config.seed,

@@ -39,6 +39,7 @@ SMALL = dict(
     limit_test=64,
     val_size=32,
     device="cpu",
+    precision="fp32",  # fit takes a resolved config; auto would differ between CPUs
 )
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss")
 METRICS += ("test_accuracy", "test_f1_macro")

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from mnist_tracker import errors, tracking, uris
 from mnist_tracker.config import resolve_config
 from mnist_tracker.serving import import_mlflow_pytorch
+from mnist_tracker.training.runtime import cpu_has_fast_bf16
 from mnist_tracker.workflows.train import TrainOptions, train
 
 from .conftest import BIN, REPO, SUBSET
@@ -36,6 +37,9 @@ EPOCH_METRICS = [
     "val_accuracy",
     "val_f1_macro",
 ]
+# What the default precision "auto" resolves to on this CPU (test_engine pins cpu_has_fast_bf16
+# to /proc/cpuinfo's AVX512-bf16 / AMX flags).
+AUTO_PRECISION = "bf16" if cpu_has_fast_bf16() else "fp32"
 RUN_METRICS = ["training_time_s", "total_time_s", "train_throughput_img_s"]
 
 
@@ -87,7 +91,7 @@ def test_cli_run_logs_params_metrics_artifacts(server_uri, experiment_name, cli_
     expected = {
         "model": "cnn", "epochs": "2", "batch_size": "64", "optimizer": "adam", "lr": "0.001",
         "weight_decay": "1e-05", "scheduler": "none", "image_size": "28", "pretrained": "false",
-        "freeze": "false", "precision": "fp32", "seed": "42", "device": "cpu",
+        "freeze": "false", "precision": AUTO_PRECISION, "seed": "42", "device": "cpu",
         "limit_train": "300", "limit_test": "100", "val_size": "100", "recipe": "lab",
         "feature_cache": "off", "cuda_graphs": "false",
     }  # fmt: skip
