@@ -33,7 +33,7 @@ from ..training import FitResult, fit, resolve_runtime, seed_everything
 from ..training.callbacks import Callback, EpochPrinter, ProgressBar
 from ..training.features import CachePlan, plan_cache
 from ..training.metrics import classification_report, confusion
-from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits
+from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits, StartupOver
 from .data import prepare_data
 
 RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
@@ -198,7 +198,8 @@ def _log_start(run: TrackedRun, prep: _Prepared, options: TrainOptions, resume) 
 
 def _fit(run: TrackedRun, prep: _Prepared, options: TrainOptions, keeper, resume) -> FitResult:
     """``fit`` with the run's callbacks; a run that fails keeps its newest checkpoint."""
-    callbacks: list[Callback] = [ProgressBar()] if options.progress else []
+    callbacks: list[Callback] = [StartupOver()]
+    callbacks += [ProgressBar()] if options.progress else []
     callbacks += [keeper] if keeper is not None else []
     callbacks.append(MetricLogger(run.sink))
     if options.log_artifacts and prep.splits.test_y is not None:
