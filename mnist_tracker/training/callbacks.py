@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import collector
 from ..errors import Diverged
 from . import checkpoint
 from .loop import Batch, EvalResult, weights_finite
@@ -125,6 +126,15 @@ class DivergenceGuard(Callback):
         # The last step can blow the weights up after the last loss was computed.
         if not weights_finite(state.trained):
             raise Diverged("weights are not finite after the epoch's last step", state.epoch)
+
+
+class StartupOver(Callback):
+    """Turns the garbage collector back on when the first epoch starts, if the CLI paused it
+    for its start-up (``collector``): after the model, the optimiser (``torch._dynamo``) and
+    the run exist, before the first training step."""
+
+    def on_epoch_start(self, state: FitState) -> None:
+        collector.resume()
 
 
 class ProgressBar(Callback):

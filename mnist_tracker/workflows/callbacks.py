@@ -1,5 +1,4 @@
-"""The callbacks a tracked run adds to ``fit``: metric logging, checkpoints, the end of
-start-up."""
+"""The callbacks a tracked run adds to ``fit``: metric logging and checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import collector
 from ..config import TrainConfig
 from ..paths import checkpoint_path
 from ..reporting import images
@@ -20,15 +18,6 @@ from ..training.callbacks import Callback, FitState
 # that dies without a chance to upload); bigger ones (vgg16: about 1.5 GB with Adam's state)
 # only when the run stops early, so that they do not slow every epoch down.
 UPLOAD_EVERY_EPOCH_MAX_BYTES = 64 * 2**20
-
-
-class StartupOver(Callback):
-    """Turns the garbage collector back on when the first epoch starts, if the CLI paused it
-    for its start-up (``collector``): after the model, the optimiser (``torch._dynamo``) and
-    the run exist, before the first training step."""
-
-    def on_epoch_start(self, state: FitState) -> None:
-        collector.resume()
 
 
 class MetricLogger(Callback):

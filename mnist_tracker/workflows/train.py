@@ -30,10 +30,10 @@ from ..reporting import images
 from ..tracking import RunSpec, TrackedRun, artifacts, records, store, tracked_run
 from ..tracking.system import system_metrics
 from ..training import FitResult, fit, resolve_runtime, seed_everything
-from ..training.callbacks import Callback, EpochPrinter, ProgressBar
+from ..training.callbacks import Callback, EpochPrinter, ProgressBar, StartupOver
 from ..training.features import CachePlan, plan_cache
 from ..training.metrics import classification_report, confusion
-from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits, StartupOver
+from .callbacks import Checkpointer, MetricLogger, MisclassifiedDigits
 from .data import prepare_data
 
 RUN_METRICS = ("training_time_s", "total_time_s", "train_throughput_img_s", "feature_cache_time_s")
