@@ -6,24 +6,26 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_tracker.models.layers import Dropout, keep_mask
+from mnist_tracker.models.layers import Dropout, dropout_multiplier, keep_mask
 
 pytestmark = pytest.mark.fast
 
 N = 1 << 20  # enough draws that 5 standard deviations of the keep rate are under 0.0025
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.75, 0.9])
+# 0.5, 0.75 and 255/256 are multiples of 2**-8 (8 bits an element), 0.9 and 0.3 are not (16).
+@pytest.mark.parametrize("keep", [0.5, 0.75, 255 / 256, 0.9, 0.3])
 def test_keep_mask_keeps_each_element_with_the_given_probability(keep):
     torch.manual_seed(0)
     mask = keep_mask(torch.empty(N), keep)
     assert mask.dtype == torch.bool and mask.shape == (N,)
     assert float(mask.float().mean()) == pytest.approx(keep, abs=0.0025)
-    # The four elements cut from one 64-bit draw are independent: pairs of neighbours are both
-    # kept with probability keep**2, not keep.
-    pairs = mask.view(-1, 4)
-    both = (pairs[:, 0] & pairs[:, 1]).float().mean()
-    assert float(both) == pytest.approx(keep**2, abs=0.004)
+    # The elements cut from one 64-bit draw (four or eight) are independent: neighbours are
+    # both kept with probability keep**2, not keep, and so are the first and last of a word.
+    words = mask.view(-1, 8)
+    for i, j in ((0, 1), (3, 4), (0, 7)):
+        both = (words[:, i] & words[:, j]).float().mean()
+        assert float(both) == pytest.approx(keep**2, abs=0.004), (i, j)
 
 
 @pytest.mark.parametrize("keep", [1.0, 1 - 1e-6])
@@ -47,6 +49,17 @@ def test_keep_mask_follows_channels_last_layout_and_the_seed():
     assert torch.equal(keep_mask(like, 0.5), mask)
     torch.manual_seed(2)
     assert not torch.equal(keep_mask(like, 0.5), mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_multiplier_is_the_scaled_mask_in_the_inputs_dtype_and_layout(dtype):
+    like = torch.empty(8, 16, 5, 5, dtype=dtype).to(memory_format=torch.channels_last)
+    torch.manual_seed(3)
+    multiplier = dropout_multiplier(like, 0.25)
+    torch.manual_seed(3)
+    expected = torch.where(keep_mask(like, 0.75), 1 / 0.75, 0.0).to(dtype)
+    assert multiplier.dtype == dtype and torch.equal(multiplier, expected)
+    assert multiplier.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_dropout_matches_nn_dropout_in_expectation_and_in_eval():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Dropout, keep_mask
+from .layers import Dropout, dropout_multiplier
 from .specs import BuildConfig
 
 
@@ -14,7 +14,7 @@ def attention_with_dropout(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, dropout_p=p)`` for CPU training, its mask drawn
-    by ``layers.keep_mask``.
+    by ``layers.keep_mask`` (through ``layers.dropout_multiplier``).
 
     On CPU, attention with dropout runs SDPA's math path, which draws the mask with
     ``bernoulli_``: 22 % of a bf16 vit training step on the 2-core CPU, plus its checks for
@@ -29,7 +29,7 @@ def attention_with_dropout(
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.float(), k.float(), v.float()
         weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
-        weights = weights * keep_mask(weights, 1.0 - p).to(weights.dtype).mul_(1.0 / (1.0 - p))
+        weights = weights * dropout_multiplier(weights, p)
         return (weights @ v).to(dtype)
 
 
