@@ -42,14 +42,18 @@ def test_one_epoch_of_the_lab_cnn_on_full_mnist(full_data_dir, sqlite_uri, cli_e
     # seed 42; 575 s for the epoch, 697 s end to end on that loaded machine). README's run of
     # 2026-12-02 gave 0.9841: the bound sits 0.34 below the lower of the two.
     # Since every recipe's precision is auto (2026-12-06), a CPU with native bf16 trains it in
-    # bf16: 0.9819 with two threads, 0.9832 with one (OMP_NUM_THREADS=1, as `make test` runs
-    # it), seed 42, on the 2-core AMD EPYC with avx512_bf16. The bound sits 0.29 below 0.9819.
+    # bf16. One epoch's figure depends on the seed's draws: with OMP_NUM_THREADS=1 (as `make
+    # test` runs it), seeds 42 and 1-7, bf16 on the 2-core AMD EPYC with avx512_bf16, the
+    # dropout masks of 2026-12-06 gave 97.81-98.71 % (median 98.43 %; seed 42: 97.83 %), the
+    # masks before them 98.08-98.56 % (median 98.43 %; benchmarks/RESULTS.md, stop 28). The
+    # bound sits 0.31 below the lowest of those 16 runs: a recipe that lost its learning rate,
+    # its data or its labels falls far below it.
     run = _train_cnn(full_data_dir, sqlite_uri, cli_env, "--epochs", "1")
     params = run.data.params
     assert (params["recipe"], params["epochs"], params["batch_size"]) == ("lab", "1", "64")
     if params["device"] == "cpu":  # --precision auto: bf16 where the CPU has it natively
         assert params["precision"] == ("bf16" if cpu_has_fast_bf16() else "fp32"), params
-    assert run.data.metrics["test_accuracy"] >= 0.979
+    assert run.data.metrics["test_accuracy"] >= 0.975
 
 
 def test_the_fast_recipe_reaches_99_3_percent_on_full_mnist(full_data_dir, sqlite_uri, cli_env):
@@ -60,7 +64,9 @@ def test_the_fast_recipe_reaches_99_3_percent_on_full_mnist(full_data_dir, sqlit
     # in bf16 and 99.33 % in fp32 (auto on a CPU without native bf16); with one thread, as
     # `make test` runs it (OMP_NUM_THREADS=1), 99.45 % (bf16) and 99.37 % (fp32). 17 runs over
     # 8 seeds: 99.33-99.53 %; epoch 2 ended at 98.93-99.22 %, so a recipe that lost an epoch
-    # fails here.
+    # fails here. With the dropout masks of stop 28 (8 random bits an element), seeds 42 and
+    # 1-7 in bf16 end at 99.33-99.46 %, seed 42 at 99.40 % in fp32 and 99.36 % in bf16 with
+    # one thread; epoch 2 at 98.96-99.29 %.
     run = _train_cnn(full_data_dir, sqlite_uri, cli_env, "--recipe", "fast")
     params = run.data.params
     assert (params["recipe"], params["epochs"], params["batch_size"]) == ("fast", "3", "256")
