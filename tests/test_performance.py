@@ -166,8 +166,8 @@ def check_compare_scale(stdout: str) -> None:
 
 def check_peer(stdout: str) -> None:
     """One repeat of each pipeline on the same 256 images: wall times the repeat line printed,
-    training shorter than the whole process, accuracies in range, the ratio peer / ours and
-    the accuracy gap computed from the rows."""
+    training shorter than the whole process, accuracies in range, the ratio peer / ours, the
+    accuracy gap and our time outside training computed from the rows."""
     rows = {r["pipeline"]: r for r in table(stdout, "| pipeline | precision |")}
     assert list(rows) == ["mnist-tracker train", "Lightning + MLFlowLogger"]
     (ours_wall, peer_wall) = map(
@@ -189,6 +189,11 @@ def check_peer(stdout: str) -> None:
     gap = measures["test accuracy apart (points)"]
     assert number(gap["value"]) == pytest.approx(abs(ours_acc - peer_acc), abs=0.011), gap
     assert ratio["met"] == gap["met"] == "n/a (smoke)", measures
+    outside = measures["ours, not training: wall - training_time_s (s)"]
+    ours_row = rows["mnist-tracker train"]
+    expected = ours_wall - number(ours_row["training median (s)"])
+    assert number(outside["value"]) == pytest.approx(expected, abs=0.11), outside
+    assert outside["met"] == "n/a (smoke)", outside
 
 
 # script and its arguments, its table's header (the start), what its figures must be.
