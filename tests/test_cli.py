@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mnist_tracker import collector
 from mnist_tracker.cli import main
 
 from .conftest import BIN, SUBSET, copy_subset
@@ -640,6 +641,9 @@ def test_the_console_script_ends_through_leave_with_the_commands_status(argv, st
 
     monkeypatch.setattr(cli, "leave", fake_leave)
     monkeypatch.setattr(sys, "argv", ["mnist-tracker", *argv])
-    with pytest.raises(Left) as left:
-        cli.entry()
+    try:
+        with pytest.raises(Left) as left:
+            cli.entry()
+    finally:  # entry paused this test process's collector, and no epoch turned it back on
+        collector.resume(freeze=False)
     assert left.value.args == (status,)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import weakref
 
 import pytest
 
 from mnist_tracker import collector
+
+from .conftest import copy_subset
 
 
 @pytest.fixture
@@ -39,6 +42,64 @@ def test_a_collector_the_program_turned_off_stays_off(restored):
     collector.pause()
     collector.resume()
     assert not gc.isenabled() and gc.get_freeze_count() == 0
+
+
+class _Node:
+    """An object that can be in a reference cycle and be watched through a weak reference."""
+
+
+def _cycle() -> tuple[_Node, weakref.ref]:
+    node = _Node()
+    node.itself = node
+    return node, weakref.ref(node)
+
+
+@pytest.mark.fast
+def test_resume_without_freeze_leaves_what_the_pause_made_collectable(restored):
+    """A cycle made while paused and still referenced when the collector comes back on (an
+    exception on its way up holding its frames) is freed once it is garbage; frozen, as the
+    first epoch's resume does, it would never be."""
+    gc.enable()
+    frozen_before = gc.get_freeze_count()
+    collector.pause()
+    held, ref = _cycle()
+    collector.resume(freeze=False)
+    assert gc.isenabled() and not collector.paused()
+    assert gc.get_freeze_count() == frozen_before
+    del held
+    gc.collect()
+    assert ref() is None
+    # What freeze=False avoids: a cycle alive at a freezing resume outlives its last name.
+    collector.pause()
+    held, ref = _cycle()
+    collector.resume()
+    del held
+    gc.collect()
+    assert ref() is not None
+
+
+@pytest.mark.fast
+def test_a_training_that_fails_before_its_first_epoch_turns_the_collector_back_on(
+    restored, tmp_path
+):
+    """`train` raises a DataError before any run exists (a truncated MNIST file): the
+    collector the CLI paused is on again, unfrozen, so what the failure leaves (a tuning
+    trial's model and data, held by the exception's frames) can be collected."""
+    from mnist_tracker.config import resolve_config
+    from mnist_tracker.errors import DataError
+    from mnist_tracker.workflows.train import TrainOptions, train
+
+    copy_subset(tmp_path)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-40])
+    gc.enable()
+    frozen_before = gc.get_freeze_count()
+    collector.pause()
+    config = resolve_config("cnn", epochs=1, device="cpu")
+    with pytest.raises(DataError, match="truncated"):
+        train(config, TrainOptions(data_dir=tmp_path, log_artifacts=False))
+    assert gc.isenabled() and not collector.paused()
+    assert gc.get_freeze_count() == frozen_before
 
 
 @pytest.mark.slow

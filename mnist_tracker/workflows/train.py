@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .. import collector
 from ..config import TrainConfig, fit_to_data
 from ..data import Splits
 from ..errors import Diverged
@@ -141,8 +142,21 @@ def train(
     (Diverged: tags ``diverged_epoch`` and ``diverged_reason``) propagates after the run was
     ended FAILED; a callback's ``Stop`` ends the run with its status and tags (the outcome's
     ``result.stopped`` says so). ``resume_from`` continues a stopped run (see ``resume``).
+
+    The garbage collector is on when this returns or raises (``collector``): the first epoch
+    turns it on, and a training with none (a failure before it, a resumed run with no epoch
+    left) does so here, with nothing frozen, so that what a failure left is collected.
     """
-    options = options or TrainOptions()
+    try:
+        return _train(config, options or TrainOptions(), splits, resume_from)
+    finally:
+        collector.resume(freeze=False)
+
+
+def _train(
+    config: TrainConfig, options: TrainOptions, splits: Splits | None, resume_from: Resume | None
+) -> TrainOutcome:
+    """``train``'s work, with its options given."""
     prep = _prepare(config, options, splits, resume_from)
     spec = RunSpec(
         experiment=options.experiment,

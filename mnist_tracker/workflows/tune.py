@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from .. import collector
 from .. import data as data_mod
 from ..config import TrainConfig, format_param
 from ..errors import StoreError
@@ -272,7 +273,9 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     say("the study is full; other workers finish its last trials")
                     return False
                 # With heartbeats, wait: the running trial either ends, or its worker died and
-                # it goes stale and comes back as a retry that this worker then runs.
+                # it goes stale and comes back as a retry that this worker then runs. Waiting
+                # may last hours with no epoch to turn the collector on (``collector``).
+                collector.resume(freeze=False)
                 lock.release()
                 time.sleep(min(2.0, settings.heartbeat_interval))
                 continue
