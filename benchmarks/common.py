@@ -80,6 +80,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def verdict(met: bool, smoke: bool = False, not_judged: str | None = None) -> str:
+    """A target's "met" cell: ``yes`` or ``NO``; ``n/a (smoke)`` in smoke mode (a few images
+    prove the plumbing, not a figure) and ``n/a (<not_judged>)`` where the target does not
+    apply to this measurement."""
+    if smoke:
+        return "n/a (smoke)"
+    if not_judged is not None:
+        return f"n/a ({not_judged})"
+    return "yes" if met else "NO"
+
+
 def timed(command: list[str], cwd: Path) -> tuple[float, str]:
     """Run ``command`` in ``cwd`` (where its artifacts land) to its end; its wall time and
     stdout. Exits when it fails."""

@@ -115,19 +115,18 @@ def table(ours: Side, peer: Side, epochs: int, smoke: bool) -> str:
     points = abs(common.median(ours.accuracy) - common.median(peer.accuracy))
     # Issue 13 sets the not-training target for one epoch; more epochs add their evaluations.
     outside = common.median([w - t for w, t in zip(ours.wall_s, ours.training_s, strict=True)])
-    verdict = "yes" if outside <= TARGET_NOT_TRAINING_S else "NO"
-    verdict = "n/a (smoke)" if smoke else (verdict if epochs == 1 else "n/a (not 1 epoch)")
+    not_judged = None if epochs == 1 else "not 1 epoch"
     lines += [
         "",
         "| measure | value | target | met |",
         "|---|---|---|---|",
         f"| peer / ours, end to end | {ratio:.2f}x | >= {TARGET_RATIO}x "
-        f"| {'n/a (smoke)' if smoke else ('yes' if ratio >= TARGET_RATIO else 'NO')} |",
+        f"| {common.verdict(ratio >= TARGET_RATIO, smoke)} |",
         f"| test accuracy apart (points) | {points:.2f} | <= {TARGET_POINTS} "
-        f"| {'n/a (smoke)' if smoke else ('yes' if points <= TARGET_POINTS else 'NO')} |",
+        f"| {common.verdict(points <= TARGET_POINTS, smoke)} |",
         f"| ours, not training: wall - training_time_s (s) | {outside:.1f} "
         f"| <= {TARGET_NOT_TRAINING_S:.0f} (1 epoch) "
-        f"| {verdict} |",
+        f"| {common.verdict(outside <= TARGET_NOT_TRAINING_S, smoke, not_judged)} |",
     ]
     return "\n".join(lines)
 

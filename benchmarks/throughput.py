@@ -168,7 +168,7 @@ def table(rows: list[Row], smoke: bool) -> str:
     for r in rows:
         ratio = r.ratio(r.ours)
         target = TARGETS.get((r.model, r.image_size)) if r.batch_size == 64 else None
-        verdict = ("yes" if ratio >= target else "NO") if target else "-"
+        verdict = common.verdict(ratio >= target, smoke) if target else "-"
         no_cache = (
             (f"{common.median(r.no_cache):,.1f}", f"{r.ratio(r.no_cache):.2f}x")
             if r.no_cache
@@ -181,7 +181,7 @@ def table(rows: list[Row], smoke: bool) -> str:
             f"| {no_cache[0]} | {no_cache[1]} | {common.median(r.loader):,.0f} "
             f"| {r.path}, {epochs} "
             f"| {f'>= {target}x' if target else '-'} "
-            f"| {'n/a (smoke)' if smoke and target else verdict} |"
+            f"| {verdict} |"
         )
     return "\n".join(lines)
 

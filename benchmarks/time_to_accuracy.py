@@ -105,7 +105,7 @@ def main() -> None:
         reached = "-" if a.reached_at_s is None else f"{a.reached_at_s:.1f}"
         print(
             f"| {i} | {a.wall_s:.1f} | {acc} | {reached} | {a.reached_epoch or '-'}/{a.epochs} "
-            f"| {'n/a (smoke)' if args.smoke else ('yes' if met else 'NO')} |"
+            f"| {common.verdict(met, args.smoke)} |"
         )
 
 

@@ -215,7 +215,7 @@ def fresh_table(runs: dict[str, list], smoke: bool) -> str:
     pairs = [t / p - 1 for (t, _), p in zip(runs["tracked"], plain_walls, strict=True)]
     median_pairs = common.median(pairs)
     lines.append(f"| tracked / plain - 1, median of the pairs | - | - | - | {median_pairs:+.2%} |")
-    verdict = "n/a (smoke)" if smoke else ("yes" if median_pairs <= FRESH_TARGET else "NO")
+    verdict = common.verdict(median_pairs <= FRESH_TARGET, smoke)
     lines += ["", f"target: a fresh tracked process adds <= {FRESH_TARGET:.0%} (cold): {verdict}"]
     return "\n".join(lines)
 
@@ -271,7 +271,7 @@ def main() -> None:
         print(f"| {label} | {warm.get(label, 0.0):.3f} | {cold_parts.get(label, 0.0):.3f} |")
     # The verdict reads the summed calls: wall-clock pairs on a shared 2-core machine scatter by
     # more than the 2 % being measured.
-    verdict = "yes" if sum(warm.values()) / base <= TARGET else "NO"
+    verdict = common.verdict(sum(warm.values()) / base <= TARGET)
     print(f"target: tracking adds <= {TARGET:.0%} (warm, summed calls): {verdict}")
     print(f"\n{fresh_table(fresh, args.smoke)}")
 
