@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import warnings
 import weakref
+from types import SimpleNamespace
 
 import pytest
 
@@ -132,3 +134,39 @@ def test_the_cli_collects_nothing_before_training_and_collects_during_it(tmp_pat
     _, enabled, frozen, early = line.split(" ", 3)
     assert enabled == "True" and early == "[]", line
     assert int(frozen) > 100_000, line  # torch, MLflow, SQLAlchemy: the start-up's objects
+
+
+@pytest.mark.fast
+def test_a_tuning_worker_that_only_waits_turns_the_collector_back_on(restored, tmp_path):
+    """A worker that finds the study full while another worker's trial still runs waits for
+    it (heartbeats on: it may go stale and come back as a retry), maybe for hours and with no
+    epoch of its own: the collector the CLI paused is on again, unfrozen, while it waits."""
+    import optuna
+
+    from mnist_tracker.workflows.study import StudyLock, TuneSettings, open_storage
+    from mnist_tracker.workflows.tune import _work
+
+    settings = TuneSettings(
+        model="cnn",
+        trials=1,
+        timeout=1.5,
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        study_name="waits",
+        heartbeat_interval=1,
+    )
+    study = optuna.create_study(
+        study_name="waits", storage=open_storage(settings), direction="maximize"
+    )
+    with warnings.catch_warnings():  # optuna: heartbeats are meant for optimize, not ask
+        warnings.simplefilter("ignore", UserWarning)
+        study.ask()  # the other worker's trial: RUNNING, and it fills the study
+    lock = StudyLock.open(settings.storage, "waits")
+    gc.enable()
+    frozen_before = gc.get_freeze_count()
+    collector.pause()
+    said = []
+    objective = SimpleNamespace(parent_run_id="unused")  # never called: the study is full
+    assert _work(study, settings, lock, objective, said.append) is False
+    assert said == ["timeout reached: this worker stops; the study goes on with the others"]
+    assert gc.isenabled() and not collector.paused()
+    assert gc.get_freeze_count() == frozen_before
