@@ -19,6 +19,12 @@ times; the table gives the medians, and as ratio the median of the per-repeat ra
   (which ``fit`` applies on CPU) is applied before either runs.
 - ImageNet weights cannot be downloaded here, so the transfer models run with random frozen
   features (``--no-pretrained --freeze``): the same operations and FLOPs.
+- For the nets trained from scratch with convolutions (cnn, deep_cnn), a second table times
+  their trainable convolutions alone at the batch size (forward, and the gradients of weights
+  and inputs as training computes them), the lab's way (fp32, contiguous) and ours (the
+  precision above, channels_last), alternating. ``ceiling`` is ours if nothing but those
+  convolutions cost anything: where it is below the target, no change outside the
+  convolutions' kernels can meet it.
 
     python benchmarks/throughput.py --data-dir DIR [--models cnn,vgg16] [--repeats 3] [--images N]
     python benchmarks/throughput.py --smoke     # seconds, on the committed subset
@@ -27,12 +33,15 @@ times; the table gives the medians, and as ratio the median of the per-repeat ra
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
 import torch
+from torch import nn
 
 from mnist_tracker import data
 from mnist_tracker.config import TrainConfig, resolve_config
@@ -158,6 +167,108 @@ def measure(
     return row
 
 
+@dataclass
+class Convs:
+    """One model's trainable convolutions alone, seconds per batch, lab's way and ours."""
+
+    model: str
+    layers: int
+    precision: str
+    lab: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+
+
+def conv_shapes(config: TrainConfig, batch_size: int) -> list[tuple[nn.Conv2d, tuple]]:
+    """Each trainable ``Conv2d`` of the model and the input shape it sees at ``batch_size``."""
+    model = create_model(config)
+    seen: list[tuple[nn.Conv2d, tuple]] = []
+    hooks = [
+        m.register_forward_hook(lambda m, args, out: seen.append((m, tuple(args[0].shape))))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.weight.requires_grad
+    ]
+    size = get_spec(config.model).input.image_size
+    with torch.no_grad():
+        model.eval()(torch.zeros(batch_size, 1, size, size))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def conv_pass(conv: nn.Conv2d, shape: tuple, precision: str, layout, device, first: bool):
+    """A function that runs ``conv`` forward and backward once, as a training step does: the
+    input's gradient too, except for the first layer (its input is the image)."""
+    conv = copy.deepcopy(conv).to(device, memory_format=layout)  # the lab's and ours: two
+    x = torch.randn(shape, device=device).to(memory_format=layout).requires_grad_(not first)
+
+    def run() -> None:
+        with runtime.autocast(device, precision):
+            out = conv(x)
+        out.backward(torch.ones_like(out))
+
+    return run
+
+
+def measure_convs(name: str, batch_size: int, repeats: int, iterations: int) -> Convs | None:
+    """The conv net's trainable convolutions timed alone (None for the other models: the vit's
+    one patch convolution, the transfer models' frozen features are not what limits them)."""
+    spec = get_spec(name)
+    if not spec.channels_last or spec.split is not None:
+        return None
+    config = runtime.resolve_runtime(config_for(name, 28, batch_size, precision="auto"))
+    shapes = conv_shapes(config, batch_size)
+    device = runtime.select_device(config.device)
+    ours_layout = runtime.memory_format(config)
+    convs = Convs(name, len(shapes), config.precision)
+    passes = {
+        "lab": [
+            conv_pass(c, s, "fp32", torch.contiguous_format, device, i == 0)
+            for i, (c, s) in enumerate(shapes)
+        ],
+        "ours": [
+            conv_pass(c, s, config.precision, ours_layout, device, i == 0)
+            for i, (c, s) in enumerate(shapes)
+        ],
+    }
+
+    def timed(runs) -> float:
+        for run in runs:  # warm-up: oneDNN builds its kernels on a shape's first call
+            run()
+        runtime.sync(device)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            for run in runs:
+                run()
+        runtime.sync(device)
+        return (time.perf_counter() - start) / iterations
+
+    for i in range(repeats):
+        for who in ("lab", "ours") if i % 2 == 0 else ("ours", "lab"):
+            getattr(convs, who).append(timed(passes[who]))
+    return convs
+
+
+def conv_table(convs: list[Convs], rows: list[Row], smoke: bool) -> str:
+    lines = [
+        "| model | conv layers | lab's convs ms/batch (fp32) | ours ms/batch | lab / ours "
+        "| ceiling img/s | ceiling / lab | target | within reach |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lab_rate = {r.model: common.median(r.lab) for r in rows if r.image_size == 28}
+    for c in convs:
+        lab_ms, ours_ms = common.median(c.lab) * 1e3, common.median(c.ours) * 1e3
+        ceiling = rows[0].batch_size / (ours_ms / 1e3)
+        target = TARGETS.get((c.model, 28)) if rows[0].batch_size == 64 else None
+        versus = ceiling / lab_rate[c.model]
+        reach = common.verdict(versus >= target, smoke) if target else "-"
+        lines.append(
+            f"| {c.model} | {c.layers} | {lab_ms:.2f} | {ours_ms:.2f} ({c.precision}) "
+            f"| {lab_ms / ours_ms:.2f}x | {ceiling:,.0f} | {versus:.2f}x "
+            f"| {f'>= {target}x' if target else '-'} | {reach} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[Row], smoke: bool) -> str:
     lines = [
         "| model | image size | images | batch | lab img/s | ours img/s | ours / lab "
@@ -211,6 +322,18 @@ def main() -> None:
         rows.append(row)
     print(f"\nmedians of {repeats} alternating repeats (ratios: median of the per-repeat ratios):")
     print(table(rows, args.smoke))
+    convs = [
+        c
+        for name in dict.fromkeys(r.model for r in rows if r.image_size == 28)
+        if (c := measure_convs(name, args.batch_size, repeats, 2 if args.smoke else 20))
+    ]
+    if convs:
+        print(
+            f"\nthe trainable convolutions alone, forward and backward at batch "
+            f"{args.batch_size}, medians of {repeats} alternating repeats "
+            "(ceiling: ours if nothing else cost anything):"
+        )
+        print(conv_table(convs, rows, args.smoke))
 
 
 if __name__ == "__main__":

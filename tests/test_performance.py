@@ -80,6 +80,37 @@ def check_throughput(stdout: str, models: list[str]) -> None:
             assert r["ours, no cache img/s"] == r["no cache / lab"] == "-", r
             assert re.fullmatch(r"\w+, feature cache off, 1 epoch", r["ours ran"]), r
         assert r["met"] == ("n/a (smoke)" if r["target"] != "-" else "-"), r
+    check_conv_ceiling(stdout, rows)
+
+
+CONV_NETS = {"cnn": 3, "deep_cnn": 6}  # their trainable convolutions (GUIDE.md section 2)
+
+
+def check_conv_ceiling(stdout: str, rows: list[dict[str, str]]) -> None:
+    """The conv nets among ``rows`` (only they) have their convolutions timed alone: both ways
+    positive, the quotients and the ceiling (one batch over ours) consistent with the cells,
+    and the ceiling set against the throughput table's lab rate."""
+    nets = [r for r in rows if r["model"] in CONV_NETS]
+    if not nets:
+        assert "| model | conv layers |" not in stdout
+        return
+    convs = table(stdout, "| model | conv layers |")
+    assert [c["model"] for c in convs] == [r["model"] for r in nets]
+    for c, r in zip(convs, nets, strict=True):
+        assert number(c["conv layers"]) == CONV_NETS[c["model"]], c
+        lab_ms = number(c["lab's convs ms/batch (fp32)"])
+        ours_ms = number(c["ours ms/batch"].split(" (")[0])
+        assert 0 < lab_ms < 1e4 and 0 < ours_ms < 1e4, c
+        slack = quotient_slack(lab_ms, ours_ms, 0.005, 0.005)
+        assert number(c["lab / ours"], "x") == pytest.approx(lab_ms / ours_ms, abs=slack), c
+        ceiling = number(c["ceiling img/s"])
+        # ours_ms is printed to 0.005 ms, the ceiling to 0.5 img/s.
+        slack = ceiling * 0.005 / ours_ms + 0.5 + 1e-9
+        assert ceiling == pytest.approx(64 / (ours_ms / 1e3), abs=slack), c
+        lab_rate = number(r["lab img/s"])
+        slack = quotient_slack(ceiling, lab_rate, 0.5, 0.005)
+        assert number(c["ceiling / lab"], "x") == pytest.approx(ceiling / lab_rate, abs=slack), c
+        assert c["target"] == ">= 3.0x" and c["within reach"] == "n/a (smoke)", c
 
 
 def check_time_to_accuracy(stdout: str) -> None:
