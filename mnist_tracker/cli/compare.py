@@ -227,7 +227,6 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
     "limit_test",
     "seed",
     "device",
-    precision={"help": "Numeric precision [default: fp32]."},
 )
 @flag("cuda_graphs", CUDA_GRAPHS_HELP)
 @data_dir_option

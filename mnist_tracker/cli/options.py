@@ -90,7 +90,7 @@ TRAINING_OPTIONS: dict[str, dict] = {
     "scheduler": {"type": click.Choice(SCHEDULERS), "help": "LR schedule [default: recipe]."},
     "image_size": {
         "type": int,
-        "help": "Input side for vgg16/alexnet, up to 512 [default: 224].",
+        "help": "Input side for vgg16/alexnet, up to 512 [default: 224]; the others take 28.",
     },
     "recipe": {
         "type": click.Choice(RECIPES),
@@ -108,7 +108,7 @@ TRAINING_OPTIONS: dict[str, dict] = {
     },
     "limit_train": {"type": int, "help": "Use N training images (class-balanced)."},
     "limit_test": {"type": int, "help": "Use N test images (class-balanced)."},
-    "val_size": {"type": int, "help": "Hold out N training images for validation [0]."},
+    "val_size": {"type": int, "help": "Hold out N training images for validation [default: 0]."},
     "seed": {"type": int, "help": "Random seed [default: 42]."},
     "device": {"help": "auto, cpu, cuda, cuda:N or mps [default: auto]."},
 }
