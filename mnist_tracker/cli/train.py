@@ -122,9 +122,16 @@ def _run(start, what: str, options: dict, tracking_uri: str | None, run_id: str 
     from ..workflows.train import TrainOptions
 
     options = TrainOptions(**options)
-    echo_err(f"mnist-tracker {__version__}: {what}; tracking to {redact(uri)}")
     started: list[str] = [run_id] if run_id else []
-    options = dataclasses.replace(options, on_run_start=started.append)
+
+    def announce(new_run_id: str) -> None:
+        # Once the run exists: bad input (data, config, weights) is refused before that, with
+        # its one Error line alone on stderr.
+        started.append(new_run_id)
+        run = "" if new_run_id == run_id else f" as run {new_run_id}"
+        echo_err(f"mnist-tracker {__version__}: {what}{run}; tracking to {redact(uri)}")
+
+    options = dataclasses.replace(options, on_run_start=announce)
     with sigterm_as_interrupt(), hinting(lambda exc: _stop_hint(exc, started, tracking_uri, uri)):
         outcome = start(options)
     final = outcome.result.final
