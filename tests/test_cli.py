@@ -18,7 +18,7 @@ from .conftest import BIN, SUBSET, copy_subset
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
+    return CliRunner().invoke(main, list(args), prog_name="mnist-tracker")  # as the script
 
 
 def assert_no_runs(uri: str) -> None:
@@ -303,6 +303,24 @@ BAD_URIS = [
     ("file:///proc/nope", ["folder /proc/nope cannot be created"]),
     ("http://", ["names no host"]),
 ]
+
+
+USAGE_ERRORS = [
+    (["train", "--model", "cnn", "--epochs", "two"], "'two' is not a valid integer", "train"),
+    (["train", "--model", "cnn", "--modle", "x"], "Did you mean '--model'?", "train"),
+    (["trian"], "No such command 'trian'", ""),
+    (["compare", "--format", "xml"], "'xml' is not one of", "compare"),
+]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("args", "message", "command"), USAGE_ERRORS, ids=lambda v: str(v))
+def test_usage_errors_say_where_the_accepted_values_are(args, message, command):
+    """click names what was wrong ("'two' is not a valid integer") but not what is accepted:
+    the line points at the command's --help, which lists it."""
+    line = one_error_line(invoke(*args), message)
+    where = f"mnist-tracker {command}".strip()
+    assert line.endswith(f"See `{where} --help`."), line
 
 
 @pytest.mark.fast

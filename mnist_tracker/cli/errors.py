@@ -1,13 +1,15 @@
 """The one map from what went wrong to what the user sees and the exit code; one signal handler.
 
-| raised                               | printed                               | exit       |
-|--------------------------------------|---------------------------------------|------------|
-| click usage error, ``UserError``     | ``Error: <one line>``                 | 2          |
-| ``RunFailed`` (Diverged, ...)        | ``Error: <one line>. <hint>``         | 1          |
-| Ctrl-C (KeyboardInterrupt, Abort)    | ``Interrupted. <hint>``               | 130        |
-| ``Interrupted`` (SIGTERM)            | ``Stopped by signal N. <hint>``       | 128 + N    |
-| a write the server's auth refused    | ``Error: <one line: login, fix>``     | 2          |
-| anything else                        | the traceback (a bug, or an outage)   | 1          |
+| raised                            | printed                                       | exit    |
+|-----------------------------------|-----------------------------------------------|---------|
+| click's own usage error           | ``Error: <one line> See `<command> --help`.`` | 2       |
+| ``Refused``, ``BadValue`` (ours)  | ``Error: <one line, with the fix>``           | 2       |
+| ``UserError``                     | ``Error: <one line>``                         | 2       |
+| ``RunFailed`` (Diverged, ...)     | ``Error: <one line>. <hint>``                 | 1       |
+| Ctrl-C (KeyboardInterrupt, Abort) | ``Interrupted. <hint>``                       | 130     |
+| ``Interrupted`` (SIGTERM)         | ``Stopped by signal N. <hint>``               | 128 + N |
+| a write the server's auth refused | ``Error: <one line: login, fix>``             | 2       |
+| anything else                     | the traceback (a bug, or an outage)           | 1       |
 
 Everything printed has its passwords hidden (``uris.scrub``), the traceback included.
 
@@ -52,7 +54,7 @@ def report(exc: BaseException) -> int:
         click.echo(scrub(_with_hint(f"Stopped by signal {exc.signum}.", exc)), err=True)
         return 128 + exc.signum
     if isinstance(exc, click.ClickException):
-        click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+        click.echo(f"Error: {_one_line(exc.format_message())}{_help_hint(exc)}", err=True)
         return USAGE_EXIT if isinstance(exc, click.UsageError) else exc.exit_code
     if isinstance(exc, UserError):
         click.echo(f"Error: {_one_line(exc)}", err=True)
@@ -67,6 +69,27 @@ def report(exc: BaseException) -> int:
     # A bug or an outage: the traceback, as Python would print it, passwords hidden.
     click.echo(scrub("".join(traceback.format_exception(exc))).rstrip(), err=True)
     return 1
+
+
+class FixGiven:
+    """A usage error of ours, whose message already says how to fix it."""
+
+
+class Refused(FixGiven, click.UsageError):
+    """Bad input found by a command (exit 2); the message names the problem and the fix."""
+
+
+class BadValue(FixGiven, click.BadParameter):
+    """An option value its parser refuses; the message names the fix."""
+
+
+def _help_hint(exc: click.ClickException) -> str:
+    """For click's own usage errors, where the fix is spelled out: the command's ``--help``
+    (click names what was wrong, e.g. "'two' is not a valid integer", not what is accepted)."""
+    ctx = getattr(exc, "ctx", None)
+    if not isinstance(exc, click.UsageError) or isinstance(exc, FixGiven) or ctx is None:
+        return ""
+    return f" See `{ctx.command_path} --help`."
 
 
 def _permission_refusal(exc: BaseException) -> str | None:
@@ -119,5 +142,5 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def fail(message: str) -> None:
-    """Raise a usage error (exit 2) with ``message``."""
-    raise click.UsageError(message)
+    """Raise a usage error (exit 2) with ``message``, which names the problem and the fix."""
+    raise Refused(message)

@@ -6,6 +6,7 @@ import re
 
 import click
 
+from .errors import BadValue
 from .options import check_experiments, flag, option, tracking_uri_option
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -16,7 +17,7 @@ def parse_duration(_ctx, _param, value: str) -> float:
     """``10m``, ``90s``, ``2h``, ``1d`` or plain seconds, as seconds (a usage error if not)."""
     match = _DURATION.match(value)
     if not match or float(match[1]) <= 0:
-        raise click.BadParameter(f"{value!r} is not a duration; pass e.g. 10m, 90s or 2h")
+        raise BadValue(f"{value!r} is not a duration; pass e.g. 10m, 90s or 2h")
     return float(match[1]) * _UNIT_S[match[2]]
 
 
