@@ -30,6 +30,7 @@ from torch import nn
 from mnist_tracker import data
 from mnist_tracker.config import TrainConfig
 from mnist_tracker.models import ModelSpec, get_spec
+from mnist_tracker.models.cnn import in_lab_order
 from mnist_tracker.models.layers import Dropout
 from mnist_tracker.models.vit import Attention
 
@@ -182,9 +183,9 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.
 
 def lab_network(config: TrainConfig) -> nn.Module:
     """The bare network as the lab built it: ours with ``torch.nn.Dropout`` for our
-    ``Dropout``, and the vit's attention dropout SDPA's own (the same layers, with slower
-    masks on CPU)."""
-    net = get_spec(config.model).build(config)
+    ``Dropout``, the vit's attention dropout SDPA's own (the same layers, with slower
+    masks on CPU), and the conv nets' ReLU before their MaxPool (``cnn.in_lab_order``)."""
+    net = in_lab_order(get_spec(config.model).build(config))
     for module in net.modules():
         if isinstance(module, Attention):
             module.attend = _sdpa

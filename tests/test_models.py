@@ -43,6 +43,40 @@ def test_forward_backward_and_counts(name):
         assert frozen and all(n.startswith("net.features.") for n in frozen)
 
 
+@pytest.mark.parametrize("name", ["cnn", "deep_cnn"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_relu_after_max_pool_is_the_labs_network_bit_for_bit(name, precision):
+    """The conv nets run MaxPool -> ReLU where the lab has ReLU -> MaxPool (models/cnn.py,
+    ``_relu_pool_drop``): a training step of each order, from the same weights and seed,
+    gives the same logits, loss, gradients and batch-norm statistics, bit for bit. What is
+    pooled comes out of batch norm centred on zero, so windows without a positive value
+    (where the two orders pick different elements, and neither passes a gradient) occur."""
+    import copy
+
+    from mnist_tracker.models.cnn import in_lab_order
+    from mnist_tracker.training.runtime import autocast
+
+    torch.manual_seed(0)
+    ours = create_model(resolve_config(name)).train()
+    lab = in_lab_order(copy.deepcopy(ours))
+    assert [type(m) for m in lab.modules()] != [type(m) for m in ours.modules()]
+    assert lab.state_dict().keys() == ours.state_dict().keys()
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    results = []
+    for model in (ours, lab):
+        torch.manual_seed(1)  # the same dropout masks: drawn in the same order and sizes
+        with autocast(torch.device("cpu"), precision):
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        results.append((logits, loss, grads, model.state_dict()))
+    (l1, s1, g1, d1), (l2, s2, g2, d2) = results
+    assert torch.equal(l1, l2) and torch.equal(s1, s2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+    assert all(torch.equal(d1[k], d2[k]) for k in d1)  # BN's running statistics too
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_sizes_and_eval_mode(name):
     spec = get_spec(name)
