@@ -25,7 +25,7 @@ def _relu_pool_drop(p: float) -> list[nn.Module]:
     ReLU(max(window)) = max(ReLU(window)), and the gradient reaches the same element. With a
     positive maximum both pick the window's first maximum (ReLU leaves positive values as
     they are); without one both pass no gradient (ReLU's backward zeroes it). The ReLU then
-    touches a quarter of the elements: the cnn's training step 6-7 % faster on the 2-core CPU
+    touches a quarter of the elements: the cnn's training 4.5 % faster on the 2-core CPU
     (benchmarks/RESULTS.md, stop 29); tests/test_models.py checks the equality.
     """
     return [nn.MaxPool2d(2, 2), nn.ReLU(inplace=True), Dropout(p)]
