@@ -314,6 +314,21 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.fast
+def test_our_usage_errors_name_their_fix_and_no_help_pointer():
+    line = one_error_line(invoke("train", "--model", "alexnet", "--pretrained", "maybe"))
+    assert line.endswith("'maybe' is not a boolean; pass true or false"), line
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("group", [[], ["runs"], ["data"]], ids=lambda g: " ".join(g) or "-")
+def test_a_group_without_a_command_prints_its_help(group):
+    result = invoke(*group)
+    assert result.exit_code == 2 and "Error" not in result.output, result.output
+    assert result.output.startswith(f"Usage: {' '.join(['mnist-tracker', *group])} [OPTIONS]")
+    assert "\nCommands:\n" in result.output, result.output
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize(("args", "message", "command"), USAGE_ERRORS, ids=lambda v: str(v))
 def test_usage_errors_say_where_the_accepted_values_are(args, message, command):
     """click names what was wrong ("'two' is not a valid integer") but not what is accepted:

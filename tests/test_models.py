@@ -45,7 +45,8 @@ def test_forward_backward_and_counts(name):
 
 @pytest.mark.parametrize("name", ["cnn", "deep_cnn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_relu_after_max_pool_is_the_labs_network_bit_for_bit(name, precision):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_relu_after_max_pool_is_the_labs_network_bit_for_bit(name, precision, layout):
     """The conv nets run MaxPool -> ReLU where the lab has ReLU -> MaxPool (models/cnn.py,
     ``_relu_pool_drop``): a training step of each order, from the same weights and seed,
     gives the same logits, loss, gradients and batch-norm statistics, bit for bit. What is
@@ -57,11 +58,11 @@ def test_relu_after_max_pool_is_the_labs_network_bit_for_bit(name, precision):
     from mnist_tracker.training.runtime import autocast
 
     torch.manual_seed(0)
-    ours = create_model(resolve_config(name)).train()
+    ours = create_model(resolve_config(name)).train().to(memory_format=layout)
     lab = in_lab_order(copy.deepcopy(ours))
     assert [type(m) for m in lab.modules()] != [type(m) for m in ours.modules()]
     assert lab.state_dict().keys() == ours.state_dict().keys()
-    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    x, y = torch.rand(16, 1, 28, 28).to(memory_format=layout), torch.arange(16) % 10
     results = []
     for model in (ours, lab):
         torch.manual_seed(1)  # the same dropout masks: drawn in the same order and sizes

@@ -127,6 +127,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_run(
     assert cli.wait() == 143, cli.text[-3000:]
     assert "The run was marked KILLED." in cli.text and "Traceback" not in cli.text
     run_id = re.search(r"train --resume (\w+)", cli.text).group(1)
+    assert f"training cnn for 3 epoch(s) as run {run_id}; tracking to {server_uri}" in cli.text
 
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -144,6 +145,7 @@ def test_sigterm_then_resume_gives_the_uninterrupted_run(
     resumed = invoke(["train", "--resume", run_id, "--tracking-uri", server_uri])
     assert resumed.exit_code == 0, resumed.output[-3000:]
     assert f"resuming after epoch {saved} of 3" in resumed.output
+    assert f": resuming run {run_id}; tracking to {server_uri}" in resumed.stderr
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert_same_epochs(client, run_id, reference)
@@ -161,9 +163,9 @@ def test_resume_refuses_a_finished_run_and_settings(server_uri, experiment_name)
     run_id = re.search(r"^run (\w+):", done.output, re.M).group(1)
     again = invoke(["train", "--resume", run_id, "--tracking-uri", server_uri])
     assert again.exit_code == 2
-    assert again.stderr.strip().splitlines()[-1] == (
+    assert again.stderr.strip().splitlines() == [  # the Error line alone: no start line
         f"Error: run {run_id} already FINISHED; there is nothing to resume"
-    )
+    ]
     assert "Traceback" not in again.output
     mixed = invoke(["train", "--resume", run_id, "--epochs", "5"])
     assert mixed.exit_code == 2

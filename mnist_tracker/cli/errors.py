@@ -2,6 +2,7 @@
 
 | raised                            | printed                                       | exit    |
 |-----------------------------------|-----------------------------------------------|---------|
+| a group called without a command  | the group's help                              | 2       |
 | click's own usage error           | ``Error: <one line> See `<command> --help`.`` | 2       |
 | ``Refused``, ``BadValue`` (ours)  | ``Error: <one line, with the fix>``           | 2       |
 | ``UserError``                     | ``Error: <one line>``                         | 2       |
@@ -31,6 +32,8 @@ from ..errors import USAGE_EXIT, Interrupted, RunFailed, UserError
 from ..uris import scrub
 
 HINT_ATTR = "mnist_tracker_hint"
+# click 8.2+ raises this for a group called without a command (8.1 printed the help itself).
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _one_line(text: str) -> str:
@@ -53,6 +56,9 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, Interrupted):
         click.echo(scrub(_with_hint(f"Stopped by signal {exc.signum}.", exc)), err=True)
         return 128 + exc.signum
+    if isinstance(exc, _NO_ARGS_IS_HELP):  # a bare group: its help, as is
+        exc.show()
+        return exc.exit_code
     if isinstance(exc, click.ClickException):
         click.echo(f"Error: {_one_line(exc.format_message())}{_help_hint(exc)}", err=True)
         return USAGE_EXIT if isinstance(exc, click.UsageError) else exc.exit_code

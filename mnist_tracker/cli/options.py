@@ -21,7 +21,7 @@ from ..constants import (
     SCHEDULERS,
 )
 from ..uris import validate_tracking_uri
-from .errors import Refused
+from .errors import BadValue, Refused
 
 
 def option(*names: str, **kwargs):
@@ -45,7 +45,7 @@ class OptionalBool(click.ParamType):
             return True
         if lowered in ("false", "f", "0", "no", "n", "off"):
             return False
-        self.fail(f"{value!r} is not a boolean; pass true or false", param, ctx)
+        raise BadValue(f"{value!r} is not a boolean; pass true or false", ctx=ctx, param=param)
 
 
 def flag(name: str, help_text: str, default: bool | None = None):

@@ -152,5 +152,6 @@ def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
         system_metrics=options.system_metrics,
         attach=False,
         register=state.get("register"),
+        on_run_start=options.on_run_start,
     )
     return train(config, options, splits=splits, resume_from=Resume(run_id, state))
