@@ -195,16 +195,24 @@ def conv_shapes(config: TrainConfig, batch_size: int) -> list[tuple[nn.Conv2d, t
     return seen
 
 
+_LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def conv_pass(conv: nn.Conv2d, shape: tuple, precision: str, layout, device, first: bool):
-    """A function that runs ``conv`` forward and backward once, as a training step does: the
-    input's gradient too, except for the first layer (its input is the image)."""
+    """A function that runs ``conv`` forward and backward once, as a training step does: its
+    input in the dtype training gives it (the image in fp32, later layers the previous
+    layer's autocast output), the gradients of weight and bias, and of the input except for
+    the first layer (the image), computed afresh each time (no ``.grad`` to accumulate into,
+    as training sets them to None)."""
     conv = copy.deepcopy(conv).to(device, memory_format=layout)  # the lab's and ours: two
-    x = torch.randn(shape, device=device).to(memory_format=layout).requires_grad_(not first)
+    dtype = torch.float32 if first else _LOW.get(precision, torch.float32)
+    x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=layout)
+    wrt = [*conv.parameters()] if first else [x.requires_grad_(), *conv.parameters()]
 
     def run() -> None:
         with runtime.autocast(device, precision):
             out = conv(x)
-        out.backward(torch.ones_like(out))
+        torch.autograd.grad(out, wrt, torch.ones_like(out))
 
     return run
 
