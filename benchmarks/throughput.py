@@ -195,9 +195,6 @@ def conv_shapes(config: TrainConfig, batch_size: int) -> list[tuple[nn.Conv2d, t
     return seen
 
 
-_LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def conv_pass(conv: nn.Conv2d, shape: tuple, precision: str, layout, device, first: bool):
     """A function that runs ``conv`` forward and backward once, as a training step does: its
     input in the dtype training gives it (the image in fp32, later layers the previous
@@ -205,7 +202,7 @@ def conv_pass(conv: nn.Conv2d, shape: tuple, precision: str, layout, device, fir
     the first layer (the image), computed afresh each time (no ``.grad`` to accumulate into,
     as training sets them to None)."""
     conv = copy.deepcopy(conv).to(device, memory_format=layout)  # the lab's and ours: two
-    dtype = torch.float32 if first else _LOW.get(precision, torch.float32)
+    dtype = torch.float32 if first else runtime.compute_dtype(precision)
     x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=layout)
     wrt = [*conv.parameters()] if first else [x.requires_grad_(), *conv.parameters()]
 
@@ -265,7 +262,7 @@ def conv_table(convs: list[Convs], rows: list[Row], smoke: bool) -> str:
     lab_rate = {r.model: common.median(r.lab) for r in rows if r.image_size == 28}
     for c in convs:
         lab_ms, ours_ms = common.median(c.lab) * 1e3, common.median(c.ours) * 1e3
-        ceiling = rows[0].batch_size / (ours_ms / 1e3)
+        ceiling = rows[0].batch_size / common.median(c.ours)
         target = TARGETS.get((c.model, 28)) if rows[0].batch_size == 64 else None
         versus = ceiling / lab_rate[c.model]
         reach = common.verdict(versus >= target, smoke) if target else "-"

@@ -21,7 +21,7 @@ from ..constants import (
     SCHEDULERS,
 )
 from ..uris import validate_tracking_uri
-from .errors import BadValue, Refused
+from .errors import BadValue, fail
 
 
 def option(*names: str, **kwargs):
@@ -58,9 +58,7 @@ def flag(name: str, help_text: str, default: bool | None = None):
         def merged(*args, **kwargs):
             value, negated = kwargs.pop(name), kwargs.pop(f"no_{name}")
             if negated and value:
-                raise Refused(
-                    f"--{dashed} and --no-{dashed} contradict each other; pass one of them"
-                )
+                fail(f"--{dashed} and --no-{dashed} contradict each other; pass one of them")
             kwargs[name] = False if negated else (default if value is None else value)
             return fn(*args, **kwargs)
 

@@ -32,7 +32,7 @@ from ..data import Splits, to_input
 from ..errors import ConfigError, FeatureCacheError
 from ..models import get_spec, split_model
 from .loop import eval_batch_size
-from .runtime import autocast, sync
+from .runtime import autocast, compute_dtype, sync
 
 # The share of the device's available memory the cached features may take.
 MEMORY_FRACTION = 0.5
@@ -59,8 +59,9 @@ class CachePlan:
 
 
 def cache_dtype(precision: str) -> torch.dtype:
-    """The half-precision dtype features are stored in for a run at ``precision`` (resolved)."""
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    """The half-precision dtype features are stored in for a run at ``precision`` (resolved):
+    the run's own for bf16 and fp16, fp16 for fp32 runs."""
+    return torch.float16 if precision == "fp32" else compute_dtype(precision)
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -90,13 +90,21 @@ def is_resolved(config: TrainConfig) -> bool:
     return config.device != "auto" and config.precision != "auto"
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a resolved precision computes in: what autocast casts to (fp32: none)."""
+    return _DTYPES[precision]
+
+
 def autocast(device: torch.device, precision: str, *, cache: bool = True):
     """The autocast context for a resolved precision (a no-op for fp32). ``cache=False`` casts
     the weights afresh at every use, as a CUDA graph capture needs (its cache would outlive
     the capture)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    dtype = compute_dtype(precision)
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
