@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_tracker.models.layers import keep_mask
+from mnist_tracker.models.layers import dropout_multiplier, keep_mask
 from mnist_tracker.models.vit import Attention, attention_with_dropout
 
 pytestmark = pytest.mark.fast
@@ -93,3 +93,33 @@ def test_the_layer_uses_it_in_training_on_cpu_and_sdpa_otherwise():
     evaluated = layer.eval()(x)
     inner = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 50, 32)
     torch.testing.assert_close(evaluated, layer.proj(inner))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype):
+    """The layer splits q, k and v with ``unbind`` and upcasts them contiguous (no copies in
+    the matmuls): the output and every gradient equal those of the textbook split,
+    ``qkv.permute(...)[i]`` into the same attention, bit for bit, under autocast too."""
+    torch.manual_seed(0)
+    layer = Attention(dim=128, heads=8, dropout=0.1).train()
+    x = torch.randn(8, 50, 128, requires_grad=True)
+
+    def textbook(x):
+        qkv = layer.qkv(x).reshape(8, 50, 3, 8, 16).permute(2, 0, 3, 1, 4)
+        dtype, scale = qkv.dtype, 16**-0.25
+        with torch.autocast("cpu", enabled=False):
+            q, k, v = qkv[0].float(), qkv[1].float(), qkv[2].float()
+            weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
+            weights = weights * dropout_multiplier(weights, 0.1)
+            inner = (weights @ v).to(dtype)
+        return layer.proj_drop(layer.proj(inner.transpose(1, 2).reshape(8, 50, 128)))
+
+    results = []
+    for forward in (layer, textbook):
+        torch.manual_seed(3)  # the same masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = forward(x)
+        grads = torch.autograd.grad(out.float().square().sum(), [x, *layer.parameters()])
+        results.append((out, *grads))
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)

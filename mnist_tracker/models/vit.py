@@ -24,10 +24,12 @@ def attention_with_dropout(
     the weights, weights @ v, the result in the inputs' dtype. Only the mask differs (four
     times cheaper, as in ``layers.Dropout``), and the order of the 1 / (1 - p) scaling: ATen's
     math path handed the same mask gives the same result to 1 ulp (tests/test_attention.py).
+    The upcast also makes q, k and v contiguous (they arrive as views of the qkv projection),
+    so the matmuls need no copies of their own, forward or backward.
     """
     dtype, scale = q.dtype, q.shape[-1] ** -0.25
     with torch.autocast(q.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
+        q, k, v = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k, v))
         weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
         weights = weights * dropout_multiplier(weights, p)
         return (weights @ v).to(dtype)
@@ -52,8 +54,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
+        # unbind, not qkv[i]: its backward stacks the three gradients into qkv's own layout,
+        # where indexing would zero-fill a full-size tensor for each and add them up.
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (batch, heads, tokens, dim)
         x = self.attend(q, k, v, self.dropout if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, d)))
 
