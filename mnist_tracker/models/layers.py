@@ -18,30 +18,35 @@ def keep_mask(like: torch.Tensor, keep_prob: float) -> torch.Tensor:
     the draws again. Seeded by ``torch.manual_seed``. A ``keep_prob`` that rounds to 1 (within
     2**-17 of it) keeps every element, drawing nothing.
     """
+    return _kept(like, keep_prob, torch.bool)
+
+
+def dropout_multiplier(like: torch.Tensor, p: float) -> torch.Tensor:
+    """What a dropout of probability ``p`` multiplies ``like`` by: ``keep_mask(like, 1 - p)``
+    in ``like``'s dtype, kept elements 1 / (1 - p), the rest 0 (the same draws)."""
+    return _kept(like, 1.0 - p, like.dtype).mul_(1.0 / (1.0 - p))
+
+
+def _kept(like: torch.Tensor, keep_prob: float, dtype: torch.dtype) -> torch.Tensor:
+    """``keep_mask``'s draw as 1 (kept) and 0 in ``dtype``, shaped and laid out like ``like``."""
     kept = round(keep_prob * _INT16_VALUES)
     if kept >= _INT16_VALUES:  # the int16 comparison below cannot hold 2**15: it would wrap
-        return torch.ones_like(like, dtype=torch.bool)
+        return torch.ones_like(like, dtype=dtype)
     n = like.numel()
     per_word = 8 if kept % 256 == 0 else 4
     words = torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=like.device)
     words.random_(-(2**63), 2**63 - 1)
     if per_word == 8:
-        flat = words.view(torch.uint8)[:n] < kept // 256
+        values, threshold = words.view(torch.uint8)[:n], kept // 256
     else:
-        flat = words.view(torch.int16)[:n] < kept - _INT16_VALUES // 2
+        values, threshold = words.view(torch.int16)[:n], kept - _INT16_VALUES // 2
+    # The comparison writes the result's dtype itself: on the CPU, 1.6 M elements into bf16 in
+    # 114 us, where a bool result took 254 us and casting it to bf16 92 us more.
+    flat = torch.lt(values, threshold, out=torch.empty(n, dtype=dtype, device=like.device))
     if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
         batch, channels, height, width = like.shape
         return flat.view(batch, height, width, channels).permute(0, 3, 1, 2)
     return flat.view(like.shape)
-
-
-def dropout_multiplier(like: torch.Tensor, p: float) -> torch.Tensor:
-    """What a dropout of probability ``p`` multiplies ``like`` by: ``keep_mask(like, 1 - p)``
-    in ``like``'s dtype, kept elements 1 / (1 - p), the rest 0."""
-    # Through uint8: bool -> bf16 is a slow scalar loop on CPU (169 us for the cnn's first
-    # dropout at batch 64, 23 us from uint8; a bool tensor's bytes are 0 and 1).
-    mask = keep_mask(like, 1.0 - p).view(torch.uint8).to(like.dtype)
-    return mask.mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):
