@@ -95,24 +95,31 @@ def test_the_layer_uses_it_in_training_on_cpu_and_sdpa_otherwise():
     torch.testing.assert_close(evaluated, layer.proj(inner))
 
 
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s raw bits (so that -0.0 and +0.0 differ, as ``torch.equal`` would not say)."""
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype):
-    """The layer splits q, k and v with ``unbind`` and upcasts them contiguous (no copies in
-    the matmuls): the output and every gradient equal those of the textbook split,
+@pytest.mark.parametrize("head_dim", [16, 12])  # the vit's; one whose scale is no power of 2
+def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype, head_dim):
+    """The layer splits q, k and v with ``unbind`` and makes them contiguous in the upcast (no
+    copies in the matmuls): the output and every gradient equal those of the textbook split,
     ``qkv.permute(...)[i]`` into the same attention, bit for bit, under autocast too."""
     torch.manual_seed(0)
-    layer = Attention(dim=128, heads=8, dropout=0.1).train()
-    x = torch.randn(8, 50, 128, requires_grad=True)
+    dim = 8 * head_dim
+    layer = Attention(dim=dim, heads=8, dropout=0.1).train()
+    x = torch.randn(8, 50, dim, requires_grad=True)
 
     def textbook(x):
-        qkv = layer.qkv(x).reshape(8, 50, 3, 8, 16).permute(2, 0, 3, 1, 4)
-        dtype, scale = qkv.dtype, 16**-0.25
+        qkv = layer.qkv(x).reshape(8, 50, 3, 8, head_dim).permute(2, 0, 3, 1, 4)
+        dtype, scale = qkv.dtype, head_dim**-0.25
         with torch.autocast("cpu", enabled=False):
             q, k, v = qkv[0].float(), qkv[1].float(), qkv[2].float()
             weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
             weights = weights * dropout_multiplier(weights, 0.1)
             inner = (weights @ v).to(dtype)
-        return layer.proj_drop(layer.proj(inner.transpose(1, 2).reshape(8, 50, 128)))
+        return layer.proj_drop(layer.proj(inner.transpose(1, 2).reshape(8, 50, dim)))
 
     results = []
     for forward in (layer, textbook):
@@ -122,4 +129,4 @@ def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype):
         grads = torch.autograd.grad(out.float().square().sum(), [x, *layer.parameters()])
         results.append((out, *grads))
     for got, want in zip(*results, strict=True):
-        assert torch.equal(got, want)
+        assert got.dtype == want.dtype and torch.equal(bits(got), bits(want))

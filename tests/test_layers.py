@@ -51,15 +51,24 @@ def test_keep_mask_follows_channels_last_layout_and_the_seed():
     assert not torch.equal(keep_mask(like, 0.5), mask)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_multiplier_is_the_scaled_mask_in_the_inputs_dtype_and_layout(dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p", [0.25, 0.1, 1e-6])  # 8-bit draws, 16-bit draws, keep all
+def test_dropout_multiplier_is_the_scaled_mask_in_the_inputs_dtype_and_layout(dtype, p):
     like = torch.empty(8, 16, 5, 5, dtype=dtype).to(memory_format=torch.channels_last)
     torch.manual_seed(3)
-    multiplier = dropout_multiplier(like, 0.25)
+    multiplier = dropout_multiplier(like, p)
     torch.manual_seed(3)
-    expected = torch.where(keep_mask(like, 0.75), 1 / 0.75, 0.0).to(dtype)
+    expected = torch.where(keep_mask(like, 1 - p), 1 / (1 - p), 0.0).to(dtype)
     assert multiplier.dtype == dtype and torch.equal(multiplier, expected)
     assert multiplier.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(("keep", "drawn"), [(0.5, "1000011100101011"), (0.9, "1111111111110101")])
+def test_the_draws_of_a_seed_stay_the_same_across_versions(keep, drawn):
+    """A run resumed with a newer mnist-tracker continues with the masks the seed gave it
+    before: seed 0's draws as they have been since commit c9eceaa (8-bit draws, stop 28)."""
+    torch.manual_seed(0)
+    assert "".join("1" if kept else "0" for kept in keep_mask(torch.empty(16), keep)) == drawn
 
 
 def test_dropout_matches_nn_dropout_in_expectation_and_in_eval():

@@ -9,7 +9,7 @@ _INT16_VALUES = 1 << 16
 
 
 def keep_mask(like: torch.Tensor, keep_prob: float) -> torch.Tensor:
-    """A bool tensor shaped and laid out like ``like`` (contiguous or channels_last), each
+    """A bool tensor shaped like ``like`` (channels_last where ``like`` is, else contiguous), each
     element True with probability ``round(keep_prob * 2**16) / 2**16``, independently.
 
     Every 64-bit draw of PyTorch's generator gives four elements 16 random bits each, so the
@@ -28,7 +28,8 @@ def dropout_multiplier(like: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _kept(like: torch.Tensor, keep_prob: float, dtype: torch.dtype) -> torch.Tensor:
-    """``keep_mask``'s draw as 1 (kept) and 0 in ``dtype``, shaped and laid out like ``like``."""
+    """``keep_mask``'s draw as 1 (kept) and 0 in ``dtype``, shaped like ``like`` and in
+    channels_last where ``like`` is (a 4-D tensor), else contiguous."""
     kept = round(keep_prob * _INT16_VALUES)
     if kept >= _INT16_VALUES:  # the int16 comparison below cannot hold 2**15: it would wrap
         return torch.ones_like(like, dtype=dtype)

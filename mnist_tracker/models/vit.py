@@ -14,7 +14,7 @@ def attention_with_dropout(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, dropout_p=p)`` for CPU training, its mask drawn
-    by ``layers.keep_mask`` (through ``layers.dropout_multiplier``).
+    as ``layers.keep_mask`` draws it (applied through ``layers.dropout_multiplier``).
 
     On CPU, attention with dropout runs SDPA's math path, which draws the mask with
     ``bernoulli_``: 22 % of a bf16 vit training step on the 2-core CPU, plus its checks for
@@ -24,12 +24,16 @@ def attention_with_dropout(
     the weights, weights @ v, the result in the inputs' dtype. Only the mask differs (four
     times cheaper, as in ``layers.Dropout``), and the order of the 1 / (1 - p) scaling: ATen's
     math path handed the same mask gives the same result to 1 ulp (tests/test_attention.py).
-    The upcast also makes q, k and v contiguous (they arrive as views of the qkv projection),
-    so the matmuls need no copies of their own, forward or backward.
+    q, k and v arrive as strided views of the qkv projection; they are made contiguous here,
+    in the upcast's one copy (fp32 inputs: one copy too, ``.to`` returns them as they are), so
+    the matmuls need no copies of their own, forward or backward.
     """
     dtype, scale = q.dtype, q.shape[-1] ** -0.25
     with torch.autocast(q.device.type, enabled=False):
-        q, k, v = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k, v))
+        q, k, v = (
+            t.to(torch.float32, memory_format=torch.contiguous_format).contiguous()
+            for t in (q, k, v)
+        )
         weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
         weights = weights * dropout_multiplier(weights, p)
         return (weights @ v).to(dtype)
