@@ -66,12 +66,21 @@ BAD = [
     (["--model", "cnn", "--epochs", "two"], "'two' is not a valid integer"),
     (["--model", "cnn", "--pretrained", "maybe"], "'maybe' is not a boolean"),
     (["--model", "cnn", "--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
+    (["--model", "cnn", "--data-dir", str(SUBSET / "train-labels-idx1-ubyte.gz")], "not a folder"),
     (["--model", "cnn", "--val-size", "1000"], "not smaller than the training set"),
     (["--model", "alexnet", "--pretrained", "--no-pretrained"], "contradict"),
     (["--model", "cnn", "--cuda-graphs", "--precision", "fp16"], "cannot capture fp16"),
     (
         ["--model", "cnn", "--cuda-graphs", "--device", "cpu", "--data-dir", str(SUBSET)],
         "--cuda-graphs needs a CUDA device",
+    ),
+    # Devices torch parses but this machine lacks: refused before the run, not a traceback
+    # and a FAILED run (a hostile test's find, stop 30).
+    (["--model", "cnn", "--device", "cuda:99"], "device cuda:99 is not available here"),
+    (["--model", "cnn", "--device", "cuda:-1"], "unknown device 'cuda:-1'"),
+    (
+        ["--model", "cnn", "--register", "bad/name", "--data-dir", str(SUBSET)],
+        "Invalid model name 'bad/name'. Names cannot contain '/' or ':'; pass another --register",
     ),
 ]
 
@@ -678,3 +687,82 @@ def test_the_console_script_ends_through_leave_with_the_commands_status(argv, st
     finally:  # entry paused this test process's collector, and no epoch turned it back on
         collector.resume(freeze=False)
     assert left.value.args == (status,)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compare"],
+        ["promote"],
+        ["runs", "reap"],
+        ["predict", "--model-uri", "models:/m@a", "x.png"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_query_against_an_unreachable_server_fails_within_seconds(command, monkeypatch):
+    """MLflow's own retries took 247 s to give up on a closed port in `compare` (and longer in
+    `promote` and `runs reap`); the commands now ask the server first, as `train` does. With
+    MLflow's default retries, not the suite's single one."""
+    import time
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    start = time.monotonic()
+    result = invoke(*command, "--tracking-uri", "http://127.0.0.1:9")
+    one_error_line(result, "http://127.0.0.1:9 is not reachable", "--tracking-uri")
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "cuda:99"], "device cuda:99 is not available here"),
+        (["--trials", "0"], "trials must be at least 1"),
+    ],
+    ids=["device", "trials"],
+)
+def test_a_refused_tune_prints_its_error_alone_and_starts_no_study(args, message, sqlite_uri):
+    """The banner comes once the input is accepted; a device this machine lacks is refused
+    before the study's parent run (it was a FINISHED parent and a FAILED trial, exit 0)."""
+    result = invoke("tune", "--model", "cnn", "--val-size", "100", "--data-dir", str(SUBSET),
+                    *args, "--tracking-uri", sqlite_uri)  # fmt: skip
+    one_error_line(result, message)
+    assert_store_untouched(sqlite_uri)
+
+
+@pytest.fixture(scope="module")
+def one_finished_run(tmp_path_factory):
+    """A store with one finished cnn run (and its logged model) in experiment mnist."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('promote') / 'mlflow.db'}"
+    result = invoke("train", "--model", "cnn", *TINY_RUN, "--data-dir", str(SUBSET),
+                    "--no-system-metrics", "--tracking-uri", uri)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return uri
+
+
+PROMOTE_REFUSED = [
+    (["--alias", "bad alias!"], "Invalid alias name: 'bad alias!'", "--alias"),
+    (["--alias", "latest"], "'latest' alias name (case insensitive) is reserved", "--alias"),
+    (["--name", "a:b"], "Invalid model name 'a:b'", "--name"),
+    (["--model", "nope"], "unknown model 'nope'", "cnn, deep_cnn"),
+    (["--model", "vit"], "no finished vit runs in experiment 'mnist'", "--model vit`"),
+    (["--experiment", "nope"], "experiment 'nope' not found", "pass an existing --experiment"),
+]
+
+
+@pytest.mark.parametrize(("args", "problem", "fix"), PROMOTE_REFUSED, ids=lambda v: str(v))
+def test_promote_refuses_before_registering_and_names_only_its_own_options(
+    args, problem, fix, one_finished_run
+):
+    """A name or alias the registry would refuse is refused before anything is registered
+    (it registered version 1, then failed on the alias, in 3 lines); the fixes promote
+    suggests are options it has (compare's --filter, --include-unfinished and
+    --all-experiments are not)."""
+    from mlflow.tracking import MlflowClient
+
+    result = invoke("promote", *args, "--tracking-uri", one_finished_run)
+    line = one_error_line(result, problem, fix)
+    for foreign in ("--filter", "--include-unfinished", "--all-experiments"):
+        assert foreign not in line
+    assert MlflowClient(one_finished_run).search_registered_models() == []

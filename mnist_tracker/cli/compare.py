@@ -17,6 +17,7 @@ from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
     check_experiments,
+    connect,
     data_dir_option,
     flag,
     option,
@@ -159,9 +160,8 @@ def compare_cmd(
         fail("--experiment and --all-experiments contradict each other; pass one of them")
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
-    from ..tracking import set_tracking_uri
 
-    uri = set_tracking_uri(tracking_uri)
+    uri = connect(tracking_uri)
     _refuse_missing_sqlite(uri)
     query = compare_mod.Query(
         experiments=experiments or (DEFAULT_EXPERIMENT,),
@@ -248,7 +248,6 @@ def suite_cmd(
     from ..reporting.render import render
     from ..training.runtime import resolve_runtime
     from ..workflows import suite as suite_mod
-    from .train import connect
 
     names = suite_mod.parse_models(models)
     configs = suite_mod.suite_configs(names, **overrides)

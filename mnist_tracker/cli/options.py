@@ -151,6 +151,17 @@ def check_tracking_uri(_ctx, _param, value: str | None) -> str | None:
     return value
 
 
+def connect(tracking_uri: str | None) -> str:
+    """Set the tracking URI and check, within seconds, that its server answers
+    (TrackingUnavailable, exit 2, if not): a run must not train for hours and then find
+    nowhere to log, and a query must not sit through MLflow's retries (minutes) to say so."""
+    from ..tracking import check_reachable, set_tracking_uri
+
+    uri = set_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    return uri
+
+
 def check_experiments(_ctx, param, value):
     """The ``--experiment`` callback (one name, or a tuple of them): names no MLflow store
     takes (empty, too long) refused before anything starts."""

@@ -6,7 +6,7 @@ import click
 
 from ..constants import DEFAULT_EXPERIMENT
 from ..uris import redact
-from .options import check_experiments, option, tracking_uri_option
+from .options import check_experiments, connect, option, tracking_uri_option
 from .train import echo_err
 
 
@@ -30,10 +30,9 @@ def promote_cmd(metric, alias, model_name, name, experiments, tracking_uri) -> N
     Load it anywhere with models:/NAME@ALIAS, e.g. `mnist-tracker predict --model-uri
     models:/mnist@champion digit.png`.
     """
-    from ..tracking import set_tracking_uri
     from ..workflows.promote import PromoteSettings, promote
 
-    uri = set_tracking_uri(tracking_uri)
+    uri = connect(tracking_uri)
     settings = PromoteSettings(
         metric=metric,
         alias=alias,
@@ -64,9 +63,8 @@ def promote_cmd(metric, alias, model_name, name, experiments, tracking_uri) -> N
 def predict_cmd(model_uri, images, tracking_uri) -> None:
     """Classify the digits in IMAGES (PNG, JPEG: one digit each, any size, dark on light or
     light on dark; IDX images files: every digit), prepared as MNIST's were."""
-    from ..tracking import set_tracking_uri
     from ..workflows.predict import predict
 
-    set_tracking_uri(tracking_uri)
+    connect(tracking_uri)
     for p in predict(model_uri, images):
         click.echo(f"{p.source}: {p.digit} (probability {p.probability:.3f})")

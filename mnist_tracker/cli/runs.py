@@ -7,7 +7,7 @@ import re
 import click
 
 from .errors import BadValue
-from .options import check_experiments, flag, option, tracking_uri_option
+from .options import check_experiments, connect, flag, option, tracking_uri_option
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -50,10 +50,9 @@ def reap_cmd(older_than, experiments, dry_run, tracking_uri) -> None:
     whose heartbeat is older than --older-than, and which does not wait for `sync`, is
     ended FAILED with the tag mnist_tracker.reaped saying why and how to resume it.
     """
-    from ..tracking import set_tracking_uri
     from ..workflows.reap import reap
 
-    set_tracking_uri(tracking_uri)
+    connect(tracking_uri)
     reaped = reap(experiments, older_than, dry_run=dry_run)
     for run in reaped:
         verb = "would end" if dry_run else "ended FAILED"

@@ -16,23 +16,13 @@ from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
     check_tracking_uri,
+    connect,
     data_dir_option,
     flag,
     option,
     tracking_options,
     training_options,
 )
-
-
-def connect(tracking_uri: str | None) -> str:
-    """Set the tracking URI and check, within seconds, that its server answers
-    (TrackingUnavailable, exit 2, if not): a run must not train for hours and then find
-    nowhere to log."""
-    from ..tracking import check_reachable, set_tracking_uri
-
-    uri = set_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    return uri
 
 
 def echo_err(line: str) -> None:

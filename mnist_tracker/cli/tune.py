@@ -8,8 +8,8 @@ from .. import __version__
 from ..constants import PRUNERS, SAMPLERS
 from ..uris import redact
 from .errors import sigterm_as_interrupt
-from .options import data_dir_option, flag, option, tracking_options, training_options
-from .train import connect, echo_err
+from .options import connect, data_dir_option, flag, option, tracking_options, training_options
+from .train import echo_err
 
 
 @click.command()
@@ -87,12 +87,20 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial suffices
     settings = TuneSettings(model=model_name, **settings)
-    echo_err(
+    banner = [
         f"mnist-tracker {__version__}: tuning {model_name}, {settings.trials} trial(s), "
         f"storage {redact(settings.storage) or 'in memory'}, tracking to {redact(uri)}"
-    )
+    ]
+
+    def say(line: str) -> None:
+        # The banner comes with the first line the study says, once its input was accepted:
+        # a refused tune prints its Error line alone.
+        if banner:
+            echo_err(banner.pop())
+        echo_err(line)
+
     with sigterm_as_interrupt():  # the running trial's run ends KILLED, as on Ctrl-C
-        outcome = run_tune(settings, data_dir=data_dir, echo=echo_err)
+        outcome = run_tune(settings, data_dir=data_dir, echo=say)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     if outcome.best_value is None:
         click.echo(f"study {outcome.study.study_name}: no trial completed ({counts})")

@@ -171,8 +171,9 @@ def load_mnist(
     if (data_dir or os.environ.get(ENV_DATA_DIR)) and not root.is_dir():
         # Only the default ./data is created on demand; a named folder must exist (a typo
         # should not start a 60 MB download somewhere unexpected).
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"data dir {root} does not exist; pass an existing folder to --data-dir "
+            f"data dir {root} {problem}; pass an existing folder to --data-dir "
             f"(or set {ENV_DATA_DIR})"
         )
     wanted = {k: s for k, s in FILES.items() if include_test or not k.startswith("test")}

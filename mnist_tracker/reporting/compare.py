@@ -110,10 +110,29 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(("loss", "_time_s", "_time"))
 
 
+class UnknownExperiment(CompareError):
+    """An experiment the query names is not in the store (``name``; ``known``: those it has)."""
+
+    def __init__(self, name: str, known: str):
+        super().__init__(
+            f"experiment {name!r} not found in the tracking store (it has: {known}); "
+            "pass an existing --experiment, or --all-experiments"
+        )
+        self.name, self.known = name, known
+
+
+class NoRuns(CompareError):
+    """No training run matches the query in the experiments ``names``."""
+
+    def __init__(self, query: Query, names: Sequence[str]):
+        super().__init__(_empty_message(query, names))
+        self.names = list(names)
+
+
 def find_experiments(client: MlflowClient, query: Query) -> list[Experiment]:
     """The active experiments the query names (all of them with ``all_experiments``).
 
-    Raises CompareError naming the unknown experiment and the ones the store has.
+    Raises UnknownExperiment (a CompareError) naming it and the ones the store has.
     """
     if query.all_experiments:
         found = store.all_experiments(client)
@@ -125,10 +144,7 @@ def find_experiments(client: MlflowClient, query: Query) -> list[Experiment]:
         experiment = store.experiment_by_name(name, client)
         if experiment is None:
             known = ", ".join(sorted(e.name for e in store.all_experiments(client))) or "none"
-            raise CompareError(
-                f"experiment {name!r} not found in the tracking store (it has: {known}); "
-                "pass an existing --experiment, or --all-experiments"
-            )
+            raise UnknownExperiment(name, known)
         found.append(experiment)
     return found
 
@@ -281,9 +297,9 @@ def results_table(selected: pd.DataFrame, metric: str) -> pd.DataFrame:
 def compare(client: MlflowClient, query: Query) -> Comparison:
     """Run ``query`` against the store ``client`` talks to.
 
-    Raises CompareError for an unknown experiment, a filter MLflow rejects, no matching
-    training runs, or a metric none of them logged; ``StoreError`` when the store cannot
-    be read.
+    Raises CompareError for an unknown experiment (UnknownExperiment), a filter MLflow
+    rejects, no matching training runs (NoRuns), or a metric none of them logged;
+    ``StoreError`` when the store cannot be read.
     """
     experiments = find_experiments(client, query)
     names = [e.name for e in experiments]
@@ -298,7 +314,7 @@ def compare(client: MlflowClient, query: Query) -> Comparison:
             f"fix the filter (syntax: {SEARCH_SYNTAX_URL})"
         ) from None
     if frame.empty:
-        raise CompareError(_empty_message(query, names))
+        raise NoRuns(query, names)
     selected = select_rows(frame, query.mode, query.metric)
     table = results_table(selected, query.metric)
     holders = registry.alias_holders(client)

@@ -22,6 +22,26 @@ class Promotion:
     previous: str | None  # the version the alias pointed at before, if any
 
 
+def check_names(name: str | None = None, alias: str | None = None, *, option: str) -> None:
+    """RegistryError, before anything is trained or registered, for a registered-model
+    ``name`` or an ``alias`` the registry would refuse, by MLflow's own rules (names without
+    ``/`` or ``:``; aliases of letters, digits, ``_`` and ``-``, not ``latest`` or ``v<N>``).
+    ``option`` names where the value came from, for the fix. Where a later MLflow moves
+    these private checks, the registry still refuses, only later."""
+    from mlflow.utils import validation
+
+    checks = [(name, "_validate_model_name"), (alias, "_validate_model_alias_name"),
+              (alias, "_validate_model_alias_name_reserved")]  # fmt: skip
+    for value, check in checks:
+        if value is None or not hasattr(validation, check):
+            continue
+        try:
+            getattr(validation, check)(value)
+        except MlflowException as exc:
+            reason = " ".join(exc.message.split())[:300].rstrip(".")
+            raise RegistryError(f"{reason}; pass another {option}") from None
+
+
 def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
     """Register ``model_uri`` (a run's logged model) as a new version of ``name`` and point
     ``alias`` at it. A version of ``name`` already made from ``run_id`` is reused, so

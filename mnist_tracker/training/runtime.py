@@ -23,14 +23,32 @@ from ..models import get_spec
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps, then cpu. Anything else is passed to ``torch.device``."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``auto``: cuda, then mps, then cpu. Anything else is ``torch.device(name)``, refused
+    (ConfigError) when torch cannot parse it or this machine does not have that device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _has_mps() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; pass auto, cpu, cuda, cuda:N or mps") from None
+    missing = None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            missing = f"{count} CUDA device(s) found"
+    elif device.type == "mps" and not _has_mps():
+        missing = "no MPS device"
+    if missing:
+        raise ConfigError(
+            f"device {name} is not available here ({missing}); pass --device auto or cpu"
+        )
+    return device
+
+
+def _has_mps() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

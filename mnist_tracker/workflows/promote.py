@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from ..constants import DEFAULT_EXPERIMENT
 from ..errors import CompareError
-from ..reporting.compare import Query, compare
+from ..models.specs import get_spec
+from ..reporting.compare import NoRuns, Query, UnknownExperiment, compare
 from ..tracking import artifacts, client, store
-from ..tracking.registry import Promotion
+from ..tracking.registry import Promotion, check_names
 from ..tracking.registry import promote as register_and_alias
 
 
@@ -41,13 +42,32 @@ class PromoteOutcome:
 def promote(settings: PromoteSettings) -> PromoteOutcome:
     """Register the best run's model and move the alias (see the module's contract).
 
-    Raises CompareError when no finished training run matches, or the best one has no
-    logged model; RegistryError when the registry refuses.
+    Raises, before anything is registered, ConfigError for an unknown model and
+    RegistryError for a name or alias the registry would refuse; then CompareError when no
+    finished training run matches or the best one has no logged model, and RegistryError
+    when the registry refuses.
     """
+    if settings.model is not None:
+        get_spec(settings.model)  # ConfigError for a model mnist-tracker does not have
+    check_names(settings.registered_name(), option="--name")
+    check_names(alias=settings.alias, option="--alias")
     filter_string = f"params.model = '{settings.model}'" if settings.model else ""
     query = Query(settings.experiments, filter_string=filter_string, mode="all",
                   metric=settings.metric)  # fmt: skip
-    best = compare(client(), query).table.iloc[0]
+    try:
+        best = compare(client(), query).table.iloc[0]
+    except UnknownExperiment as exc:  # compare's own fixes name options promote lacks
+        raise CompareError(
+            f"experiment {exc.name!r} not found in the tracking store (it has: {exc.known}); "
+            "pass an existing --experiment"
+        ) from None
+    except NoRuns as exc:
+        runs = f"{settings.model} runs" if settings.model else "training runs"
+        where = ", ".join(repr(n) for n in exc.names)
+        raise CompareError(
+            f"no finished {runs} in experiment {where}; train one with `mnist-tracker train "
+            f"--model {settings.model or 'cnn'}`, or pass the --experiment they were logged to"
+        ) from None
     run = store.get_run(best["run_id"])
     model_uri = run.data.tags.get(artifacts.MODEL_URI_TAG) if run is not None else None
     if not model_uri:

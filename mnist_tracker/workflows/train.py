@@ -29,6 +29,7 @@ from ..models import count_params, create_model, get_spec
 from ..paths import ensure_home
 from ..reporting import images
 from ..tracking import RunSpec, TrackedRun, artifacts, records, store, tracked_run
+from ..tracking.registry import check_names
 from ..tracking.system import system_metrics
 from ..training import FitResult, fit, resolve_runtime, seed_everything
 from ..training.callbacks import Callback, EpochPrinter, ProgressBar, StartupOver
@@ -123,6 +124,8 @@ def _prepare(
         counts["test_size"] = len(splits.test_y)
     if options.checkpoints:
         ensure_home()  # refuse now rather than fail after the first epoch
+    if options.register is not None:  # refuse now, not once the model is logged
+        check_names(options.register, option="--register")
     tags = records.run_tags(config.device) | {"feature_cache_reason": plan.reason}
     params = config.to_params() | {k: str(v) for k, v in counts.items()}
     return _Prepared(config, splits, model, plan, params, tags | dict(options.tags))
@@ -138,10 +141,11 @@ def train(
     """Train ``config`` and log the run to the current MLflow tracking URI.
 
     ``splits`` skips loading (the tuner and the suite reuse one copy). Raises UserErrors
-    (ConfigError, DataError, ModelError, HomeError) before any run is created. A RunFailed
-    (Diverged: tags ``diverged_epoch`` and ``diverged_reason``) propagates after the run was
-    ended FAILED; a callback's ``Stop`` ends the run with its status and tags (the outcome's
-    ``result.stopped`` says so). ``resume_from`` continues a stopped run (see ``resume``).
+    (ConfigError, DataError, ModelError, HomeError, RegistryError) before any run is created.
+    A RunFailed (Diverged: tags ``diverged_epoch`` and ``diverged_reason``) propagates after
+    the run was ended FAILED; a callback's ``Stop`` ends the run with its status and tags (the
+    outcome's ``result.stopped`` says so). ``resume_from`` continues a stopped run (see
+    ``resume``).
 
     The garbage collector is on when this returns or raises (``collector``): the first epoch
     turns it on, and a training with none (a failure before it, a resumed run with no epoch

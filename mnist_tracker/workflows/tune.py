@@ -39,6 +39,7 @@ from ..tracking import (
     store,
 )
 from ..training.callbacks import Callback, FitState, Stop
+from ..training.runtime import resolve_runtime
 from ..uris import redact
 from .study import (
     MODEL_ATTR,
@@ -178,6 +179,7 @@ def tune(
     """
     settings.validate()
     base = settings.base_config()
+    resolve_runtime(base)  # a device this machine lacks: refused before the study's runs
     say = echo or (lambda _line: None)
     study_name = settings.resolved_study_name()
     lock = StudyLock.open(settings.storage, study_name)  # also proves the database answers
