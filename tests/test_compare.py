@@ -415,9 +415,11 @@ def test_bad_input_is_one_line_exit_2(server_uri, lab, args, message):
 
 @pytest.mark.slow
 def test_unreachable_server_is_one_line_exit_2():
-    result = invoke("--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = invoke("--tracking-uri", uri)
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("Error: cannot query the tracking store")
+    assert result.stderr.startswith(f"Error: tracking server {uri} is not reachable")
+    assert "pass another --tracking-uri" in result.stderr
     assert result.stderr.count("\n") == 1
 
 
