@@ -745,6 +745,7 @@ PROMOTE_REFUSED = [
     (["--alias", "bad alias!"], "Invalid alias name: 'bad alias!'", "--alias"),
     (["--alias", "latest"], "'latest' alias name (case insensitive) is reserved", "--alias"),
     (["--name", "a:b"], "Invalid model name 'a:b'", "--name"),
+    (["--name", ""], "Missing value for required parameter 'name'", "--name"),
     (["--model", "nope"], "unknown model 'nope'", "cnn, deep_cnn"),
     (["--model", "vit"], "no finished vit runs in experiment 'mnist'", "--model vit`"),
     (["--experiment", "nope"], "experiment 'nope' not found", "pass an existing --experiment"),
@@ -766,3 +767,22 @@ def test_promote_refuses_before_registering_and_names_only_its_own_options(
     for foreign in ("--filter", "--include-unfinished", "--all-experiments"):
         assert foreign not in line
     assert MlflowClient(one_finished_run).search_registered_models() == []
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--model", "cnn", "--data-dir", ""],
+        ["train", "--model", "cnn", "--tracking-uri", " "],
+        ["compare", "--tracking-uri", ""],
+        ["data", "check", "--data-dir", ""],
+    ],
+    ids=lambda a: f"{a[0]} {a[-2]}",
+)
+def test_an_empty_value_is_refused_not_taken_for_the_default(args, sqlite_uri):
+    """``--data-dir "$DIR"`` with DIR unset read ./data, and an empty --tracking-uri used
+    MLflow's default store: a script's slip, silently elsewhere. Refused, naming the fix."""
+    result = invoke(*args)
+    one_error_line(result, f"'{args[-2]}'", "it is empty", f"leave {args[-2]} out")
+    assert_no_runs(sqlite_uri)

@@ -133,17 +133,30 @@ def training_options(*names: str, **settings: dict):
     return decorate
 
 
+def not_empty(ctx, param, value: str | None) -> str | None:
+    """A callback refusing an empty (or blank) value, which would otherwise silently mean the
+    option's default (a script's unset variable: ``--data-dir "$DIR"``)."""
+    if value is not None and not value.strip():
+        flag = param.opts[0]
+        fix = f"pass a value, or leave {flag} out for its default"
+        raise BadValue(f"it is empty; {fix}", ctx=ctx, param=param)
+    return value
+
+
 def data_dir_option(fn):
     return option(
         "--data-dir",
         default=None,
+        callback=not_empty,
         help="Folder with the MNIST IDX files [default: $MNIST_DATA_DIR, else ./data].",
     )(fn)
 
 
-def check_tracking_uri(_ctx, _param, value: str | None) -> str | None:
+def check_tracking_uri(ctx, param, value: str | None) -> str | None:
     """The ``--tracking-uri`` callback: the URI, else ``$MLFLOW_TRACKING_URI`` (which MLflow
-    reads when none is given), refused before anything starts if MLflow could not open it."""
+    reads when none is given), refused before anything starts if MLflow could not open it
+    (or if it is empty)."""
+    not_empty(ctx, param, value)
     if value:
         validate_tracking_uri(value)
     elif os.environ.get("MLFLOW_TRACKING_URI"):

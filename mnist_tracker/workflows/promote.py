@@ -49,7 +49,8 @@ def promote(settings: PromoteSettings) -> PromoteOutcome:
     """
     if settings.model is not None:
         get_spec(settings.model)  # ConfigError for a model mnist-tracker does not have
-    check_names(settings.registered_name(), option="--name")
+    check_names(settings.name if settings.name is not None else settings.registered_name(),
+                option="--name")  # fmt: skip
     check_names(alias=settings.alias, option="--alias")
     filter_string = f"params.model = '{settings.model}'" if settings.model else ""
     query = Query(settings.experiments, filter_string=filter_string, mode="all",
