@@ -212,7 +212,13 @@ def validate(config: TrainConfig) -> None:
     if config.val_size < 0:
         raise ConfigError(f"val size must be 0 or more (got {config.val_size})")
     if config.device not in ("auto", "cpu", "mps") and not config.device.startswith("cuda"):
-        raise ConfigError(f"unknown device {config.device!r}; pass auto, cpu, cuda, cuda:N or mps")
+        raise unknown_device(config.device)
+
+
+def unknown_device(name: str) -> ConfigError:
+    """The refusal of a device name: here for one that names no kind of device, and in
+    ``runtime.select_device`` for one torch cannot parse (``cuda:-1``)."""
+    return ConfigError(f"unknown device {name!r}; pass auto, cpu, cuda, cuda:N or mps")
 
 
 def _validate_cuda_graphs(config: TrainConfig) -> None:

@@ -111,14 +111,12 @@ def lower_is_better(metric: str) -> bool:
 
 
 class UnknownExperiment(CompareError):
-    """An experiment the query names is not in the store (``name``; ``known``: those it has)."""
+    """An experiment the query names is not in the store; ``problem`` says which, and which
+    the store has, for a caller that words its own fix."""
 
     def __init__(self, name: str, known: str):
-        super().__init__(
-            f"experiment {name!r} not found in the tracking store (it has: {known}); "
-            "pass an existing --experiment, or --all-experiments"
-        )
-        self.name, self.known = name, known
+        self.problem = f"experiment {name!r} not found in the tracking store (it has: {known})"
+        super().__init__(f"{self.problem}; pass an existing --experiment, or --all-experiments")
 
 
 class NoRuns(CompareError):

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, unknown_device
 from ..errors import ConfigError
 from ..models import get_spec
 
@@ -32,7 +32,7 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; pass auto, cpu, cuda, cuda:N or mps") from None
+        raise unknown_device(name) from None
     missing = None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

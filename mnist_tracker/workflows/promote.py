@@ -28,7 +28,9 @@ class PromoteSettings:
     experiments: tuple[str, ...] = (DEFAULT_EXPERIMENT,)
 
     def registered_name(self) -> str:
-        return self.name or ("mnist" if self.model is None else f"mnist-{self.model}")
+        if self.name is not None:  # as given, even empty: check_names refuses that
+            return self.name
+        return "mnist" if self.model is None else f"mnist-{self.model}"
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,7 @@ def promote(settings: PromoteSettings) -> PromoteOutcome:
     """
     if settings.model is not None:
         get_spec(settings.model)  # ConfigError for a model mnist-tracker does not have
-    check_names(settings.name if settings.name is not None else settings.registered_name(),
-                option="--name")  # fmt: skip
+    check_names(settings.registered_name(), option="--name")
     check_names(alias=settings.alias, option="--alias")
     filter_string = f"params.model = '{settings.model}'" if settings.model else ""
     query = Query(settings.experiments, filter_string=filter_string, mode="all",
@@ -58,10 +59,7 @@ def promote(settings: PromoteSettings) -> PromoteOutcome:
     try:
         best = compare(client(), query).table.iloc[0]
     except UnknownExperiment as exc:  # compare's own fixes name options promote lacks
-        raise CompareError(
-            f"experiment {exc.name!r} not found in the tracking store (it has: {exc.known}); "
-            "pass an existing --experiment"
-        ) from None
+        raise CompareError(f"{exc.problem}; pass an existing --experiment") from None
     except NoRuns as exc:
         runs = f"{settings.model} runs" if settings.model else "training runs"
         where = ", ".join(repr(n) for n in exc.names)
