@@ -428,6 +428,7 @@ def test_a_killed_run_is_stale_then_reaped_with_how_to_resume(sqlite_uri, experi
     assert run.info.status == "FAILED"
     reason = run.data.tags[artifacts.REAPED_TAG]
     assert f"train --resume {run_id}" in reason and f":{cli.proc.pid}" in reason, reason
+    assert "(more than 10 min)" in reason, reason  # --older-than's default, as a person reads it
     for other in (fresh, pending):
         assert client.get_run(other).info.status == "RUNNING"
 
@@ -683,3 +684,15 @@ def test_reap_leaves_a_run_whose_lock_a_live_local_process_holds(
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert f"no heartbeat from {held_by}" in run.data.tags[artifacts.REAPED_TAG]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(10, "10 s"), (119, "119 s"), (600, "10 min"), (5400, "90 min"), (9000, "2.5 h")],
+)
+def test_a_reap_reason_gives_durations_in_the_unit_a_person_reads(seconds, text):
+    """`runs reap --older-than 10s` wrote "(more than 0.166667 min)"."""
+    from mnist_tracker.tracking.lease import _duration
+
+    assert _duration(seconds) == text

@@ -219,8 +219,8 @@ def reap(run: Run, older_than_s: float) -> str:
     run_id = run.info.run_id
     holder = run.data.tags.get(artifacts.HOLDER_TAG, "its process")
     reason = (
-        f"no heartbeat from {holder} for {heartbeat_age_s(run) / 60:.0f} min (more than "
-        f"{older_than_s / 60:g} min): the process died without ending the run (or lost the "
+        f"no heartbeat from {holder} for {_duration(heartbeat_age_s(run))} (more than "
+        f"{_duration(older_than_s)}): the process died without ending the run (or lost the "
         "server and keeps the rest in its outbox: `mnist-tracker sync` there finishes it)"
     )
     c = client()
@@ -229,6 +229,16 @@ def reap(run: Run, older_than_s: float) -> str:
     c.set_tag(run_id, artifacts.REAPED_TAG, reason)
     c.set_terminated(run_id, "FAILED")
     return reason
+
+
+def _duration(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``3.5 h``: how long, in the unit a person reads it in (a
+    ``--older-than 10s`` was "0.166667 min")."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _has_checkpoint_artifact(c, run_id: str) -> bool:
