@@ -6,6 +6,7 @@ Standard library only, so that the CLI modules can use it without loading MLflow
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -163,5 +164,7 @@ def _check_folder(folder: Path, shown: str) -> None:
     except OSError as exc:
         what = "cannot be written" if existing == folder else "cannot be created"
         reason = exc.strerror or exc
+        if exc.errno == errno.ENOENT:  # an existing folder that takes no new entries (/proc)
+            reason = f"{existing} takes no new files"
         raise ConfigError(f"{shown}: folder {folder} {what} ({reason}); {hint}") from None
     os.rmdir(probe)

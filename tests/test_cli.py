@@ -308,7 +308,8 @@ def test_experiment_names_no_store_takes_are_refused(args, message, sqlite_uri):
 BAD_URIS = [
     ("ftp://x", ["unsupported scheme ftp://", "http(s)://", "sqlite:///", "file:", "databricks"]),
     ("gopher://u:s3cret@h/", ["unsupported scheme gopher://", "u:***@h"]),
-    ("sqlite:////proc/nope/x.db", ["folder /proc/nope cannot be created"]),
+    ("sqlite:////proc/nope/x.db", ["folder /proc/nope cannot be created (/proc takes no new"]),
+    ("sqlite:////proc/x.db", ["folder /proc cannot be written (/proc takes no new files)"]),
     ("file:///proc/nope", ["folder /proc/nope cannot be created"]),
     ("http://", ["names no host"]),
 ]

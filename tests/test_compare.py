@@ -390,6 +390,7 @@ def test_output_file_holds_what_stdout_shows(server_uri, lab, tmp_path):
         (["--experiment", "{main}", "--format", "xml"], "'xml' is not one of"),
         (["--experiment", "{main}", "--output", "/no/such/dir/t.csv"], "cannot write --output"),
         (["--experiment", "{main}", "--report", "/no/such/dir/r.html"], "cannot write --report"),
+        (["--experiment", "{main}", "--report", "/tmp"], "/tmp: it is a folder"),
     ],
     ids=[
         "unknown-experiment",
@@ -402,6 +403,7 @@ def test_output_file_holds_what_stdout_shows(server_uri, lab, tmp_path):
         "bad-format",
         "unwritable-output",
         "unwritable-report",
+        "report-is-a-folder",
     ],
 )
 def test_bad_input_is_one_line_exit_2(server_uri, lab, args, message):
@@ -410,6 +412,7 @@ def test_bad_input_is_one_line_exit_2(server_uri, lab, args, message):
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert result.stdout == ""  # a refusal prints no table first
     assert "Traceback" not in result.output
 
 

@@ -31,6 +31,19 @@ if TYPE_CHECKING:
     from ..reporting.compare import Comparison, Query
 
 
+def _check_destination(path: str, what: str) -> None:
+    """Refuse a file path whose folder is missing (or which names a folder) before any query,
+    so that a refusal prints nothing else."""
+    target = Path(path)
+    if target.is_dir():
+        fail(f"cannot write {what} {path}: it is a folder; pass a file path")
+    if not target.parent.is_dir():
+        fail(
+            f"cannot write {what} {path}: folder {target.parent} does not exist; "
+            "pass a path in an existing folder"
+        )
+
+
 def _write(path: str, text: str, what: str) -> Path:
     """Write ``text`` to ``path``; a path that cannot be written is a usage error."""
     target = Path(path)
@@ -158,6 +171,9 @@ def compare_cmd(
     """
     if all_experiments and experiments:
         fail("--experiment and --all-experiments contradict each other; pass one of them")
+    for path, what in ((output, "--output"), (report, "--report")):
+        if path:
+            _check_destination(path, what)
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
 
@@ -189,12 +205,7 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
     from ..reporting import report as report_mod
     from ..tracking import client
 
-    target = Path(path)
-    if not target.parent.is_dir():
-        fail(
-            f"cannot write --report {path}: folder {target.parent} does not exist; "
-            "pass a path in an existing folder"
-        )
+    target = Path(path)  # its folder was checked before the query (``_check_destination``)
     notes = report_mod.write_report(
         target, comparison, client(), data_dir=data_dir, source=redact(uri)
     )
