@@ -14,25 +14,32 @@ import tempfile
 import traceback
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from .errors import ConfigError
+
+# ``scheme://user:password@``, read as SQLAlchemy reads a database URL: the password runs to
+# the first "@" and may hold "/", "?" or "#" (``openssl rand -base64`` makes such passwords),
+# where ``urlsplit`` would see a host and a path and no password at all. Hiding by this rule
+# hides at least what either reader takes for the password.
+_USERINFO = r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<password>[^\s@]+)@"
+_URL_PASSWORD = re.compile(_USERINFO)
+
+
+def password(uri: str | None) -> str | None:
+    """The password in ``uri`` (``scheme://user:password@host...``), or None."""
+    match = _URL_PASSWORD.match(uri or "")
+    return None if match is None else match["password"]
 
 
 def redact(uri: str | None) -> str:
     """``uri`` with any password replaced by ``***`` (safe to print, log or tag)."""
     if not uri:
         return ""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", uri, count=1)
 
 
-# ``scheme://user:password@``: any URL's password, whoever wrote it into a message.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
 # Secrets MLflow and the stack read from the environment; a message may quote them.
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY")
 
@@ -42,9 +49,9 @@ def scrub(text: str, uri: str | None = None) -> str:
     and the values of the ``SECRET_ENV`` variables (safe to print, log or tag)."""
     if uri:
         text = text.replace(uri, redact(uri))
-        password = urlsplit(uri).password
-        if password:
-            text = text.replace(password, "***")
+        secret = password(uri)
+        if secret:
+            text = text.replace(secret, "***")
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
     for name in SECRET_ENV:
         secret = os.environ.get(name)
