@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 
@@ -430,3 +431,69 @@ def test_storage_and_study_name_come_from_the_environment(sqlite_uri, tmp_path, 
     assert len(_children(parent.info.run_id)) == 1
     other = optuna.load_study(study_name="from-option", storage=f"sqlite:///{option_db}")
     assert len(other.get_trials()) == 1, "the run without options joined the option's study"
+
+
+def test_a_retry_that_dies_again_is_retried_not_counted():
+    """Optuna's ``failed_trial`` names the first attempt only; a retry that failed too (its
+    worker died again) was counted as a failure, and the study ended a trial short."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from mnist_tracker.workflows.study import study_state
+
+    study = optuna.create_study(direction="maximize")
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def add(state, history):
+        attrs = {"failed_trial": history[0], "retry_history": history} if history else {}
+        study.add_trial(create_trial(state=state, params={"lr": 1e-3}, distributions=space,
+                                     system_attrs=attrs))  # fmt: skip
+
+    add(TrialState.FAIL, [])  # trial 0: its worker died
+    add(TrialState.FAIL, [0])  # trial 1, its retry: died too
+    add(TrialState.WAITING, [0, 1])  # trial 2, the retry of the retry
+    state = study_state(study)
+    assert (state.counted, state.failed, state.waiting) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_worker_gives_its_trial_back(sig, server_uri, experiment_name, cli_env, tmp_path):
+    """Ctrl-C or SIGTERM mid-trial: the trial goes back to the study (FAIL, queued again with
+    its params, not counted), so the next worker runs it and the study reaches its total.
+    Before, SIGTERM left it RUNNING (a journal study, with no heartbeats, then waited for it
+    for ever) and Ctrl-C failed it for good, with Optuna's traceback."""
+    journal = tmp_path / "study.journal"
+    command = [
+        str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", "2", "--epochs", "2",
+        "--limit-train", "400", "--val-size", "100", "--pruner", "none", "--no-final",
+        "--storage", f"journal:{journal}", "--study-name", "stop", "--data-dir", str(SUBSET),
+        "--tracking-uri", server_uri, "--experiment", experiment_name,
+    ]  # fmt: skip
+    victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=cli_env)  # fmt: skip
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    number = wait_for_running_trial(storage, "stop", victim, deadline=time.monotonic() + 180)
+    victim.send_signal(sig)
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 128 + sig, err[-3000:]
+    assert f"trial {number}: stopped; it goes back to the study" in err, err[-3000:]
+    assert "Traceback" not in err
+    trials = optuna.load_study(study_name="stop", storage=storage).get_trials()
+    assert trials[number].state == TrialState.FAIL
+    (queued,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert queued.params == trials[number].params
+
+    survivor = subprocess.run(command, capture_output=True, text=True, env=cli_env, timeout=600)
+    assert survivor.returncode == 0, survivor.stderr[-3000:]
+    study = optuna.load_study(study_name="stop", storage=storage)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2, "the study reaches its total without the stopped attempt"
+    assert [t.system_attrs.get("failed_trial") for t in complete].count(number) == 1
+    children = _children(study.user_attrs["mlflow_parent_run_id"])
+    by_status = sorted((r.info.status, r.data.tags["optuna.state"]) for r in children)
+    assert by_status == [("FINISHED", "COMPLETE")] * 2 + [("KILLED", "FAIL")]
+    parent = MlflowClient().get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert (parent.data.metrics["n_complete"], parent.data.metrics["n_failed"]) == (2, 0)

@@ -85,7 +85,9 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
     from ..workflows.tune import format_params
     from ..workflows.tune import tune as run_tune
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial suffices
+    # Our own line per trial suffices: Optuna's warning for a failed trial adds its traceback
+    # (tens of lines a trial, and for Ctrl-C too).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     settings = TuneSettings(model=model_name, **settings)
     banner = [
         f"mnist-tracker {__version__}: tuning {model_name}, {settings.trials} trial(s), "

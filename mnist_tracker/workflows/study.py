@@ -9,7 +9,7 @@ Contracts:
   files, an advisory lock for PostgreSQL) around "count the trials, then create the next one",
   so ``settings.trials`` is the study's exact total.
 - ``study_state`` counts trials as the total does: a failed attempt that was retried (its
-  worker died; heartbeats) does not count.
+  worker died, heartbeats; or it was stopped by a signal) does not count.
 - A study searches one model: recorded in its user attributes (``MODEL_ATTR``) when created;
   ``claim_model`` refuses another model's worker before it runs a trial.
 """
@@ -339,7 +339,13 @@ class StudyState:
 
 def study_state(study: optuna.Study) -> StudyState:
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    # Every attempt a later trial retried: Optuna's ``failed_trial`` names only the first of
+    # them, its ``retry_history`` all (a retry that dies again is retried too, not counted).
+    retried = set()
+    for t in trials:
+        retried.update(t.system_attrs.get("retry_history", ()))
+        if t.system_attrs.get("failed_trial") is not None:
+            retried.add(t.system_attrs["failed_trial"])
     failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
     by_state = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
     return StudyState(

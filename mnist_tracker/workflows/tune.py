@@ -11,10 +11,13 @@ Contracts:
 - ``settings.trials`` is the study's total (``study.StudyLock``). With an RDB storage, trials
   send heartbeats; a trial whose worker died is marked FAIL after the grace period, its run
   ended FAILED, and it is retried by the surviving workers without counting twice.
+- A trial stopped by Ctrl-C or SIGTERM goes back to the study (``_give_back``): FAIL, queued
+  again with its params, not counted; its run ends KILLED. The next worker runs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -22,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .. import collector
 from .. import data as data_mod
 from ..config import TrainConfig, format_param
-from ..errors import StoreError
+from ..errors import Interrupted, StoreError
 from ..reporting import images
 from ..tracking import (
     RunSink,
@@ -283,11 +287,40 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 continue
             # optuna creates (or pops the waiting) trial, then calls the objective, which
             # releases the lock first thing: creation happens under the lock, training not.
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+            objective.current = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            except (KeyboardInterrupt, Interrupted):
+                _give_back(study, objective.current, settings, say)
+                raise
         finally:
             lock.release()
     say("timeout reached: this worker stops; the study goes on with the others")
     return False
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial | None, settings, say) -> None:
+    """Return a trial stopped by Ctrl-C or SIGTERM to the study: FAIL (Optuna leaves it RUNNING
+    on SIGTERM, and a journal study, which has no heartbeats, would wait for it for ever), then
+    queued again with its params as a heartbeat retry is, so that it does not count towards
+    the total and the next worker runs it. Its run, ended KILLED by ``train``, is tagged so."""
+    if trial is None:  # stopped before Optuna created the trial
+        return
+    storage = study._storage
+    frozen = storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.RUNNING:  # SIGTERM: Optuna catches Ctrl-C only
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        frozen = storage.get_trial(trial._trial_id)
+    if frozen.state != TrialState.FAIL:  # it had finished when the signal came
+        return
+    RetryHeartbeatStaleTrialCallback()(study, frozen)
+    run_id = frozen.user_attrs.get("mlflow_run_id")
+    if run_id:
+        with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
+            error = "stopped by a signal; the trial went back to the study"
+            _sink_of(run_id).set_tags({"optuna.state": "FAIL", "error": error})
+    if settings.storage:
+        say(f"trial {frozen.number}: stopped; it goes back to the study, for the next worker")
 
 
 def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked: set[int]) -> None:
@@ -349,6 +382,7 @@ class _Objective:
         self.base, self.splits, self.study_name = base, splits, study_name
         self.parent_run_id, self.settings, self.lock, self.say = parent_run_id, settings, lock, say
         self.epoch_hook = epoch_hook
+        self.current: optuna.Trial | None = None  # the trial being run, for ``_give_back``
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -376,6 +410,7 @@ class _Objective:
         )
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial
         self.lock.release()
         config = suggest_config(trial, self.base)
         self.say(f"trial {trial.number}: started")
