@@ -262,6 +262,8 @@ BAD = [
     (["--pruner", "sometimes"], "'sometimes' is not one of"),
     (["--val-size", "1000"], "not smaller than the training set"),
     (["--storage", "journal:/no/such/dir/j.log", "--val-size", "100"], "folder /no/such/dir"),
+    (["--heartbeat-interval", "5", "--grace-period", "6"], "pass --grace-period 10 or more"),
+    (["--storage", "mysql://u:pw-7@127.0.0.1:9/o"], "mysql://u:***@127.0.0.1:9/o: mysql has no"),
 ]
 
 
@@ -497,3 +499,74 @@ def test_a_stopped_worker_gives_its_trial_back(sig, server_uri, experiment_name,
     parent = MlflowClient().get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert (parent.data.metrics["n_complete"], parent.data.metrics["n_failed"]) == (2, 0)
+
+
+def _refused(sqlite_uri, *args):
+    """``tune`` refused in one line, exit 2, nothing tracked: that line."""
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    result = CliRunner().invoke(
+        main, ["tune", "--model", "cnn", "--tracking-uri", sqlite_uri, "--val-size", "100",
+               "--data-dir", str(SUBSET), *args],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def test_a_study_made_to_minimize_is_refused(sqlite_uri, tmp_path):
+    """Adopted as it was, its sampler searched for low accuracy and "best" was the worst."""
+    from .test_cli import assert_no_runs
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="low", storage=storage, direction="minimize")
+    line = _refused(sqlite_uri, "--storage", storage, "--study-name", "low")
+    assert "was created to minimize, not to maximize validation accuracy" in line
+    assert_no_runs(sqlite_uri)
+
+
+@pytest.mark.parametrize("deleted_for_good", [False, True], ids=["trash", "gone"])
+def test_a_study_whose_parent_run_was_deleted_is_refused(deleted_for_good, sqlite_uri, tmp_path):
+    """Its trials nested under a run in the trash, or (deleted for good) each failed at once."""
+    from mnist_tracker.workflows.study import PARENT_ATTR
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    client = MlflowClient(sqlite_uri)
+    run = client.create_run(client.create_experiment("tune-deleted"))
+    client.delete_run(run.info.run_id)
+    parent = "0" * 32 if deleted_for_good else run.info.run_id
+    study.set_user_attr(PARENT_ATTR, parent)
+    line = _refused(sqlite_uri, "--storage", storage, "--study-name", "s")
+    assert f"its parent run {parent}" in line
+    if deleted_for_good:
+        assert "no longer exists in MLflow; pass a new --study-name" in line
+    else:
+        assert f"is in MLflow's trash; restore it (mlflow runs restore --run-id {parent})" in line
+    assert optuna.load_study(study_name="s", storage=storage).trials == []
+
+
+def test_a_sqlite_url_with_a_driver_gets_the_study_lock(tmp_path):
+    """``sqlite+pysqlite:///`` had no lock: two workers made two parent runs."""
+    from mnist_tracker.workflows.study import StudyLock
+
+    lock = StudyLock.open(f"sqlite+pysqlite:///{tmp_path / 'o.db'}", "s")
+    try:
+        with lock.held():
+            assert (tmp_path / "o.db.lock").is_file()
+    finally:
+        lock.close()
+
+
+def test_an_in_memory_study_ends_at_its_timeout(server_uri, experiment_name):
+    """No other worker shares it: the timeout ends the study, results logged, parent FINISHED
+    (it stayed RUNNING for ever)."""
+    settings = TuneSettings("cnn", trials=5, timeout=0.1, pruner="none", final=False,
+                            experiment=experiment_name, **TINY)  # fmt: skip
+    outcome = tune(settings, data_dir=SUBSET)
+    assert outcome.counts == {"complete": 1, "pruned": 0, "failed": 0}
+    parent = MlflowClient().get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_complete"] == 1

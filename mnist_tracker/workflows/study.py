@@ -79,6 +79,13 @@ class TuneSettings:
             raise TuneError(
                 f"val size must be at least 1 (got {self.val_size}); the search needs it"
             )
+        if self.grace_period < 2 * self.heartbeat_interval:
+            # A live trial between two heartbeats would be failed and run twice.
+            raise TuneError(
+                f"grace period {self.grace_period} s is shorter than two heartbeats "
+                f"({self.heartbeat_interval} s apart): a running trial would be taken for dead; "
+                f"pass --grace-period {2 * self.heartbeat_interval} or more"
+            )
         validate_experiment_name(self.experiment)
 
     def base_config(self) -> TrainConfig:
@@ -163,6 +170,17 @@ def claim_model(study: optuna.Study, model: str, logged_model: str | None = None
         study.set_user_attr(MODEL_ATTR, model)
 
 
+def check_direction(study: optuna.Study) -> None:
+    """TuneError unless ``study`` maximizes one objective, as the tuner's val_accuracy needs:
+    a study made elsewhere to minimize would take the worst trial for the best."""
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        found = ", ".join(d.name.lower() for d in study.directions)
+        raise TuneError(
+            f"study {study.study_name!r} was created to {found}, not to maximize validation "
+            "accuracy; pass a new --study-name"
+        )
+
+
 def config_from_params(base: TrainConfig, params: dict) -> TrainConfig:
     """Rebuild a trial's config from its Optuna params (for the final run)."""
     config_fields = set(asdict(base)) - {"extra"}
@@ -235,11 +253,25 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
         ) from exc
 
 
+def _database(url: str) -> tuple[str | None, str | None]:
+    """(backend, database) of an SQLAlchemy URL, as SQLAlchemy reads it: ``sqlite+pysqlite``
+    is sqlite, ``postgresql+psycopg`` postgresql; (None, None) when it is not one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None, None
+    return parsed.get_backend_name(), parsed.database
+
+
 class StudyLock:
     """A lock shared by every worker of one study; ``acquire`` blocks, ``release`` is idempotent.
 
     In memory: a thread lock. SQLite or journal file: ``flock`` on a file beside it.
-    PostgreSQL: a session-level advisory lock keyed by the study name.
+    PostgreSQL: a session-level advisory lock keyed by the study name. Other databases
+    (MySQL, ...) are refused (TuneError): without a lock the total is not kept.
     """
 
     def __init__(self, storage_url: str | None, study_name: str):
@@ -251,20 +283,28 @@ class StudyLock:
         path = None
         if storage_url:
             journal = _journal_path(storage_url)
+            backend, database = _database(storage_url) if journal is None else (None, None)
             if journal is not None:
                 # Not PATH.lock: that is the journal backend's own lock (a symlink), which
                 # would wait 30 s on this file, then delete it.
                 path = journal.with_name(journal.name + ".study-lock")
-            elif storage_url.startswith("sqlite:///"):
-                db = Path(storage_url.removeprefix("sqlite:///"))
+            elif backend == "sqlite" and database not in (None, "", ":memory:"):
+                db = Path(database)
                 path = db.with_name(db.name + ".lock")
-            elif storage_url.startswith("postgresql"):
+            elif backend == "postgresql":
                 import sqlalchemy
 
                 engine = sqlalchemy.create_engine(
                     storage_url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
                 )
                 self._pg = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            elif backend not in (None, "sqlite"):  # an in-memory SQLite: this process alone
+                # Workers would each create trials and parent runs unchecked.
+                raise TuneError(
+                    f"storage {redact(storage_url)}: {backend} has no study lock here, so "
+                    "workers could not keep the total; pass postgresql://..., sqlite:///PATH "
+                    "or journal:PATH"
+                )
         if path is not None:
             self._file = open(path, "a+")  # noqa: SIM115 - held for the worker's lifetime
 
@@ -281,6 +321,8 @@ class StudyLock:
                 )
         try:
             return cls(storage_url, study_name)
+        except TuneError:
+            raise
         except Exception as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             raise TuneError(

@@ -31,13 +31,14 @@ from optuna.trial import TrialState
 from .. import collector
 from .. import data as data_mod
 from ..config import TrainConfig, format_param
-from ..errors import Interrupted, StoreError
+from ..errors import Interrupted, StoreError, TuneError
 from ..reporting import images
 from ..tracking import (
     RunSink,
     RunSpec,
     artifacts,
     attached_run_id,
+    client,
     open_run,
     set_tracking_uri,
     store,
@@ -51,6 +52,7 @@ from .study import (
     StudyLock,
     StudyState,
     TuneSettings,
+    check_direction,
     claim_model,
     config_from_params,
     heartbeat_enabled,
@@ -93,6 +95,7 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings, base: TrainConfi
     """
     existing = study.user_attrs.get(PARENT_ATTR)
     if existing:
+        _check_parent(study, existing)
         return existing
     tags = {"optuna.study_name": study.study_name, artifacts.ROLE_TAG: "study"}
     # Under ``mlflow run`` the parent is MLflow's run: tagged, not renamed.
@@ -115,6 +118,27 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings, base: TrainConfi
     run.sink.log_params({k: format_param(v) for k, v in params.items()})
     study.set_user_attr(PARENT_ATTR, run.run_id)
     return run.run_id
+
+
+def _check_parent(study: optuna.Study, run_id: str) -> None:
+    """TuneError when the study's parent run was deleted in MLflow: its trials would nest
+    under a run in the trash, or (deleted for good) each fail at once."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client().get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            return  # away, or refused: not a verdict on the run
+        run = None
+    if run is None or run.info.lifecycle_stage == "deleted":
+        fix = (
+            f"restore it (mlflow runs restore --run-id {run_id}) or pass a new --study-name"
+            if run is not None
+            else "pass a new --study-name"
+        )
+        gone = "is in MLflow's trash" if run is not None else "no longer exists in MLflow"
+        raise TuneError(f"study {study.study_name!r}: its parent run {run_id} {gone}; {fix}")
 
 
 def _finalize_parent(study: optuna.Study, parent_run_id: str, state: StudyState, say) -> None:
@@ -205,7 +229,8 @@ def tune(
                 direction="maximize",
                 load_if_exists=True,
             )
-            claim_model(study, settings.model, _logged_model(study))  # before any trial
+            check_direction(study)  # before any trial or run
+            claim_model(study, settings.model, _logged_model(study))
             with warnings.catch_warnings():  # experimental in Optuna, stable enough here
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(["val_accuracy"])  # named in optuna-dashboard, figures
@@ -295,6 +320,9 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 raise
         finally:
             lock.release()
+    if settings.storage is None:  # in memory: no other worker will end the study
+        say("timeout reached: the study ends here")
+        return True
     say("timeout reached: this worker stops; the study goes on with the others")
     return False
 
