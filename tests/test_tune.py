@@ -570,3 +570,53 @@ def test_an_in_memory_study_ends_at_its_timeout(server_uri, experiment_name):
     assert outcome.counts == {"complete": 1, "pruned": 0, "failed": 0}
     parent = MlflowClient().get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_complete"] == 1
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["before-a-trial", "inside-a-trial"])
+def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path, monkeypatch):
+    """The tracking server dies during trial 0: the trial ends into its outbox (its value
+    counts, the line says how to send it), and the worker stops in one error instead of
+    failing every remaining trial (each counted, some after minutes of retries). Found
+    before a trial starts (``check_reachable``), or, when it dies between that check and the
+    trial's run, inside it: then the trial goes back to the study."""
+    from mnist_tracker import errors
+    from mnist_tracker.workflows import tune as tune_mod
+
+    from .conftest import free_port
+    from .test_resilience import KillableServer
+
+    server = KillableServer(tmp_path, free_port())
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inside a trial: no minutes
+    tracking.set_tracking_uri(server.uri)
+    if not checked:  # the server passes the check, then is gone when the trial starts
+        monkeypatch.setattr(tune_mod, "check_reachable", lambda uri: None)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    lines: list[str] = []
+
+    def kill_in_trial_0(trial, epoch, metrics):
+        if trial.number == 0 and epoch == 1:
+            server.kill()
+
+    settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
+                            study_name="away", **TINY)  # fmt: skip
+    try:
+        with pytest.raises(errors.TuneError) as caught:
+            tune(settings, data_dir=SUBSET, echo=lines.append, epoch_hook=kill_in_trial_0)
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    message = str(caught.value)
+    assert message.startswith(f"the tracking server {server.uri} went away"), message
+    assert "send the runs it kept (1) with `mnist-tracker sync`" in message
+    assert message.endswith("start this worker again once the server is back")
+    assert any(line.startswith("trial 0: the tracking server went away") for line in lines)
+    trials = optuna.load_study(study_name="away", storage=storage).get_trials()
+    assert trials[0].state == TrialState.COMPLETE  # its value counts; its run waits for sync
+    if checked:
+        assert len(trials) == 1, "no trial was started against a server known to be gone"
+    else:
+        assert "; trial 1 went back to the study;" in message
+        assert [t.state for t in trials[1:]] == [TrialState.FAIL, TrialState.WAITING]
+        assert trials[2].params == trials[1].params

@@ -31,21 +31,23 @@ from optuna.trial import TrialState
 from .. import collector
 from .. import data as data_mod
 from ..config import TrainConfig, format_param
-from ..errors import Interrupted, StoreError, TuneError
+from ..errors import Interrupted, StoreError, TrackingUnavailable, TuneError
 from ..reporting import images
 from ..tracking import (
     RunSink,
     RunSpec,
     artifacts,
     attached_run_id,
+    check_reachable,
     client,
     open_run,
     set_tracking_uri,
     store,
 )
+from ..tracking.client import is_unreachable
 from ..training.callbacks import Callback, FitState, Stop
 from ..training.runtime import resolve_runtime
-from ..uris import redact
+from ..uris import redact, scrub
 from .study import (
     MODEL_ATTR,
     PARENT_ATTR,
@@ -288,7 +290,12 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     heartbeat = heartbeat_enabled(study)
     checked: set[int] = set()
+    uri = set_tracking_uri(None)
     while deadline is None or time.monotonic() < deadline:
+        try:  # seconds, not MLflow's minutes of retries inside a trial that then fails
+            check_reachable(uri)
+        except TrackingUnavailable as exc:
+            raise _server_away(uri, exc, None, objective) from None
         lock.acquire()
         try:
             if heartbeat:
@@ -314,10 +321,18 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
             # releases the lock first thing: creation happens under the lock, training not.
             objective.current = None
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,))
+                # Nothing caught: Optuna fails the trial, then re-raises its error here.
+                study.optimize(objective, n_trials=1, catch=())
             except (KeyboardInterrupt, Interrupted):
-                _give_back(study, objective.current, settings, say)
+                number = _give_back(study, objective.current)
+                if number is not None and settings.storage:
+                    say(f"trial {number}: stopped; it goes back to the study, for the next worker")
                 raise
+            except Exception as exc:
+                if objective.current is None or not is_unreachable(exc):
+                    continue  # the trial failed and counts; the study goes on
+                number = _give_back(study, objective.current, tag=False)  # not its fault
+                raise _server_away(uri, exc, number, objective) from None
         finally:
             lock.release()
     if settings.storage is None:  # in memory: no other worker will end the study
@@ -327,28 +342,46 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     return False
 
 
-def _give_back(study: optuna.Study, trial: optuna.Trial | None, settings, say) -> None:
-    """Return a trial stopped by Ctrl-C or SIGTERM to the study: FAIL (Optuna leaves it RUNNING
-    on SIGTERM, and a journal study, which has no heartbeats, would wait for it for ever), then
-    queued again with its params as a heartbeat retry is, so that it does not count towards
-    the total and the next worker runs it. Its run, ended KILLED by ``train``, is tagged so."""
+def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> TuneError:
+    """The error that stops a worker whose tracking server went away: without it every
+    remaining trial would fail at once (each counted), or sit through MLflow's retries."""
+    cause = exc.__cause__ if isinstance(exc, TrackingUnavailable) and exc.__cause__ else exc
+    reason = " ".join(str(cause).split())[:200]
+    back = "" if trial is None else f"; trial {trial} went back to the study"
+    kept = ""
+    if objective.outboxes:
+        kept = f"; send the runs it kept ({len(objective.outboxes)}) with `mnist-tracker sync`"
+    return TuneError(
+        f"the tracking server {redact(uri)} went away ({scrub(reason, uri)}){back}{kept}; "
+        "start this worker again once the server is back"
+    )
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial | None, tag: bool = True) -> int | None:
+    """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, to the study:
+    FAIL (Optuna leaves it RUNNING on SIGTERM, and a journal study, which has no heartbeats,
+    would wait for it for ever), then queued again with its params as a heartbeat retry is, so
+    that it does not count towards the total and the next worker runs it. Its run, ended by
+    ``train``, is tagged so (``tag``: not with the server away). Returns the trial's number, or
+    None when there was none to give back."""
     if trial is None:  # stopped before Optuna created the trial
-        return
+        return None
     storage = study._storage
     frozen = storage.get_trial(trial._trial_id)
     if frozen.state == TrialState.RUNNING:  # SIGTERM: Optuna catches Ctrl-C only
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         frozen = storage.get_trial(trial._trial_id)
     if frozen.state != TrialState.FAIL:  # it had finished when the signal came
-        return
-    RetryHeartbeatStaleTrialCallback()(study, frozen)
+        return None
+    with warnings.catch_warnings():  # experimental in Optuna, stable enough here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback()(study, frozen)
     run_id = frozen.user_attrs.get("mlflow_run_id")
-    if run_id:
+    if run_id and tag:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
             _sink_of(run_id).set_tags({"optuna.state": "FAIL", "error": error})
-    if settings.storage:
-        say(f"trial {frozen.number}: stopped; it goes back to the study, for the next worker")
+    return frozen.number
 
 
 def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked: set[int]) -> None:
@@ -411,6 +444,7 @@ class _Objective:
         self.parent_run_id, self.settings, self.lock, self.say = parent_run_id, settings, lock, say
         self.epoch_hook = epoch_hook
         self.current: optuna.Trial | None = None  # the trial being run, for ``_give_back``
+        self.outboxes: list = []  # where trials that ended offline keep their runs
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -452,6 +486,13 @@ class _Objective:
             raise optuna.TrialPruned()
         value = outcome.result.final["val_accuracy"]
         self.say(f"trial {trial.number}: val_accuracy {value:.4f}  {format_params(trial.params)}")
+        if outcome.offline_reason is not None:  # the value counts; the run waits for sync
+            self.outboxes.append(outcome.outbox)
+            self.say(
+                f"trial {trial.number}: the tracking server went away ({outcome.offline_reason}); "
+                f"its run waits in {outcome.outbox}: send it with "
+                f"`mnist-tracker sync {outcome.outbox}`"
+            )
         return value
 
 
