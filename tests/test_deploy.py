@@ -785,3 +785,32 @@ def test_server_script_runs_no_job_runner_unless_asked(fake_mlflow, tmp_path, gi
     subprocess.run(["sh", str(SERVER_SCRIPT)], env=env, capture_output=True, timeout=30)
     lines = (fake_mlflow["log"] / "env").read_text().splitlines()
     assert f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION={seen}" in lines
+
+
+def test_the_study_lock_survives_a_lost_database_session(postgres, experiment_name):
+    """PostgreSQL restarted (or failed over) under a worker: its lock's session is gone, and
+    the worker died at its next lock with SQLAlchemy's traceback, exit 1. It now takes a new
+    session, and the lock works as before: another session cannot take it while held."""
+    import sqlalchemy
+
+    from mnist_tracker.workflows.study import StudyLock
+
+    storage = pg_url(postgres, "optuna", "optuna")
+    lock = StudyLock.open(storage, experiment_name)
+    other = sqlalchemy.create_engine(storage)
+    try:
+        with lock.held():
+            pid = lock._pg.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar_one()
+        with other.connect() as conn:  # what a restart does to the lock's session
+            conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            conn.commit()
+        with lock.held():
+            new_pid = lock._pg.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar_one()
+            with other.connect() as conn:
+                taken = conn.execute(
+                    sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock._key}
+                ).scalar_one()
+        assert new_pid != pid and taken is False
+    finally:
+        lock.close()
+        other.dispose()

@@ -620,3 +620,51 @@ def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path
         assert "; trial 1 went back to the study;" in message
         assert [t.state for t in trials[1:]] == [TrialState.FAIL, TrialState.WAITING]
         assert trials[2].params == trials[1].params
+
+
+def test_optunas_error_after_a_lost_database_is_traced_to_the_database():
+    """Optuna, failing to read a trial back after a failed write, raises UnboundLocalError:
+    the database is found behind it."""
+    import sqlalchemy
+
+    from mnist_tracker.workflows.study import storage_error
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.OperationalError:
+            raise UnboundLocalError("cannot access local variable 'updated_state'") from None
+    except UnboundLocalError as exc:
+        assert storage_error(exc) is lost
+    assert storage_error(RuntimeError("GPU fell off the bus")) is None
+
+
+def test_a_database_lost_mid_search_is_one_error(
+    server_uri, experiment_name, tmp_path, monkeypatch
+):
+    """Not hundreds of lines of tracebacks and exit 1: one error naming the storage and what
+    to do."""
+    import sqlalchemy
+
+    from mnist_tracker import errors
+    from mnist_tracker.workflows import tune as tune_mod
+
+    calls = {"n": 0}
+    real = tune_mod.study_state
+
+    def flaky(study):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the first trial
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        return real(study)
+
+    monkeypatch.setattr(tune_mod, "study_state", flaky)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
+                            study_name="lost", experiment=experiment_name, **TINY)  # fmt: skip
+    with pytest.raises(errors.TuneError) as caught:
+        tune(settings, data_dir=SUBSET)
+    message = str(caught.value)
+    assert message.startswith(f"storage {storage} is out of reach (OperationalError:"), message
+    assert message.endswith("start this worker again once the database is back")

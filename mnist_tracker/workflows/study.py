@@ -276,8 +276,10 @@ class StudyLock:
 
     def __init__(self, storage_url: str | None, study_name: str):
         self._thread_lock = threading.Lock()
+        self._url = storage_url
         self._file = None
-        self._pg = None
+        self._pg = self._engine = None
+        self._pg_lost = False  # its session ended (a restart): any lock it held went with it
         self._held = False
         self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
         path = None
@@ -294,10 +296,10 @@ class StudyLock:
             elif backend == "postgresql":
                 import sqlalchemy
 
-                engine = sqlalchemy.create_engine(
+                self._engine = sqlalchemy.create_engine(
                     storage_url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
                 )
-                self._pg = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                self._pg = self._connect()
             elif backend not in (None, "sqlite"):  # an in-memory SQLite: this process alone
                 # Workers would each create trials and parent runs unchecked.
                 raise TuneError(
@@ -332,26 +334,57 @@ class StudyLock:
             ) from exc
 
     def acquire(self) -> None:
+        """Block until this worker holds the lock. PostgreSQL: a session lost to a restart or
+        failover is replaced once (TuneError when the database stays out of reach)."""
         self._thread_lock.acquire()
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-        elif self._pg is not None:
-            import sqlalchemy
-
-            self._pg.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        try:
+            if self._file is not None:
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+            elif self._pg is not None:
+                self._pg_lock()
+        except BaseException:
+            self._thread_lock.release()
+            raise
         self._held = True
 
     def release(self) -> None:
         if not self._held:
             return
         self._held = False
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-        elif self._pg is not None:
-            import sqlalchemy
+        try:
+            if self._file is not None:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+            elif self._pg is not None and not self._pg_lost:
+                import sqlalchemy
 
-            self._pg.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-        self._thread_lock.release()
+                try:
+                    unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
+                    self._pg.execute(unlock, {"k": self._key})
+                except sqlalchemy.exc.DBAPIError:
+                    self._pg_lost = True  # the lock went with the session; reconnect next time
+        finally:
+            self._thread_lock.release()
+
+    def _connect(self):
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def _pg_lock(self) -> None:
+        import sqlalchemy
+
+        lock = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
+        for attempt in (1, 2):
+            try:
+                if self._pg_lost:
+                    with contextlib.suppress(Exception):
+                        self._pg.close()
+                    self._pg = self._connect()
+                    self._pg_lost = False
+                self._pg.execute(lock, {"k": self._key})
+                return
+            except sqlalchemy.exc.DBAPIError as exc:
+                self._pg_lost = True
+                if attempt == 2 or not isinstance(exc, sqlalchemy.exc.OperationalError):
+                    raise storage_lost(self._url, exc) from None
 
     @contextlib.contextmanager
     def held(self):
@@ -366,7 +399,34 @@ class StudyLock:
         if self._file is not None:
             self._file.close()
         if self._pg is not None:
-            self._pg.close()
+            with contextlib.suppress(Exception):  # a session the database already ended
+                self._pg.close()
+
+
+def storage_error(exc: BaseException) -> BaseException | None:
+    """The database error behind ``exc`` (its own type, or what it was raised from or during:
+    Optuna, failing to read a trial back after a failed write, raises UnboundLocalError), or
+    None when the storage is not the cause."""
+    import sqlalchemy
+
+    kinds = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_lost(url: str | None, exc: BaseException) -> TuneError:
+    """The one-line error for a study database gone out of reach mid-search."""
+    reason = scrub(" ".join(f"{type(exc).__name__}: {exc}".split())[:200], url)
+    return TuneError(
+        f"storage {redact(url)} is out of reach ({reason}); the study is kept there: start "
+        "this worker again once the database is back"
+    )
 
 
 @dataclass

@@ -62,6 +62,8 @@ from .study import (
     make_sampler,
     open_storage,
     search_base,
+    storage_error,
+    storage_lost,
     study_state,
     suggest_config,
 )
@@ -241,8 +243,14 @@ def tune(
         objective = _Objective(
             trial_base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
         )
-        finished = _work(study, settings, lock, objective, say)
-        return _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say)
+        try:
+            finished = _work(study, settings, lock, objective, say)
+            return _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say)
+        except Exception as exc:
+            lost = storage_error(exc)
+            if lost is None:
+                raise
+            raise storage_lost(settings.storage, lost) from None  # not Optuna's traceback
     finally:
         lock.close()
 
@@ -319,7 +327,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 continue
             # optuna creates (or pops the waiting) trial, then calls the objective, which
             # releases the lock first thing: creation happens under the lock, training not.
-            objective.current = None
+            objective.current = objective.failed = None
             try:
                 # Nothing caught: Optuna fails the trial, then re-raises its error here.
                 study.optimize(objective, n_trials=1, catch=())
@@ -329,7 +337,9 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     say(f"trial {number}: stopped; it goes back to the study, for the next worker")
                 raise
             except Exception as exc:
-                if objective.current is None or not is_unreachable(exc):
+                if exc is not objective.failed:
+                    raise  # Optuna's own (its database gone: ``tune`` says so in one line)
+                if not is_unreachable(exc):
                     continue  # the trial failed and counts; the study goes on
                 number = _give_back(study, objective.current, tag=False)  # not its fault
                 raise _server_away(uri, exc, number, objective) from None
@@ -444,6 +454,7 @@ class _Objective:
         self.parent_run_id, self.settings, self.lock, self.say = parent_run_id, settings, lock, say
         self.epoch_hook = epoch_hook
         self.current: optuna.Trial | None = None  # the trial being run, for ``_give_back``
+        self.failed: Exception | None = None  # what the trial raised, if it failed
         self.outboxes: list = []  # where trials that ended offline keep their runs
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
@@ -480,6 +491,7 @@ class _Objective:
             outcome = train(config, self.options(trial), splits=self.splits)
         except Exception as exc:
             self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
+            self.failed = exc
             raise
         if outcome.result.stopped is not None:
             self.say(f"trial {trial.number}: pruned")
