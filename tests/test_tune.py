@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -668,3 +669,68 @@ def test_a_database_lost_mid_search_is_one_error(
     message = str(caught.value)
     assert message.startswith(f"storage {storage} is out of reach (OperationalError:"), message
     assert message.endswith("start this worker again once the database is back")
+
+
+def test_a_worker_with_other_settings_is_refused(server_uri, experiment_name, tmp_path):
+    """Its trials would not compare with the study's (another --epochs, hold-out, seed), or
+    it would count to another total: a finished study given a larger --trials ran the trials
+    but never logged their results."""
+    from mnist_tracker import errors
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = TuneSettings("cnn", trials=1, pruner="none", final=False, storage=storage,
+                         study_name="s", experiment=experiment_name, **TINY)  # fmt: skip
+    assert tune(first, data_dir=SUBSET).counts["complete"] == 1
+    others = [
+        ({"trials": 2}, "--trials 1"),
+        ({"epochs": 1, "val_size": 50}, "--epochs 2, --val-size 100"),
+    ]
+    for changes, says in others:
+        with pytest.raises(errors.TuneError) as caught:
+            tune(replace(first, **changes), data_dir=SUBSET)
+        assert str(caught.value) == (
+            f"study 's' was started with {says}; pass the same to add a worker to it, or a new "
+            "--study-name"
+        )
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(study.trials) == 1
+    assert tune(first, data_dir=SUBSET).counts["complete"] == 1  # the same settings: welcome
+
+
+def test_a_trial_taken_over_by_another_worker_is_recognised():
+    """Its worker finished it after another had failed and queued it (late heartbeats):
+    Optuna refuses the result, and the worker goes on instead of crashing."""
+    from mnist_tracker.workflows.tune import _taken_over
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    refused = ValueError("Cannot tell a FAIL trial.")
+    assert not _taken_over(study, trial, refused)  # still RUNNING: not that
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    assert _taken_over(study, trial, refused)
+    assert not _taken_over(study, trial, RuntimeError("other"))
+
+
+def test_a_stopped_final_run_says_how_to_resume_it(server_uri, experiment_name, monkeypatch):
+    """It was KILLED with a checkpoint, but nothing said so, and a rerun skips the final."""
+    from mnist_tracker.workflows import tune as tune_mod
+
+    real = tune_mod.train
+
+    def stopped_final(config, options, **kwargs):
+        if options.run_name and options.run_name.endswith("-best"):
+            options.on_run_start("f" * 32)
+            raise KeyboardInterrupt
+        return real(config, options, **kwargs)
+
+    monkeypatch.setattr(tune_mod, "train", stopped_final)
+    lines: list[str] = []
+    settings = TuneSettings("cnn", trials=1, pruner="none", experiment=experiment_name, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET, echo=lines.append)
+    assert lines[-1] == f"final: stopped; continue it with: mnist-tracker train --resume {'f' * 32}"
+    parents = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(experiment_name).experiment_id],
+        "tags.`mnist_tracker.role` = 'study'",
+    )
+    assert parents[0].data.tags["final_run_id"] == "f" * 32

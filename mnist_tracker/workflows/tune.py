@@ -22,7 +22,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -97,14 +97,27 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings, base: TrainConfi
 
     Call with the study lock held. Under ``mlflow run`` the run MLflow created is the parent.
     """
+    params = _parent_params(study, settings, base)
     existing = study.user_attrs.get(PARENT_ATTR)
     if existing:
-        _check_parent(study, existing)
+        _check_parent(study, existing, params)
         return existing
     tags = {"optuna.study_name": study.study_name, artifacts.ROLE_TAG: "study"}
     # Under ``mlflow run`` the parent is MLflow's run: tagged, not renamed.
     name = None if attached_run_id() else study.study_name
     run = open_run(RunSpec(settings.experiment, name, tags))
+    run.sink.log_params(params)
+    study.set_user_attr(PARENT_ATTR, run.run_id)
+    return run.run_id
+
+
+# What every worker of a study must share (its parent's params): the total, and what makes
+# trials comparable. The sampler and pruner are each worker's own objects but judge them.
+SHARED = ("trials", "epochs", "sampler", "pruner", "val_size", "seed", "limit_train")
+
+
+def _parent_params(study: optuna.Study, settings: TuneSettings, base: TrainConfig) -> dict:
+    """The parent run's params: the search settings and the trials' ``base`` config."""
     params = {
         "model": settings.model,
         "trials": settings.trials,
@@ -119,14 +132,14 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings, base: TrainConfi
         "study_name": study.study_name,
         "objective": "val_accuracy (maximize)",
     }
-    run.sink.log_params({k: format_param(v) for k, v in params.items()})
-    study.set_user_attr(PARENT_ATTR, run.run_id)
-    return run.run_id
+    return {k: format_param(v) for k, v in params.items()}
 
 
-def _check_parent(study: optuna.Study, run_id: str) -> None:
-    """TuneError when the study's parent run was deleted in MLflow: its trials would nest
-    under a run in the trash, or (deleted for good) each fail at once."""
+def _check_parent(study: optuna.Study, run_id: str, params: dict[str, str]) -> None:
+    """TuneError when the study's parent run was deleted in MLflow (its trials would nest
+    under a run in the trash, or, deleted for good, each fail at once), or when this worker's
+    ``params`` differ from the study's in a ``SHARED`` setting (its trials would not compare
+    with the others', or it would count to another total)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -143,6 +156,14 @@ def _check_parent(study: optuna.Study, run_id: str) -> None:
         )
         gone = "is in MLflow's trash" if run is not None else "no longer exists in MLflow"
         raise TuneError(f"study {study.study_name!r}: its parent run {run_id} {gone}; {fix}")
+    logged = run.data.params
+    differ = [k for k in SHARED if k in logged and logged[k] != params[k]]
+    if differ:
+        started = ", ".join(f"--{k.replace('_', '-')} {logged[k] or '(unset)'}" for k in differ)
+        raise TuneError(
+            f"study {study.study_name!r} was started with {started}; pass the same to add a "
+            "worker to it, or a new --study-name"
+        )
 
 
 def _finalize_parent(study: optuna.Study, parent_run_id: str, state: StudyState, say) -> None:
@@ -337,6 +358,12 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     say(f"trial {number}: stopped; it goes back to the study, for the next worker")
                 raise
             except Exception as exc:
+                if _taken_over(study, objective.current, exc):
+                    say(
+                        f"trial {objective.current.number}: another worker took it for dead "
+                        "(its heartbeats were late) and runs it again; this result is dropped"
+                    )
+                    continue
                 if exc is not objective.failed:
                     raise  # Optuna's own (its database gone: ``tune`` says so in one line)
                 if not is_unreachable(exc):
@@ -350,6 +377,14 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
         return True
     say("timeout reached: this worker stops; the study goes on with the others")
     return False
+
+
+def _taken_over(study: optuna.Study, trial: optuna.Trial | None, exc: Exception) -> bool:
+    """Whether Optuna refused to record ``trial``'s result because it is FAIL already: another
+    worker took it for dead (heartbeats late: a paused machine) and queued it again."""
+    if trial is None or "Cannot tell a FAIL trial" not in str(exc):
+        return False
+    return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
 
 
 def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> TuneError:
@@ -528,6 +563,16 @@ def _train_final(study, base, data_dir, parent_run_id, say) -> str:
         attach=False,
         echo=say,
     )
-    outcome = train(config, options)
-    _sink_of(parent_run_id).set_tags({"final_run_id": outcome.run_id})
+    started: list[str] = []
+
+    def on_run_start(run_id: str) -> None:  # linked at once: a stopped final is resumable
+        started.append(run_id)
+        _sink_of(parent_run_id).set_tags({"final_run_id": run_id})
+
+    try:
+        outcome = train(config, replace(options, on_run_start=on_run_start))
+    except (KeyboardInterrupt, Interrupted):
+        if started:
+            say(f"final: stopped; continue it with: mnist-tracker train --resume {started[0]}")
+        raise
     return outcome.run_id
