@@ -13,6 +13,9 @@ Contracts:
   ended FAILED, and it is retried by the surviving workers without counting twice.
 - A trial stopped by Ctrl-C or SIGTERM goes back to the study (``_give_back``): FAIL, queued
   again with its params, not counted; its run ends KILLED. The next worker runs it.
+- A worker stops with one TuneError, no trial counted failed for it, when its tracking server
+  is away (asked before each trial) or its study database is (``study.storage_lost``); and
+  refuses to join a study whose parent run was deleted or whose ``SHARED`` settings differ.
 """
 
 from __future__ import annotations
