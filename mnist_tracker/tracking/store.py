@@ -54,6 +54,20 @@ def get_run(run_id: str, mlflow_client: MlflowClient | None = None) -> Run | Non
         return None
 
 
+def existing_run(run_id: str, mlflow_client: MlflowClient | None = None) -> Run | None:
+    """The run ``run_id`` (deleted ones too), or None when the store says it has no such run;
+    StoreError when it cannot say (unreachable, refused): unlike ``get_run``, None is a
+    verdict."""
+    c = _client(mlflow_client)
+    try:
+        return c.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        with _querying(c):
+            raise
+
+
 def experiment_name(experiment_id: str, mlflow_client: MlflowClient | None = None) -> str:
     return _client(mlflow_client).get_experiment(experiment_id).name
 

@@ -42,7 +42,6 @@ from ..tracking import (
     artifacts,
     attached_run_id,
     check_reachable,
-    client,
     open_run,
     set_tracking_uri,
     store,
@@ -143,14 +142,10 @@ def _check_parent(study: optuna.Study, run_id: str, params: dict[str, str]) -> N
     under a run in the trash, or, deleted for good, each fail at once), or when this worker's
     ``params`` differ from the study's in a ``SHARED`` setting (its trials would not compare
     with the others', or it would count to another total)."""
-    from mlflow.exceptions import MlflowException
-
     try:
-        run = client().get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            return  # away, or refused: not a verdict on the run
-        run = None
+        run = store.existing_run(run_id)
+    except StoreError:
+        return  # away, or refused: not a verdict on the run
     if run is None or run.info.lifecycle_stage == "deleted":
         fix = (
             f"restore it (mlflow runs restore --run-id {run_id}) or pass a new --study-name"
