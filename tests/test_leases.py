@@ -696,3 +696,16 @@ def test_a_reap_reason_gives_durations_in_the_unit_a_person_reads(seconds, text)
     from mnist_tracker.tracking.lease import _duration
 
     assert _duration(seconds) == text
+
+
+def test_a_reaped_trial_run_says_its_trial_failed(sqlite_uri, experiment_name):
+    """A tuner's trial run ended by the reaper kept optuna.state=RUNNING beside FAILED."""
+    client = MlflowClient()
+    stale = {artifacts.HOLDER_TAG: "pid 1 on gone", artifacts.HEARTBEAT_TAG: iso_ago(20)}
+    experiment = client.create_experiment(experiment_name)
+    trial = client.create_run(experiment, tags=stale | {"optuna.state": "RUNNING"}).info.run_id
+    plain = client.create_run(experiment, tags=stale).info.run_id
+    ended, _ = reap("--experiment", experiment_name)
+    assert len(ended) == 2, ended
+    assert client.get_run(trial).data.tags["optuna.state"] == "FAIL"
+    assert "optuna.state" not in client.get_run(plain).data.tags
