@@ -728,9 +728,58 @@ def test_a_stopped_final_run_says_how_to_resume_it(server_uri, experiment_name, 
     settings = TuneSettings("cnn", trials=1, pruner="none", experiment=experiment_name, **TINY)
     with pytest.raises(KeyboardInterrupt):
         tune(settings, data_dir=SUBSET, echo=lines.append)
-    assert lines[-1] == f"final: stopped; continue it with: mnist-tracker train --resume {'f' * 32}"
+    resume = f"mnist-tracker train --resume {'f' * 32} --tracking-uri {server_uri}"
+    assert lines[-1] == f"final: stopped; continue it with: {resume} --data-dir {SUBSET}"
     parents = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name(experiment_name).experiment_id],
         "tags.`mnist_tracker.role` = 'study'",
     )
     assert parents[0].data.tags["final_run_id"] == "f" * 32
+
+
+def test_a_signal_while_optuna_records_a_result_keeps_the_result(
+    server_uri, experiment_name, tmp_path, monkeypatch
+):
+    """Ctrl-C or SIGTERM just as a trial ends lands inside Optuna's recording of its value,
+    which then raised UnboundLocalError (exit 1, a traceback) and left the trial RUNNING for
+    ever, its run FINISHED: a journal study could never end. The value is recorded now."""
+    from optuna.study import _optimize
+
+    real = _optimize._tell_with_warning
+    told = {"n": 0}
+
+    def signal_while_telling(*args, **kwargs):
+        told["n"] += 1
+        if told["n"] == 1:
+            raise KeyboardInterrupt  # as a Ctrl-C there would
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", signal_while_telling)
+    storage = f"journal:{tmp_path / 'j.log'}"
+    settings = TuneSettings("cnn", trials=2, pruner="none", final=False, storage=storage,
+                            study_name="end", experiment=experiment_name, **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET)
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log"))
+    )
+    (trial,) = optuna.load_study(study_name="end", storage=journal).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value is not None
+    assert tune(settings, data_dir=SUBSET).counts["complete"] == 2  # the study can end
+
+
+def test_an_in_memory_study_stopped_ends_its_parent(server_uri, experiment_name):
+    """No other worker can end it: its parent stayed RUNNING for ever."""
+
+    def stop(trial, epoch, metrics):
+        if trial.number == 1:
+            raise KeyboardInterrupt
+
+    settings = TuneSettings("cnn", trials=3, pruner="none", final=False,
+                            experiment=experiment_name, **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET, epoch_hook=stop)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name).experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`mnist_tracker.role` = 'study'")
+    assert parent.info.status == "KILLED" and parent.data.metrics["n_complete"] == 1

@@ -346,16 +346,18 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 continue
             # optuna creates (or pops the waiting) trial, then calls the objective, which
             # releases the lock first thing: creation happens under the lock, training not.
-            objective.current = objective.failed = None
+            objective.current = objective.failed = objective.value = None
             try:
                 # Nothing caught: Optuna fails the trial, then re-raises its error here.
                 study.optimize(objective, n_trials=1, catch=())
             except (KeyboardInterrupt, Interrupted):
-                number = _give_back(study, objective.current)
-                if number is not None and settings.storage:
-                    say(f"trial {number}: stopped; it goes back to the study, for the next worker")
+                _stopped(study, objective, settings, say)
                 raise
             except Exception as exc:
+                signal = _signal_behind(exc)
+                if signal is not None:  # it came while Optuna recorded the result
+                    _stopped(study, objective, settings, say)
+                    raise signal from None
                 if _taken_over(study, objective.current, exc):
                     say(
                         f"trial {objective.current.number}: another worker took it for dead "
@@ -375,6 +377,44 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
         return True
     say("timeout reached: this worker stops; the study goes on with the others")
     return False
+
+
+def _signal_behind(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM behind ``exc``: one arriving while Optuna records a trial's
+    result surfaces as Optuna's UnboundLocalError, raised during it."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, KeyboardInterrupt | Interrupted):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> None:
+    """A signal stopped the worker in a trial: a trial whose training had returned its value is
+    recorded COMPLETE (its run is FINISHED already); any other goes back to the study."""
+    trial = objective.current
+    if trial is not None and objective.value is not None:
+        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            study.tell(trial, objective.value)
+        return
+    number = _give_back(study, trial)
+    if number is not None and settings.storage:
+        say(f"trial {number}: stopped; it goes back to the study, for the next worker")
+    elif number is not None:  # in memory: the study ends with this process
+        _end_parent_stopped(study, objective.parent_run_id)
+
+
+def _end_parent_stopped(study: optuna.Study, parent_run_id: str) -> None:
+    """An in-memory study stopped by a signal: no worker will end its parent; end it KILLED,
+    with the results so far."""
+    with contextlib.suppress(Exception):  # stopping: best effort
+        sink = _sink_of(parent_run_id)
+        state = study_state(study)
+        sink.log_metrics({"n_complete": state.complete, "n_pruned": state.pruned})
+        sink.end("KILLED")
 
 
 def _taken_over(study: optuna.Study, trial: optuna.Trial | None, exc: Exception) -> bool:
@@ -488,6 +528,7 @@ class _Objective:
         self.epoch_hook = epoch_hook
         self.current: optuna.Trial | None = None  # the trial being run, for ``_give_back``
         self.failed: Exception | None = None  # what the trial raised, if it failed
+        self.value: float | None = None  # what the trial's training returned
         self.outboxes: list = []  # where trials that ended offline keep their runs
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
@@ -529,7 +570,7 @@ class _Objective:
         if outcome.result.stopped is not None:
             self.say(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned()
-        value = outcome.result.final["val_accuracy"]
+        value = self.value = outcome.result.final["val_accuracy"]
         self.say(f"trial {trial.number}: val_accuracy {value:.4f}  {format_params(trial.params)}")
         if outcome.offline_reason is not None:  # the value counts; the run waits for sync
             self.outboxes.append(outcome.outbox)
@@ -571,6 +612,9 @@ def _train_final(study, base, data_dir, parent_run_id, say) -> str:
         outcome = train(config, replace(options, on_run_start=on_run_start))
     except (KeyboardInterrupt, Interrupted):
         if started:
-            say(f"final: stopped; continue it with: mnist-tracker train --resume {started[0]}")
+            command = f"mnist-tracker train --resume {started[0]}"
+            command += f" --tracking-uri {redact(set_tracking_uri(None))}"
+            command += f" --data-dir {data_dir}" if data_dir else ""
+            say(f"final: stopped; continue it with: {command}")
         raise
     return outcome.run_id
