@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -814,3 +815,38 @@ def test_the_study_lock_survives_a_lost_database_session(postgres, experiment_na
     finally:
         lock.close()
         other.dispose()
+
+
+def test_a_postgres_restart_mid_trial_is_ridden_out(server_uri, experiment_name, cli_env):
+    """A PostgreSQL of its own, restarted while a worker trains: the trial's reports, result
+    and heartbeats wait for it (up to study.OUTAGE_S) and the study ends at its total. Before,
+    the worker failed its trial and stopped (exit 2), and Optuna's heartbeat thread died with
+    a traceback, leaving a live trial to be taken for dead."""
+    root = tempfile.mkdtemp(prefix="mnist-tracker-pg-restart-", dir=SYSTEM_TMP)
+    os.chmod(root, 0o755)
+    data_dir, port = os.path.join(root, "data"), free_port()
+    env = dict(os.environ, MLFLOW_DB_PASSWORD="m-pw-restart", OPTUNA_DB_PASSWORD="o-pw-restart")
+    script = ["sh", str(REPO / "deploy" / "local-postgres.sh")]
+    postgres = {"host": "127.0.0.1", "port": port, "optuna_password": "o-pw-restart"}
+    storage = pg_url(postgres, "optuna", "optuna")
+    try:
+        subprocess.run([*script, "start", data_dir, str(port)], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        command = [*_tune_command(postgres, experiment_name, "restart", 2, limit_train=400),
+                   "--epochs", "3", "--heartbeat-interval", "1", "--grace-period", "30",
+                   "--tracking-uri", server_uri]  # fmt: skip
+        worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=cli_env)  # fmt: skip
+        wait_for_running_trial(storage, "restart", worker, deadline=time.monotonic() + 180)
+        subprocess.run([*script, "stop", data_dir], env=env, check=True, capture_output=True)
+        time.sleep(2)  # down for longer than a heartbeat and an epoch's report
+        subprocess.run([*script, "start", data_dir, str(port)], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+        assert "Traceback" not in err and "Exception in thread" not in err, err[-3000:]
+        trials = optuna.load_study(study_name="restart", storage=storage).get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    finally:
+        subprocess.run([*script, "stop", data_dir], env=env, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -633,11 +633,15 @@ def test_optunas_error_after_a_lost_database_is_traced_to_the_database():
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
     try:
         try:
-            raise lost
-        except sqlalchemy.exc.OperationalError:
+            try:
+                raise lost
+            except sqlalchemy.exc.OperationalError as cause:
+                message = "An exception is raised during the commit... exceeding max length."
+                raise optuna.exceptions.StorageInternalError(message) from cause
+        except optuna.exceptions.StorageInternalError:
             raise UnboundLocalError("cannot access local variable 'updated_state'") from None
     except UnboundLocalError as exc:
-        assert storage_error(exc) is lost
+        assert storage_error(exc) is lost  # the database's words, not Optuna's wrapper's
     assert storage_error(RuntimeError("GPU fell off the bus")) is None
 
 

@@ -21,6 +21,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import threading
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -236,7 +237,7 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
             engine_kwargs["connect_args"] = {"timeout": 60}  # wait on the other writers
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            return PatientStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
@@ -264,6 +265,81 @@ def _database(url: str) -> tuple[str | None, str | None]:
     except ArgumentError:
         return None, None
     return parsed.get_backend_name(), parsed.database
+
+
+OUTAGE_S = 60.0  # how long a trial waits for its database to come back (a restart, failover)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` (Optuna's StorageInternalError) is the database out of reach."""
+    import sqlalchemy
+
+    return isinstance(exc.__cause__ or exc.__context__, sqlalchemy.exc.OperationalError)
+
+
+class PatientStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage that rides out a database restart or failover, up to OUTAGE_S: the
+    writes and reads a running trial makes (its epoch reports, the pruner's reads, its result)
+    are tried again, and a heartbeat that fails is skipped (the next one tries again) instead
+    of ending Optuna's heartbeat thread, which left a live trial to be taken for dead.
+
+    Only calls that can be repeated are retried: upserts, reads, and the trial's final state
+    (a repeat that finds the state already written is that write's success).
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.StorageInternalError as exc:
+            if not _lost_connection(exc):
+                raise
+
+    def _patiently(self, call, *args, **kwargs):
+        deadline = time.monotonic() + OUTAGE_S
+        pause = 0.5
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except optuna.exceptions.StorageInternalError as exc:
+                if not _lost_connection(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    def set_trial_intermediate_value(self, *args, **kwargs):
+        return self._patiently(super().set_trial_intermediate_value, *args, **kwargs)
+
+    def set_trial_user_attr(self, *args, **kwargs):
+        return self._patiently(super().set_trial_user_attr, *args, **kwargs)
+
+    def get_trial(self, *args, **kwargs):
+        return self._patiently(super().get_trial, *args, **kwargs)
+
+    def get_all_trials(self, *args, **kwargs):
+        return self._patiently(super().get_all_trials, *args, **kwargs)
+
+    def _get_trials(self, *args, **kwargs):  # how Optuna's cache reads them
+        return self._patiently(super()._get_trials, *args, **kwargs)
+
+    def get_trial_system_attrs(self, *args, **kwargs):
+        return self._patiently(super().get_trial_system_attrs, *args, **kwargs)
+
+    def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
+        first = True
+
+        def write():
+            nonlocal first
+            try:
+                return super(PatientStorage, self).set_trial_state_values(trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A repeat of a write that landed before its connection broke: done.
+                if first or super(PatientStorage, self).get_trial(trial_id).state != state:
+                    raise
+                return True
+            finally:
+                first = False
+
+        return self._patiently(write)
 
 
 class StudyLock:
@@ -409,14 +485,17 @@ def storage_error(exc: BaseException) -> BaseException | None:
     None when the storage is not the cause."""
     import sqlalchemy
 
-    kinds = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    for _ in range(6):
-        if seen is None:
-            return None
-        if isinstance(seen, kinds):
-            return seen
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    # The database's own words (connection refused) before Optuna's wrapper's ("invalid data
+    # in the commit, e.g. exceeding max length", whatever the cause).
+    for kind in (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        found = [e for e in chain if isinstance(e, kind)]
+        if found:
+            return found[0]
     return None
 
 
