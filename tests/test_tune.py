@@ -787,3 +787,29 @@ def test_an_in_memory_study_stopped_ends_its_parent(server_uri, experiment_name)
     experiment = client.get_experiment_by_name(experiment_name).experiment_id
     (parent,) = client.search_runs([experiment], "tags.`mnist_tracker.role` = 'study'")
     assert parent.info.status == "KILLED" and parent.data.metrics["n_complete"] == 1
+
+
+def test_a_final_stopped_before_its_run_exists_is_trained_by_the_next_worker(
+    server_uri, experiment_name, tmp_path, monkeypatch
+):
+    """SIGTERM as the final began left nothing to resume, and every later worker skipped it."""
+    from mnist_tracker.workflows import tune as tune_mod
+
+    real = tune_mod.train
+
+    def stopped_at_start(config, options, **kwargs):
+        if options.run_name and options.run_name.endswith("-best"):
+            raise KeyboardInterrupt  # before its run exists
+        return real(config, options, **kwargs)
+
+    monkeypatch.setattr(tune_mod, "train", stopped_at_start)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = TuneSettings("cnn", trials=1, pruner="none", storage=storage, study_name="f",
+                            experiment=experiment_name, **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET)
+    monkeypatch.setattr(tune_mod, "train", real)
+    outcome = tune(settings, data_dir=SUBSET)
+    assert outcome.final_run_id is not None
+    assert MlflowClient().get_run(outcome.final_run_id).info.status == "FINISHED"
+    assert tune(settings, data_dir=SUBSET).final_run_id is None  # trained once, not again

@@ -283,8 +283,15 @@ def _logged_model(study: optuna.Study) -> str | None:
     return None if parent is None else parent.data.params.get("model")
 
 
+# A study user attribute: True while a worker trains (or has trained) the final run; False when
+# it was stopped before the run existed, for a later worker to train it.
+FINAL_CLAIM = "final_claimed"
+
+
 def _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say) -> TuneOutcome:
-    """Log the study's results once (the first worker to see it full) and train the final."""
+    """Log the study's results once (the first worker to see it full) and train the final:
+    that worker, or a later one when the final was stopped before its run existed (a final
+    stopped later is resumed with ``train --resume``, as its line says)."""
     state = study_state(study)
     final_run_id = None
     owner = False
@@ -293,8 +300,12 @@ def _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, sa
             if not study.user_attrs.get("results_logged"):
                 _finalize_parent(study, parent_run_id, state, say)
                 study.set_user_attr("results_logged", True)
-                owner = True
-        if owner and settings.final and state.complete:
+                owner = settings.final and state.complete > 0
+            elif study.user_attrs.get(FINAL_CLAIM) is False:  # released: stopped early
+                owner = settings.final
+            if owner:
+                study.set_user_attr(FINAL_CLAIM, True)
+        if owner:
             final_run_id = _train_final(study, base, data_dir, parent_run_id, say)
     best = study.best_trial if state.complete else None
     return TuneOutcome(
@@ -610,8 +621,11 @@ def _train_final(study, base, data_dir, parent_run_id, say) -> str:
 
     try:
         outcome = train(config, replace(options, on_run_start=on_run_start))
-    except (KeyboardInterrupt, Interrupted):
-        if started:
+    except BaseException as exc:
+        if not started:  # no run to resume: the next worker trains it
+            with contextlib.suppress(Exception):
+                study.set_user_attr(FINAL_CLAIM, False)
+        elif isinstance(exc, KeyboardInterrupt | Interrupted):
             command = f"mnist-tracker train --resume {started[0]}"
             command += f" --tracking-uri {redact(set_tracking_uri(None))}"
             command += f" --data-dir {data_dir}" if data_dir else ""
