@@ -813,3 +813,44 @@ def test_a_final_stopped_before_its_run_exists_is_trained_by_the_next_worker(
     assert outcome.final_run_id is not None
     assert MlflowClient().get_run(outcome.final_run_id).info.status == "FINISHED"
     assert tune(settings, data_dir=SUBSET).final_run_id is None  # trained once, not again
+
+
+def test_a_study_whose_experiment_was_deleted_is_refused(sqlite_uri, tmp_path):
+    """Restoring the parent run, as the refusal said, left the experiment deleted: every trial
+    then failed at once ("experiment must be in the 'active' state"), each counted."""
+    from mnist_tracker.workflows.study import PARENT_ATTR
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    client = MlflowClient(sqlite_uri)
+    experiment = client.create_experiment("tune-deleted-experiment")
+    study.set_user_attr(PARENT_ATTR, client.create_run(experiment).info.run_id)
+    client.delete_experiment(experiment)
+    line = _refused(sqlite_uri, "--storage", storage, "--study-name", "s")
+    assert (
+        "its experiment 'tune-deleted-experiment' is in MLflow's trash; restore it (mlflow "
+        f"experiments restore --experiment-id {experiment})"
+    ) in line
+
+
+def test_a_run_the_server_refuses_stops_the_worker(server_uri, experiment_name, tmp_path):
+    """The experiment deleted mid-search: the server refuses each trial's run. Each trial
+    failed at once and counted, burning the study; now the first goes back and the worker
+    stops in one error."""
+    from mnist_tracker import errors
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    client = MlflowClient()
+
+    def delete_experiment_after_trial_0(line):
+        if line.startswith("trial 0: val_accuracy"):  # its run has ended
+            client.delete_experiment(client.get_experiment_by_name(experiment_name).experiment_id)
+
+    settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
+                            study_name="r", experiment=experiment_name, **TINY)  # fmt: skip
+    with pytest.raises(errors.TuneError) as caught:
+        tune(settings, data_dir=SUBSET, echo=delete_experiment_after_trial_0)
+    assert "refused the trial's run" in str(caught.value)
+    assert "; trial 1 went back to the study; fix that" in str(caught.value)
+    states = [t.state for t in optuna.load_study(study_name="r", storage=storage).trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]

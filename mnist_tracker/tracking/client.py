@@ -115,6 +115,11 @@ def is_unreachable(exc: BaseException) -> bool:
     )
 
 
+def is_mlflow_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLflow's (the store refused or failed a call), not the caller's."""
+    return isinstance(exc, mlflow.exceptions.MlflowException)
+
+
 def answered(exc: BaseException) -> bool:
     """Whether ``exc`` is the server answering with errors (urllib3's "too many 500 error
     responses" after MLflow's retries): it is there, but refuses this call."""

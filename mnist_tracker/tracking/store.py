@@ -72,6 +72,11 @@ def experiment_name(experiment_id: str, mlflow_client: MlflowClient | None = Non
     return _client(mlflow_client).get_experiment(experiment_id).name
 
 
+def experiment_of(run: Run, mlflow_client: MlflowClient | None = None) -> Experiment:
+    """The experiment ``run`` belongs to (deleted ones too)."""
+    return _client(mlflow_client).get_experiment(run.info.experiment_id)
+
+
 def run_experiment_name(run_id: str, mlflow_client: MlflowClient | None = None) -> str:
     """The name of the experiment run ``run_id`` belongs to."""
     c = _client(mlflow_client)

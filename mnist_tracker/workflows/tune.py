@@ -46,7 +46,7 @@ from ..tracking import (
     set_tracking_uri,
     store,
 )
-from ..tracking.client import is_unreachable
+from ..tracking.client import is_mlflow_error, is_unreachable
 from ..training.callbacks import Callback, FitState, Stop
 from ..training.runtime import resolve_runtime
 from ..uris import redact, scrub
@@ -146,6 +146,13 @@ def _check_parent(study: optuna.Study, run_id: str, params: dict[str, str]) -> N
         run = store.existing_run(run_id)
     except StoreError:
         return  # away, or refused: not a verdict on the run
+    experiment = None if run is None else store.experiment_of(run)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TuneError(
+            f"study {study.study_name!r}: its experiment {experiment.name!r} is in MLflow's "
+            f"trash; restore it (mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}) or pass a new --study-name"
+        )
     if run is None or run.info.lifecycle_stage == "deleted":
         fix = (
             f"restore it (mlflow runs restore --run-id {run_id}) or pass a new --study-name"
@@ -377,9 +384,12 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     continue
                 if exc is not objective.failed:
                     raise  # Optuna's own (its database gone: ``tune`` says so in one line)
-                if not is_unreachable(exc):
+                refused = not objective.run_started and is_mlflow_error(exc)
+                if not is_unreachable(exc) and not refused:
                     continue  # the trial failed and counts; the study goes on
                 number = _give_back(study, objective.current, tag=False)  # not its fault
+                if refused and not is_unreachable(exc):
+                    raise _run_refused(uri, exc, number) from None
                 raise _server_away(uri, exc, number, objective) from None
         finally:
             lock.release()
@@ -448,6 +458,17 @@ def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> Tune
     return TuneError(
         f"the tracking server {redact(uri)} went away ({scrub(reason, uri)}){back}{kept}; "
         "start this worker again once the server is back"
+    )
+
+
+def _run_refused(uri: str, exc: Exception, trial: int | None) -> TuneError:
+    """The error that stops a worker whose tracking server refuses to create a trial's run:
+    every later trial would be refused too, each counted failed."""
+    reason = scrub(" ".join(str(exc).split())[:200], uri)
+    back = "" if trial is None else f"; trial {trial} went back to the study"
+    return TuneError(
+        f"the tracking server {redact(uri)} refused the trial's run ({reason}){back}; fix that "
+        "(the experiment, the login's permissions) and start this worker again"
     )
 
 
@@ -540,6 +561,7 @@ class _Objective:
         self.current: optuna.Trial | None = None  # the trial being run, for ``_give_back``
         self.failed: Exception | None = None  # what the trial raised, if it failed
         self.value: float | None = None  # what the trial's training returned
+        self.run_started = False  # whether the trial's MLflow run exists
         self.outboxes: list = []  # where trials that ended offline keep their runs
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
@@ -564,19 +586,26 @@ class _Objective:
                 "FAILED": {"optuna.state": "FAIL"},
             },
             callbacks=(Pruning(trial, self.epoch_hook),),
-            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            on_run_start=lambda run_id: self._run_started(trial, run_id),
         )
 
+    def _run_started(self, trial: optuna.Trial, run_id: str) -> None:
+        self.run_started = True
+        trial.set_user_attr("mlflow_run_id", run_id)
+
     def __call__(self, trial: optuna.Trial) -> float:
-        self.current = trial
+        self.current, self.run_started = trial, False
         self.lock.release()
         config = suggest_config(trial, self.base)
         self.say(f"trial {trial.number}: started")
         try:
             outcome = train(config, self.options(trial), splits=self.splits)
         except Exception as exc:
-            self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
             self.failed = exc
+            # The tracking server's fault: the worker's stop says why, and the trial goes back.
+            tracking = is_unreachable(exc) or (not self.run_started and is_mlflow_error(exc))
+            if not tracking:
+                self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
             raise
         if outcome.result.stopped is not None:
             self.say(f"trial {trial.number}: pruned")
