@@ -789,26 +789,34 @@ def test_an_in_memory_study_stopped_ends_its_parent(server_uri, experiment_name)
     assert parent.info.status == "KILLED" and parent.data.metrics["n_complete"] == 1
 
 
+@pytest.mark.parametrize("where", ["train", "lookup"])
 def test_a_final_stopped_before_its_run_exists_is_trained_by_the_next_worker(
-    server_uri, experiment_name, tmp_path, monkeypatch
+    where, server_uri, experiment_name, tmp_path, monkeypatch
 ):
-    """SIGTERM as the final began left nothing to resume, and every later worker skipped it."""
+    """SIGTERM as the final began left nothing to resume, and every later worker skipped it:
+    in ``train`` before the run, or as early as the experiment's lookup."""
     from mnist_tracker.workflows import tune as tune_mod
 
-    real = tune_mod.train
+    real, lookup = tune_mod.train, tune_mod.store.run_experiment_name
 
     def stopped_at_start(config, options, **kwargs):
-        if options.run_name and options.run_name.endswith("-best"):
+        if where == "train" and options.run_name and options.run_name.endswith("-best"):
             raise KeyboardInterrupt  # before its run exists
         return real(config, options, **kwargs)
 
+    def stopped_in_lookup(run_id):
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(tune_mod, "train", stopped_at_start)
+    if where == "lookup":
+        monkeypatch.setattr(tune_mod.store, "run_experiment_name", stopped_in_lookup)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     settings = TuneSettings("cnn", trials=1, pruner="none", storage=storage, study_name="f",
                             experiment=experiment_name, **TINY)  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         tune(settings, data_dir=SUBSET)
     monkeypatch.setattr(tune_mod, "train", real)
+    monkeypatch.setattr(tune_mod.store, "run_experiment_name", lookup)
     outcome = tune(settings, data_dir=SUBSET)
     assert outcome.final_run_id is not None
     assert MlflowClient().get_run(outcome.final_run_id).info.status == "FINISHED"
@@ -833,24 +841,84 @@ def test_a_study_whose_experiment_was_deleted_is_refused(sqlite_uri, tmp_path):
     ) in line
 
 
-def test_a_run_the_server_refuses_stops_the_worker(server_uri, experiment_name, tmp_path):
-    """The experiment deleted mid-search: the server refuses each trial's run. Each trial
-    failed at once and counted, burning the study; now the first goes back and the worker
-    stops in one error."""
+@pytest.mark.parametrize("mid_trial", [False, True], ids=["between-trials", "mid-trial"])
+def test_a_run_the_server_refuses_stops_the_worker(mid_trial, server_uri, experiment_name,
+                                                   tmp_path):  # fmt: skip
+    """The experiment deleted mid-search: the server refuses each trial's run (or the running
+    one's next call). Each trial failed and counted, burning the study; now the trial goes back
+    and the worker stops in one error."""
     from mnist_tracker import errors
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     client = MlflowClient()
 
-    def delete_experiment_after_trial_0(line):
-        if line.startswith("trial 0: val_accuracy"):  # its run has ended
-            client.delete_experiment(client.get_experiment_by_name(experiment_name).experiment_id)
+    def delete_experiment():
+        client.delete_experiment(client.get_experiment_by_name(experiment_name).experiment_id)
+
+    def after_trial_0(line):
+        if not mid_trial and line.startswith("trial 0: val_accuracy"):  # its run has ended
+            delete_experiment()
+
+    def in_trial_0(trial, epoch, metrics):
+        if mid_trial and trial.number == 0 and epoch == 1:
+            delete_experiment()
 
     settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
                             study_name="r", experiment=experiment_name, **TINY)  # fmt: skip
     with pytest.raises(errors.TuneError) as caught:
-        tune(settings, data_dir=SUBSET, echo=delete_experiment_after_trial_0)
+        tune(settings, data_dir=SUBSET, echo=after_trial_0, epoch_hook=in_trial_0)
+    given_back = 0 if mid_trial else 1
     assert "refused the trial's run" in str(caught.value)
-    assert "; trial 1 went back to the study; fix that" in str(caught.value)
+    assert f"; trial {given_back} went back to the study; fix that" in str(caught.value)
     states = [t.state for t in optuna.load_study(study_name="r", storage=storage).trials]
+    done = [] if mid_trial else [TrialState.COMPLETE]
+    assert states == [*done, TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_database_lost_inside_a_trial_gives_the_trial_back(server_uri, experiment_name, tmp_path):
+    """The database out of reach past study.OUTAGE_S during a trial's epoch report: the trial
+    was counted failed and the worker went on (n_failed=1, the study short of its total)."""
+    import sqlalchemy
+
+    from mnist_tracker import errors
+
+    def database_gone(trial, epoch, metrics):
+        if trial.number == 1:
+            cause = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("connection refused"))
+            raise optuna.exceptions.StorageInternalError("invalid data in the commit") from cause
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
+                            study_name="gone", experiment=experiment_name, **TINY)  # fmt: skip
+    with pytest.raises(errors.TuneError) as caught:
+        tune(settings, data_dir=SUBSET, epoch_hook=database_gone)
+    assert str(caught.value).startswith(f"storage {storage} is out of reach (OperationalError")
+    states = [t.state for t in optuna.load_study(study_name="gone", storage=storage).trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+
+
+def test_a_run_left_running_by_a_given_back_trial_is_ended(server_uri, experiment_name, tmp_path):
+    """A signal while the server created a trial's run: the worker never got its id, and the
+    run stayed RUNNING for ever under a FINISHED parent. The next worker ends it, on a journal
+    storage too (no heartbeats)."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from mnist_tracker.workflows.study import PARENT_ATTR
+
+    storage = f"journal:{tmp_path / 'j.log'}"
+    settings = TuneSettings("cnn", trials=1, pruner="none", final=False, storage=storage,
+                            study_name="o", experiment=experiment_name, **TINY)  # fmt: skip
+    tune(settings, data_dir=SUBSET)
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log"))
+    )
+    study = optuna.load_study(study_name="o", storage=journal)
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 1e-3}, distributions=space))
+    client = MlflowClient()
+    parent = client.get_run(study.user_attrs[PARENT_ATTR])
+    tags = {"mlflow.parentRunId": parent.info.run_id, "optuna.trial_number": "1"}
+    orphan = client.create_run(parent.info.experiment_id, tags=tags).info.run_id
+    tune(settings, data_dir=SUBSET)
+    assert client.get_run(orphan).info.status == "FAILED"

@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import re
 import threading
 import time
 import warnings
@@ -283,8 +284,9 @@ class PatientStorage(optuna.storages.RDBStorage):
     are tried again, and a heartbeat that fails is skipped (the next one tries again) instead
     of ending Optuna's heartbeat thread, which left a live trial to be taken for dead.
 
-    Only calls that can be repeated are retried: upserts, reads, and the trial's final state
-    (a repeat that finds the state already written is that write's success).
+    Only calls that can be repeated are retried: upserts, reads, a suggested param (a repeat
+    of one that landed is refused as a duplicate), and the trial's final state (a repeat that
+    finds the state already written is that write's success).
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -320,6 +322,11 @@ class PatientStorage(optuna.storages.RDBStorage):
 
     def _get_trials(self, *args, **kwargs):  # how Optuna's cache reads them
         return self._patiently(super()._get_trials, *args, **kwargs)
+
+    def _set_trial_param(self, *args, **kwargs):  # a suggestion; how Optuna's cache writes it
+        # Repeated after a write that landed, it is refused as a duplicate (not a lost
+        # connection): that error then ends the trial, which goes back to the study.
+        return self._patiently(super()._set_trial_param, *args, **kwargs)
 
     def get_trial_system_attrs(self, *args, **kwargs):
         return self._patiently(super().get_trial_system_attrs, *args, **kwargs)
@@ -501,7 +508,8 @@ def storage_error(exc: BaseException) -> BaseException | None:
 
 def storage_lost(url: str | None, exc: BaseException) -> TuneError:
     """The one-line error for a study database gone out of reach mid-search."""
-    reason = scrub(" ".join(f"{type(exc).__name__}: {exc}".split())[:200], url)
+    text = re.sub(r"\(Background on this error at: \S+\)", "", f"{type(exc).__name__}: {exc}")
+    reason = scrub(" ".join(text.split())[:200], url)
     return TuneError(
         f"storage {redact(url)} is out of reach ({reason}); the study is kept there: start "
         "this worker again once the database is back"

@@ -25,7 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -347,7 +347,8 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)  # may enqueue retries
-                _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
+            # Any storage: a given-back trial may have left a run its worker never heard of.
+            _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
             state = study_state(study)
             if state.waiting == 0 and state.counted >= settings.trials:
                 if not state.running:
@@ -384,13 +385,16 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     continue
                 if exc is not objective.failed:
                     raise  # Optuna's own (its database gone: ``tune`` says so in one line)
-                refused = not objective.run_started and is_mlflow_error(exc)
-                if not is_unreachable(exc) and not refused:
+                if not not_the_trials_fault(exc):
                     continue  # the trial failed and counts; the study goes on
-                number = _give_back(study, objective.current, tag=False)  # not its fault
-                if refused and not is_unreachable(exc):
-                    raise _run_refused(uri, exc, number) from None
-                raise _server_away(uri, exc, number, objective) from None
+                # The tracking server's or the database's: the trial goes back, the worker stops.
+                number = _give_back(study, objective.current, run_id=None)
+                lost = storage_error(exc)
+                if lost is not None:
+                    raise storage_lost(settings.storage, lost) from None
+                if is_unreachable(exc):
+                    raise _server_away(uri, exc, number, objective) from None
+                raise _run_refused(uri, exc, number) from None
         finally:
             lock.release()
     if settings.storage is None:  # in memory: no other worker will end the study
@@ -415,13 +419,17 @@ def _signal_behind(exc: BaseException) -> BaseException | None:
 
 def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> None:
     """A signal stopped the worker in a trial: a trial whose training had returned its value is
-    recorded COMPLETE (its run is FINISHED already); any other goes back to the study."""
+    recorded COMPLETE (its run is FINISHED already); any other goes back to the study. (A run
+    the server created while the signal came, its id never received, is ended by the next
+    worker: ``_close_dead_trial_runs``.)"""
     trial = objective.current
     if trial is not None and objective.value is not None:
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             study.tell(trial, objective.value)
         return
-    number = _give_back(study, trial)
+    # The trial's user attributes may name an earlier attempt's run (a retry copies them).
+    run_id = trial.user_attrs.get("mlflow_run_id") if objective.run_started else None
+    number = _give_back(study, trial, run_id)
     if number is not None and settings.storage:
         say(f"trial {number}: stopped; it goes back to the study, for the next worker")
     elif number is not None:  # in memory: the study ends with this process
@@ -436,6 +444,14 @@ def _end_parent_stopped(study: optuna.Study, parent_run_id: str) -> None:
         state = study_state(study)
         sink.log_metrics({"n_complete": state.complete, "n_pruned": state.pruned})
         sink.end("KILLED")
+
+
+def not_the_trials_fault(exc: BaseException) -> bool:
+    """Whether a trial's error is its tracking server's (away, or refusing its run: a deleted
+    experiment, a login's permissions) or its study database's (out of reach past
+    ``study.OUTAGE_S``), not the trial's own: then the trial goes back to the study and the
+    worker stops, instead of counting it failed and burning the next trials the same way."""
+    return is_unreachable(exc) or is_mlflow_error(exc) or storage_error(exc) is not None
 
 
 def _taken_over(study: optuna.Study, trial: optuna.Trial | None, exc: Exception) -> bool:
@@ -472,13 +488,15 @@ def _run_refused(uri: str, exc: Exception, trial: int | None) -> TuneError:
     )
 
 
-def _give_back(study: optuna.Study, trial: optuna.Trial | None, tag: bool = True) -> int | None:
+def _give_back(
+    study: optuna.Study, trial: optuna.Trial | None, run_id: str | None = None
+) -> int | None:
     """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, to the study:
     FAIL (Optuna leaves it RUNNING on SIGTERM, and a journal study, which has no heartbeats,
     would wait for it for ever), then queued again with its params as a heartbeat retry is, so
-    that it does not count towards the total and the next worker runs it. Its run, ended by
-    ``train``, is tagged so (``tag``: not with the server away). Returns the trial's number, or
-    None when there was none to give back."""
+    that it does not count towards the total and the next worker runs it. Its run ``run_id``
+    (this attempt's, ended by ``train``; None when it has none, or the server is away) is tagged
+    so. Returns the trial's number, or None when there was none to give back."""
     if trial is None:  # stopped before Optuna created the trial
         return None
     storage = study._storage
@@ -491,8 +509,7 @@ def _give_back(study: optuna.Study, trial: optuna.Trial | None, tag: bool = True
     with warnings.catch_warnings():  # experimental in Optuna, stable enough here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback()(study, frozen)
-    run_id = frozen.user_attrs.get("mlflow_run_id")
-    if run_id and tag:
+    if run_id:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
             _sink_of(run_id).set_tags({"optuna.state": "FAIL", "error": error})
@@ -596,15 +613,13 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.current, self.run_started = trial, False
         self.lock.release()
-        config = suggest_config(trial, self.base)
-        self.say(f"trial {trial.number}: started")
         try:
+            config = suggest_config(trial, self.base)  # writes the params: the database's
+            self.say(f"trial {trial.number}: started")
             outcome = train(config, self.options(trial), splits=self.splits)
         except Exception as exc:
             self.failed = exc
-            # The tracking server's fault: the worker's stop says why, and the trial goes back.
-            tracking = is_unreachable(exc) or (not self.run_started and is_mlflow_error(exc))
-            if not tracking:
+            if not not_the_trials_fault(exc):  # else the worker's stop says why
                 self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
             raise
         if outcome.result.stopped is not None:
@@ -622,13 +637,37 @@ class _Objective:
         return value
 
 
-def _train_final(study, base, data_dir, parent_run_id, say) -> str:
-    """Train the best trial's config on the whole training set, evaluate on test, log it."""
+def _train_final(study, base, data_dir, parent_run_id, say) -> str | None:
+    """Train the best trial's config on the whole training set, evaluate on test, log it.
+    Called with the final claimed (``FINAL_CLAIM``): stopped or failed before its run exists,
+    it releases the claim for the next worker; after, its line says how to resume it."""
+    started: list[str] = []
+    try:
+        return _final_run(study, base, data_dir, parent_run_id, say, started)
+    except BaseException as exc:
+        if not started:  # no run to resume: the next worker trains it
+            with contextlib.suppress(Exception):
+                study.set_user_attr(FINAL_CLAIM, False)
+        elif isinstance(exc, KeyboardInterrupt | Interrupted):
+            command = f"mnist-tracker train --resume {started[0]}"
+            command += f" --tracking-uri {redact(set_tracking_uri(None))}"
+            command += f" --data-dir {data_dir}" if data_dir else ""
+            say(f"final: stopped; continue it with: {command}")
+        raise
+
+
+def _final_run(study, base, data_dir, parent_run_id, say, started: list[str]) -> str:
+    """``_train_final``'s run; ``started`` gets its id as soon as it exists."""
     config = config_from_params(base, study.best_trial.params).replace(val_size=0)
     images = (
         f"{base.limit_train:,} training images" if base.limit_train else "the full training set"
     )
     say(f"final: training the best config (trial {study.best_trial.number}) on {images}")
+
+    def on_run_start(run_id: str) -> None:  # linked at once: a stopped final is resumable
+        started.append(run_id)
+        _sink_of(parent_run_id).set_tags({"final_run_id": run_id})
+
     options = TrainOptions(
         data_dir=data_dir,
         experiment=store.run_experiment_name(parent_run_id),
@@ -641,23 +680,6 @@ def _train_final(study, base, data_dir, parent_run_id, say) -> str:
         },
         attach=False,
         echo=say,
+        on_run_start=on_run_start,
     )
-    started: list[str] = []
-
-    def on_run_start(run_id: str) -> None:  # linked at once: a stopped final is resumable
-        started.append(run_id)
-        _sink_of(parent_run_id).set_tags({"final_run_id": run_id})
-
-    try:
-        outcome = train(config, replace(options, on_run_start=on_run_start))
-    except BaseException as exc:
-        if not started:  # no run to resume: the next worker trains it
-            with contextlib.suppress(Exception):
-                study.set_user_attr(FINAL_CLAIM, False)
-        elif isinstance(exc, KeyboardInterrupt | Interrupted):
-            command = f"mnist-tracker train --resume {started[0]}"
-            command += f" --tracking-uri {redact(set_tracking_uri(None))}"
-            command += f" --data-dir {data_dir}" if data_dir else ""
-            say(f"final: stopped; continue it with: {command}")
-        raise
-    return outcome.run_id
+    return train(config, options).run_id
