@@ -467,8 +467,8 @@ def test_a_stopped_worker_gives_its_trial_back(sig, server_uri, experiment_name,
     for ever) and Ctrl-C failed it for good, with Optuna's traceback."""
     journal = tmp_path / "study.journal"
     command = [
-        str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", "2", "--epochs", "2",
-        "--limit-train", "400", "--val-size", "100", "--pruner", "none", "--no-final",
+        str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", "2", "--epochs", "3",
+        "--limit-train", "800", "--val-size", "100", "--pruner", "none", "--no-final",
         "--storage", f"journal:{journal}", "--study-name", "stop", "--data-dir", str(SUBSET),
         "--tracking-uri", server_uri, "--experiment", experiment_name,
     ]  # fmt: skip
@@ -477,6 +477,8 @@ def test_a_stopped_worker_gives_its_trial_back(sig, server_uri, experiment_name,
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))
     )
+    # Trials of 3 epochs: the signal lands mid-trial even on a loaded machine (one landing
+    # after the trial's result keeps that result instead: a test of its own).
     number = wait_for_running_trial(storage, "stop", victim, deadline=time.monotonic() + 180)
     victim.send_signal(sig)
     _, err = victim.communicate(timeout=120)

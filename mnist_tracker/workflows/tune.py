@@ -270,7 +270,12 @@ def tune(
             trial_base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
         )
         try:
-            finished = _work(study, settings, lock, objective, say)
+            try:
+                finished = _work(study, settings, lock, objective, say)
+            except (KeyboardInterrupt, Interrupted):
+                if settings.storage is None:  # in memory: the study ends with this process
+                    _end_parent_stopped(study, parent_run_id)
+                raise
             return _conclude(study, finished, base, settings, data_dir, parent_run_id, lock, say)
         except Exception as exc:
             lost = storage_error(exc)
@@ -432,8 +437,6 @@ def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> Non
     number = _give_back(study, trial, run_id)
     if number is not None and settings.storage:
         say(f"trial {number}: stopped; it goes back to the study, for the next worker")
-    elif number is not None:  # in memory: the study ends with this process
-        _end_parent_stopped(study, objective.parent_run_id)
 
 
 def _end_parent_stopped(study: optuna.Study, parent_run_id: str) -> None:
