@@ -4,6 +4,7 @@ compose file's own command, tuning workers on a PostgreSQL study, and the compos
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -817,36 +819,91 @@ def test_the_study_lock_survives_a_lost_database_session(postgres, experiment_na
         other.dispose()
 
 
-def test_a_postgres_restart_mid_trial_is_ridden_out(server_uri, experiment_name, cli_env):
-    """A PostgreSQL of its own, restarted while a worker trains: the trial's reports, result
-    and heartbeats wait for it (up to study.OUTAGE_S) and the study ends at its total. Before,
-    the worker failed its trial and stopped (exit 2), and Optuna's heartbeat thread died with
-    a traceback, leaving a live trial to be taken for dead."""
+@contextlib.contextmanager
+def private_postgres():
+    """A PostgreSQL of the test's own (the session's serves other tests): yields (its
+    connection info as ``postgres`` gives it, restart(seconds down))."""
     root = tempfile.mkdtemp(prefix="mnist-tracker-pg-restart-", dir=SYSTEM_TMP)
     os.chmod(root, 0o755)
     data_dir, port = os.path.join(root, "data"), free_port()
     env = dict(os.environ, MLFLOW_DB_PASSWORD="m-pw-restart", OPTUNA_DB_PASSWORD="o-pw-restart")
     script = ["sh", str(REPO / "deploy" / "local-postgres.sh")]
     postgres = {"host": "127.0.0.1", "port": port, "optuna_password": "o-pw-restart"}
-    storage = pg_url(postgres, "optuna", "optuna")
+
+    def run(*args):
+        subprocess.run([*script, *args], env=env, check=True, capture_output=True)
+
+    def restart(down_s: float, then=None) -> None:
+        """Stop the database; start it again ``down_s`` later (in a thread when ``then``:
+        ``then()`` runs meanwhile, with the database down)."""
+        run("stop", data_dir)
+        if then is None:
+            time.sleep(down_s)
+            run("start", data_dir, str(port))
+            return
+        starter = threading.Timer(down_s, run, args=("start", data_dir, str(port)))
+        starter.start()
+        try:
+            then()
+        finally:
+            starter.join()
+
     try:
-        subprocess.run([*script, "start", data_dir, str(port)], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        run("start", data_dir, str(port))
+        yield postgres, restart
+    finally:
+        subprocess.run([*script, "stop", data_dir], env=env, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_study_lock_waits_for_a_restarting_database(experiment_name):
+    """Between trials, a worker takes the study lock: a database restarting then ended the
+    worker (one reconnect, at once); it now waits, as the trials do (study.OUTAGE_S)."""
+    from mnist_tracker.workflows.study import StudyLock
+
+    with private_postgres() as (postgres, restart):
+        lock = StudyLock.open(pg_url(postgres, "optuna", "optuna"), experiment_name)
+        waited = []
+
+        def take_the_lock():
+            start = time.monotonic()
+            with lock.held():
+                waited.append(time.monotonic() - start)
+
+        try:
+            with lock.held():
+                pass
+            restart(3.0, then=take_the_lock)  # the lock asked for with the database down
+            assert waited and waited[0] > 1.0, f"took the lock after {waited} s, database down"
+        finally:
+            lock.close()
+
+
+@pytest.mark.parametrize("when", ["mid-trial", "between-trials"])
+def test_a_postgres_restart_is_ridden_out(when, server_uri, experiment_name, cli_env):
+    """A PostgreSQL of its own, restarted while a worker trains, or as a trial ends (the
+    result, the next params): each waits for it (up to study.OUTAGE_S) and the study ends at
+    its total. Before, the worker failed its trial and stopped (exit 2), and Optuna's
+    heartbeat thread died with a traceback, leaving a live trial taken for dead."""
+    with private_postgres() as (postgres, restart):
+        storage = pg_url(postgres, "optuna", "optuna")
         command = [*_tune_command(postgres, experiment_name, "restart", 2, limit_train=400),
                    "--epochs", "3", "--heartbeat-interval", "1", "--grace-period", "30",
                    "--tracking-uri", server_uri]  # fmt: skip
         worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=cli_env)  # fmt: skip
-        wait_for_running_trial(storage, "restart", worker, deadline=time.monotonic() + 180)
-        subprocess.run([*script, "stop", data_dir], env=env, check=True, capture_output=True)
-        time.sleep(2)  # down for longer than a heartbeat and an epoch's report
-        subprocess.run([*script, "start", data_dir, str(port)], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        _, err = worker.communicate(timeout=300)
+        seen = []
+        if when == "mid-trial":
+            wait_for_running_trial(storage, "restart", worker, deadline=time.monotonic() + 180)
+        else:
+            for line in worker.stderr:  # the restart begins as trial 0's result is recorded
+                seen.append(line)
+                if line.startswith("trial 0: val_accuracy"):
+                    break
+        restart(2.0)  # down for longer than a heartbeat and an epoch's report
+        _, rest = worker.communicate(timeout=300)
+        err = "".join(seen) + rest
         assert worker.returncode == 0, err[-3000:]
         assert "Traceback" not in err and "Exception in thread" not in err, err[-3000:]
         trials = optuna.load_study(study_name="restart", storage=storage).get_trials()
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    finally:
-        subprocess.run([*script, "stop", data_dir], env=env, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)

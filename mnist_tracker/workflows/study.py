@@ -418,7 +418,7 @@ class StudyLock:
 
     def acquire(self) -> None:
         """Block until this worker holds the lock. PostgreSQL: a session lost to a restart or
-        failover is replaced once (TuneError when the database stays out of reach)."""
+        failover is replaced, waiting up to OUTAGE_S for the database (then TuneError)."""
         self._thread_lock.acquire()
         try:
             if self._file is not None:
@@ -455,7 +455,8 @@ class StudyLock:
         import sqlalchemy
 
         lock = sqlalchemy.text("SELECT pg_advisory_lock(:k)")
-        for attempt in (1, 2):
+        deadline, pause = time.monotonic() + OUTAGE_S, 0.5
+        while True:
             try:
                 if self._pg_lost:
                     with contextlib.suppress(Exception):
@@ -465,9 +466,12 @@ class StudyLock:
                 self._pg.execute(lock, {"k": self._key})
                 return
             except sqlalchemy.exc.DBAPIError as exc:
-                self._pg_lost = True
-                if attempt == 2 or not isinstance(exc, sqlalchemy.exc.OperationalError):
+                self._pg_lost = True  # a new session next time: this one, and its lock, is gone
+                late = time.monotonic() + pause > deadline
+                if late or not isinstance(exc, sqlalchemy.exc.OperationalError):
                     raise storage_lost(self._url, exc) from None
+            time.sleep(pause)  # a restart or failover: wait for it, as the trials do
+            pause = min(pause * 2, 5.0)
 
     @contextlib.contextmanager
     def held(self):
