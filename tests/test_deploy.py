@@ -907,3 +907,18 @@ def test_a_postgres_restart_is_ridden_out(when, server_uri, experiment_name, cli
         assert "Traceback" not in err and "Exception in thread" not in err, err[-3000:]
         trials = optuna.load_study(study_name="restart", storage=storage).get_trials()
         assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+def test_closing_a_study_waits_for_a_restarting_database(experiment_name):
+    """The study's own writes as it closes (results_logged, the final's claim) gave up at
+    once: a restart in that second stopped the worker, the parent RUNNING or no final."""
+    from mnist_tracker.workflows.study import TuneSettings, open_storage
+
+    with private_postgres() as (postgres, restart):
+        url = pg_url(postgres, "optuna", "optuna")
+        storage = open_storage(TuneSettings("cnn", storage=url))
+        study = optuna.create_study(study_name=experiment_name, storage=storage)
+        restart(3.0, then=lambda: study.set_user_attr("results_logged", True))
+        assert optuna.load_study(study_name=experiment_name, storage=url).user_attrs == {
+            "results_logged": True
+        }

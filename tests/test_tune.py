@@ -356,7 +356,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
     assert running == [dead_number], "the victim was killed inside the trial it was running"
     survivor = subprocess.run(command, capture_output=True, text=True, env=cli_env, timeout=600)
     assert survivor.returncode == 0, survivor.stderr[-3000:]
-    assert "its worker died" in survivor.stderr
+    assert "its worker stopped without ending run" in survivor.stderr
 
     study = optuna.load_study(study_name="hb", storage=storage)
     trials = study.get_trials()
@@ -870,8 +870,13 @@ def test_a_run_the_server_refuses_stops_the_worker(mid_trial, server_uri, experi
     with pytest.raises(errors.TuneError) as caught:
         tune(settings, data_dir=SUBSET, echo=after_trial_0, epoch_hook=in_trial_0)
     given_back = 0 if mid_trial else 1
+    experiment = client.get_experiment_by_name(experiment_name).experiment_id
     assert "refused the trial's run" in str(caught.value)
-    assert f"; trial {given_back} went back to the study; fix that" in str(caught.value)
+    assert str(caught.value).endswith(
+        f"; trial {given_back} went back to the study; its experiment {experiment_name!r} is in "
+        f"MLflow's trash: restore it (mlflow experiments restore --experiment-id {experiment}) "
+        "and start this worker again"
+    )
     states = [t.state for t in optuna.load_study(study_name="r", storage=storage).trials]
     done = [] if mid_trial else [TrialState.COMPLETE]
     assert states == [*done, TrialState.FAIL, TrialState.WAITING]

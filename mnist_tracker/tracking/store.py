@@ -142,12 +142,14 @@ def all_experiments(mlflow_client: MlflowClient | None = None) -> list[Experimen
             return found
 
 
-def experiment_by_name(name: str, mlflow_client: MlflowClient | None = None) -> Experiment | None:
-    """The active experiment called ``name``, or None."""
+def experiment_by_name(
+    name: str, mlflow_client: MlflowClient | None = None, *, deleted_too: bool = False
+) -> Experiment | None:
+    """The active experiment called ``name`` (``deleted_too``: or one in the trash), or None."""
     c = _client(mlflow_client)
     with _querying(c):
         experiment = c.get_experiment_by_name(name)
-    if experiment is None or experiment.lifecycle_stage != "active":
+    if experiment is None or (experiment.lifecycle_stage != "active" and not deleted_too):
         return None
     return experiment
 

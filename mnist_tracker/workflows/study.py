@@ -323,6 +323,15 @@ class PatientStorage(optuna.storages.RDBStorage):
     def _get_trials(self, *args, **kwargs):  # how Optuna's cache reads them
         return self._patiently(super()._get_trials, *args, **kwargs)
 
+    def set_study_user_attr(self, *args, **kwargs):  # results_logged, the final's claim
+        return self._patiently(super().set_study_user_attr, *args, **kwargs)
+
+    def get_study_user_attrs(self, *args, **kwargs):
+        return self._patiently(super().get_study_user_attrs, *args, **kwargs)
+
+    def _get_best_trial_id(self, *args, **kwargs):
+        return self._patiently(super()._get_best_trial_id, *args, **kwargs)
+
     def _set_trial_param(self, *args, **kwargs):  # a suggestion; how Optuna's cache writes it
         # Repeated after a write that landed, it is refused as a duplicate (not a lost
         # connection): that error then ends the trial, which goes back to the study.

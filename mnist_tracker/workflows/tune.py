@@ -399,7 +399,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     raise storage_lost(settings.storage, lost) from None
                 if is_unreachable(exc):
                     raise _server_away(uri, exc, number, objective) from None
-                raise _run_refused(uri, exc, number) from None
+                raise _run_refused(uri, exc, number, settings.experiment) from None
         finally:
             lock.release()
     if settings.storage is None:  # in memory: no other worker will end the study
@@ -480,14 +480,22 @@ def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> Tune
     )
 
 
-def _run_refused(uri: str, exc: Exception, trial: int | None) -> TuneError:
-    """The error that stops a worker whose tracking server refuses to create a trial's run:
-    every later trial would be refused too, each counted failed."""
+def _run_refused(uri: str, exc: Exception, trial: int | None, experiment: str) -> TuneError:
+    """The error that stops a worker whose tracking server refuses a trial's run: every later
+    trial would be refused too, each counted failed. Names the fix for a deleted experiment."""
     reason = scrub(" ".join(str(exc).split())[:200], uri)
     back = "" if trial is None else f"; trial {trial} went back to the study"
+    fix = "fix that (the experiment, the login's permissions) and start this worker again"
+    with contextlib.suppress(Exception):  # a hint: the refusal is said either way
+        found = store.experiment_by_name(experiment, deleted_too=True)
+        if found is not None and found.lifecycle_stage == "deleted":
+            fix = (
+                f"its experiment {experiment!r} is in MLflow's trash: restore it (mlflow "
+                f"experiments restore --experiment-id {found.experiment_id}) and start this "
+                "worker again"
+            )
     return TuneError(
-        f"the tracking server {redact(uri)} refused the trial's run ({reason}){back}; fix that "
-        "(the experiment, the login's permissions) and start this worker again"
+        f"the tracking server {redact(uri)} refused the trial's run ({reason}){back}; {fix}"
     )
 
 
@@ -542,10 +550,13 @@ def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked
         checked.add(trial.number)
         for run in runs:
             sink = _sink_of(run.info.run_id)
-            error = "worker stopped sending heartbeats; trial retried"
-            sink.set_tags({"optuna.state": "FAIL", "error": error})
+            error = "its worker stopped without ending this run (died, or gave the trial back)"
+            sink.set_tags({"optuna.state": "FAIL", "error": error + "; the trial was retried"})
             sink.end("FAILED")
-            say(f"trial {trial.number}: its worker died; run {run.info.run_id} FAILED, retried")
+            say(
+                f"trial {trial.number}: its worker stopped without ending run {run.info.run_id}; "
+                "ended FAILED, the trial retried"
+            )
 
 
 def format_params(params: dict) -> str:
