@@ -12,6 +12,8 @@ Contracts:
   worker died, heartbeats; or it was stopped by a signal) does not count.
 - A study searches one model: recorded in its user attributes (``MODEL_ATTR``) when created;
   ``claim_model`` refuses another model's worker before it runs a trial.
+- A database storage waits out a restart or failover of up to ``OUTAGE_S`` (``PatientStorage``
+  and ``StudyLock``); longer, ``storage_lost`` is the one-line error.
 """
 
 from __future__ import annotations
@@ -280,9 +282,10 @@ def _lost_connection(exc: BaseException) -> bool:
 
 class PatientStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage that rides out a database restart or failover, up to OUTAGE_S: the
-    writes and reads a running trial makes (its epoch reports, the pruner's reads, its result)
-    are tried again, and a heartbeat that fails is skipped (the next one tries again) instead
-    of ending Optuna's heartbeat thread, which left a live trial to be taken for dead.
+    writes and reads a running trial makes (its params, epoch reports, the pruner's reads, its
+    result) and those that close the study (its user attributes, the best trial) are tried
+    again, and a heartbeat that fails is skipped (the next one tries again) instead of ending
+    Optuna's heartbeat thread, which left a live trial to be taken for dead.
 
     Only calls that can be repeated are retried: upserts, reads, a suggested param (a repeat
     of one that landed is refused as a duplicate), and the trial's final state (a repeat that
