@@ -588,15 +588,9 @@ def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path
     from .conftest import free_port
     from .test_resilience import KillableServer
 
-    server = KillableServer(tmp_path, free_port())
-    server.start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inside a trial: no minutes
-    tracking.set_tracking_uri(server.uri)
-    if not checked:  # the server passes the check, then is gone when the trial starts
-        monkeypatch.setattr(tune_mod, "check_reachable", lambda uri: None)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     lines: list[str] = []
+    server = KillableServer(tmp_path, free_port())
 
     def kill_in_trial_0(trial, epoch, metrics):
         if trial.number == 0 and epoch == 1:
@@ -604,7 +598,13 @@ def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path
 
     settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
                             study_name="away", **TINY)  # fmt: skip
-    try:
+    server.start()
+    try:  # the server never outlives the test, whatever fails
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # inside a trial: no minutes
+        tracking.set_tracking_uri(server.uri)
+        if not checked:  # the server passes the check, then is gone when the trial starts
+            monkeypatch.setattr(tune_mod, "check_reachable", lambda uri: None)
         with pytest.raises(errors.TuneError) as caught:
             tune(settings, data_dir=SUBSET, echo=lines.append, epoch_hook=kill_in_trial_0)
     finally:
