@@ -280,6 +280,16 @@ def _lost_connection(exc: BaseException) -> bool:
     return isinstance(exc.__cause__ or exc.__context__, sqlalchemy.exc.OperationalError)
 
 
+# What PostgreSQL and psycopg say when a connection could not be made: nothing was sent.
+_NOT_CONNECTED = ("connection failed", "Connection refused", "the database system is")
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that could not be made (the call never reached the
+    database), as opposed to one lost mid-call, whose write may have landed."""
+    return _lost_connection(exc) and any(text in str(exc.__cause__) for text in _NOT_CONNECTED)
+
+
 class PatientStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage that rides out a database restart or failover, up to OUTAGE_S: the
     writes and reads a running trial makes (its params, epoch reports, the pruner's reads, its
@@ -299,14 +309,15 @@ class PatientStorage(optuna.storages.RDBStorage):
             if not _lost_connection(exc):
                 raise
 
-    def _patiently(self, call, *args, **kwargs):
+    def _patiently(self, call, *args, unsent_only: bool = False, **kwargs):
         deadline = time.monotonic() + OUTAGE_S
         pause = 0.5
         while True:
             try:
                 return call(*args, **kwargs)
             except optuna.exceptions.StorageInternalError as exc:
-                if not _lost_connection(exc) or time.monotonic() + pause > deadline:
+                lost = _never_sent(exc) if unsent_only else _lost_connection(exc)
+                if not lost or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
@@ -316,6 +327,9 @@ class PatientStorage(optuna.storages.RDBStorage):
 
     def set_trial_user_attr(self, *args, **kwargs):
         return self._patiently(super().set_trial_user_attr, *args, **kwargs)
+
+    def set_trial_system_attr(self, *args, **kwargs):
+        return self._patiently(super().set_trial_system_attr, *args, **kwargs)
 
     def get_trial(self, *args, **kwargs):
         return self._patiently(super().get_trial, *args, **kwargs)
@@ -334,6 +348,25 @@ class PatientStorage(optuna.storages.RDBStorage):
 
     def _get_best_trial_id(self, *args, **kwargs):
         return self._patiently(super()._get_best_trial_id, *args, **kwargs)
+
+    def _get_stale_trial_ids(self, *args, **kwargs):  # each worker's check between trials
+        return self._patiently(super()._get_stale_trial_ids, *args, **kwargs)
+
+    def get_study_id_from_name(self, *args, **kwargs):
+        return self._patiently(super().get_study_id_from_name, *args, **kwargs)
+
+    def get_study_directions(self, *args, **kwargs):
+        return self._patiently(super().get_study_directions, *args, **kwargs)
+
+    def get_study_system_attrs(self, *args, **kwargs):
+        return self._patiently(super().get_study_system_attrs, *args, **kwargs)
+
+    def get_trial_id_from_study_id_trial_number(self, *args, **kwargs):
+        return self._patiently(super().get_trial_id_from_study_id_trial_number, *args, **kwargs)
+
+    def _create_new_trial(self, *args, **kwargs):  # the next trial (``study.ask``)
+        # Not a repeatable write: tried again only when it never reached the database.
+        return self._patiently(super()._create_new_trial, *args, unsent_only=True, **kwargs)
 
     def _set_trial_param(self, *args, **kwargs):  # a suggestion; how Optuna's cache writes it
         # Repeated after a write that landed, it is refused as a duplicate (not a lost
