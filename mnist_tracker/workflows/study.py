@@ -322,60 +322,6 @@ class PatientStorage(optuna.storages.RDBStorage):
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 
-    def set_trial_intermediate_value(self, *args, **kwargs):
-        return self._patiently(super().set_trial_intermediate_value, *args, **kwargs)
-
-    def set_trial_user_attr(self, *args, **kwargs):
-        return self._patiently(super().set_trial_user_attr, *args, **kwargs)
-
-    def set_trial_system_attr(self, *args, **kwargs):
-        return self._patiently(super().set_trial_system_attr, *args, **kwargs)
-
-    def get_trial(self, *args, **kwargs):
-        return self._patiently(super().get_trial, *args, **kwargs)
-
-    def get_all_trials(self, *args, **kwargs):
-        return self._patiently(super().get_all_trials, *args, **kwargs)
-
-    def _get_trials(self, *args, **kwargs):  # how Optuna's cache reads them
-        return self._patiently(super()._get_trials, *args, **kwargs)
-
-    def set_study_user_attr(self, *args, **kwargs):  # results_logged, the final's claim
-        return self._patiently(super().set_study_user_attr, *args, **kwargs)
-
-    def get_study_user_attrs(self, *args, **kwargs):
-        return self._patiently(super().get_study_user_attrs, *args, **kwargs)
-
-    def _get_best_trial_id(self, *args, **kwargs):
-        return self._patiently(super()._get_best_trial_id, *args, **kwargs)
-
-    def _get_stale_trial_ids(self, *args, **kwargs):  # each worker's check between trials
-        return self._patiently(super()._get_stale_trial_ids, *args, **kwargs)
-
-    def get_study_id_from_name(self, *args, **kwargs):
-        return self._patiently(super().get_study_id_from_name, *args, **kwargs)
-
-    def get_study_directions(self, *args, **kwargs):
-        return self._patiently(super().get_study_directions, *args, **kwargs)
-
-    def get_study_system_attrs(self, *args, **kwargs):
-        return self._patiently(super().get_study_system_attrs, *args, **kwargs)
-
-    def get_trial_id_from_study_id_trial_number(self, *args, **kwargs):
-        return self._patiently(super().get_trial_id_from_study_id_trial_number, *args, **kwargs)
-
-    def _create_new_trial(self, *args, **kwargs):  # the next trial (``study.ask``)
-        # Not a repeatable write: tried again only when it never reached the database.
-        return self._patiently(super()._create_new_trial, *args, unsent_only=True, **kwargs)
-
-    def _set_trial_param(self, *args, **kwargs):  # a suggestion; how Optuna's cache writes it
-        # Repeated after a write that landed, it is refused as a duplicate (not a lost
-        # connection): that error then ends the trial, which goes back to the study.
-        return self._patiently(super()._set_trial_param, *args, **kwargs)
-
-    def get_trial_system_attrs(self, *args, **kwargs):
-        return self._patiently(super().get_trial_system_attrs, *args, **kwargs)
-
     def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
         first = True
 
@@ -392,6 +338,35 @@ class PatientStorage(optuna.storages.RDBStorage):
                 first = False
 
         return self._patiently(write)
+
+
+# The RDBStorage calls a worker makes in and between trials, all tried again while the database
+# is away (``PatientStorage``): reads; upserts (attributes, a trial's reports); a suggested param
+# (``_set_trial_param``: repeated after a write that landed, it is refused as a duplicate, not
+# a lost connection, and that error ends the trial, which goes back to the study). The private
+# ones are what Optuna's cache calls.
+_REPEATABLE = (
+    "get_trial", "get_all_trials", "_get_trials", "get_trial_system_attrs",
+    "get_trial_id_from_study_id_trial_number", "_get_best_trial_id", "_get_stale_trial_ids",
+    "get_study_id_from_name", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "set_study_user_attr", "_set_trial_param",
+)  # fmt: skip
+# Not repeatable: tried again only when the connection could not be made (nothing was sent).
+_REPEATABLE_UNSENT = ("_create_new_trial",)  # the next trial, ``study.ask``
+
+
+def _patient(name: str, unsent_only: bool):
+    def call(self, *args, **kwargs):
+        method = getattr(super(PatientStorage, self), name)
+        return self._patiently(method, *args, unsent_only=unsent_only, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+for _name in _REPEATABLE + _REPEATABLE_UNSENT:
+    setattr(PatientStorage, _name, _patient(_name, _name in _REPEATABLE_UNSENT))
 
 
 class StudyLock:
