@@ -108,3 +108,16 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"signal {signum}")
         self.signum = signum
+
+
+def behind(exc: BaseException, kinds) -> BaseException | None:
+    """The first exception of ``kinds`` (a type or tuple) in ``exc``'s chain: ``exc`` itself,
+    then what it was raised from or during, nearest first; None if there is none."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop
+        if seen is None:
+            return None
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

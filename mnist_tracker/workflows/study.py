@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 
 from ..config import TrainConfig, fit_to_data, resolve_config, validate_experiment_name
 from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
-from ..errors import TuneError
+from ..errors import TuneError, behind
 from ..models import get_spec
 from ..uris import redact, scrub
 
@@ -516,18 +516,11 @@ def storage_error(exc: BaseException) -> BaseException | None:
     None when the storage is not the cause."""
     import sqlalchemy
 
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 8:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
     # The database's own words (connection refused) before Optuna's wrapper's ("invalid data
     # in the commit, e.g. exceeding max length", whatever the cause).
-    for kind in (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
-        found = [e for e in chain if isinstance(e, kind)]
-        if found:
-            return found[0]
-    return None
+    return behind(exc, sqlalchemy.exc.OperationalError) or behind(
+        exc, optuna.exceptions.StorageInternalError
+    )
 
 
 def storage_lost(url: str | None, exc: BaseException) -> TuneError:

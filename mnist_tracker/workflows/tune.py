@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from .. import collector
 from .. import data as data_mod
 from ..config import TrainConfig, format_param
-from ..errors import Interrupted, StoreError, TrackingUnavailable, TuneError
+from ..errors import Interrupted, StoreError, TrackingUnavailable, TuneError, behind
 from ..reporting import images
 from ..tracking import (
     RunSink,
@@ -46,10 +46,10 @@ from ..tracking import (
     set_tracking_uri,
     store,
 )
-from ..tracking.client import is_mlflow_error, is_unreachable
+from ..tracking.client import is_mlflow_error, is_unreachable, one_line
 from ..training.callbacks import Callback, FitState, Stop
 from ..training.runtime import resolve_runtime
-from ..uris import redact, scrub
+from ..uris import redact
 from .study import (
     MODEL_ATTR,
     PARENT_ATTR,
@@ -378,8 +378,10 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 _stopped(study, objective, settings, say)
                 raise
             except Exception as exc:
-                signal = _signal_behind(exc)
-                if signal is not None:  # it came while Optuna recorded the result
+                # A signal while Optuna records a trial's result surfaces as Optuna's
+                # UnboundLocalError, raised during it.
+                signal = behind(exc, (KeyboardInterrupt, Interrupted))
+                if signal is not None:
                     _stopped(study, objective, settings, say)
                     raise signal from None
                 if _taken_over(study, objective.current, exc):
@@ -407,19 +409,6 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
         return True
     say("timeout reached: this worker stops; the study goes on with the others")
     return False
-
-
-def _signal_behind(exc: BaseException) -> BaseException | None:
-    """The Ctrl-C or SIGTERM behind ``exc``: one arriving while Optuna records a trial's
-    result surfaces as Optuna's UnboundLocalError, raised during it."""
-    seen: BaseException | None = exc
-    for _ in range(6):
-        if seen is None:
-            return None
-        if isinstance(seen, KeyboardInterrupt | Interrupted):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> None:
@@ -469,13 +458,12 @@ def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> Tune
     """The error that stops a worker whose tracking server went away: without it every
     remaining trial would fail at once (each counted), or sit through MLflow's retries."""
     cause = exc.__cause__ if isinstance(exc, TrackingUnavailable) and exc.__cause__ else exc
-    reason = " ".join(str(cause).split())[:200]
     back = "" if trial is None else f"; trial {trial} went back to the study"
     kept = ""
     if objective.outboxes:
         kept = f"; send the runs it kept ({len(objective.outboxes)}) with `mnist-tracker sync`"
     return TuneError(
-        f"the tracking server {redact(uri)} went away ({scrub(reason, uri)}){back}{kept}; "
+        f"the tracking server {redact(uri)} went away ({one_line(cause, uri)}){back}{kept}; "
         "start this worker again once the server is back"
     )
 
@@ -483,7 +471,6 @@ def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> Tune
 def _run_refused(uri: str, exc: Exception, trial: int | None, experiment: str) -> TuneError:
     """The error that stops a worker whose tracking server refuses a trial's run: every later
     trial would be refused too, each counted failed. Names the fix for a deleted experiment."""
-    reason = scrub(" ".join(str(exc).split())[:200], uri)
     back = "" if trial is None else f"; trial {trial} went back to the study"
     fix = "fix that (the experiment, the login's permissions) and start this worker again"
     with contextlib.suppress(Exception):  # a hint: the refusal is said either way
@@ -495,7 +482,8 @@ def _run_refused(uri: str, exc: Exception, trial: int | None, experiment: str) -
                 "worker again"
             )
     return TuneError(
-        f"the tracking server {redact(uri)} refused the trial's run ({reason}){back}; {fix}"
+        f"the tracking server {redact(uri)} refused the trial's run ({one_line(exc, uri)}){back}; "
+        f"{fix}"
     )
 
 
