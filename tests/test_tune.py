@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from dataclasses import replace
 
 import optuna
@@ -932,3 +933,64 @@ def test_a_run_left_running_by_a_given_back_trial_is_ended(server_uri, experimen
     orphan = client.create_run(parent.info.experiment_id, tags=tags).info.run_id
     tune(settings, data_dir=SUBSET)
     assert client.get_run(orphan).info.status == "FAILED"
+
+
+def _silent_trial_study(tmp_path, **settings):
+    """A study on a fresh SQLite file (heartbeats 1 s apart, grace 2 s) holding one RUNNING
+    trial with params and no heartbeat: a worker stopped between creating it and its first
+    heartbeat."""
+    from mnist_tracker.workflows.study import open_storage, suggest_config
+
+    settings = TuneSettings("cnn", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                            study_name="silent", heartbeat_interval=1, grace_period=2,
+                            **settings)  # fmt: skip
+    study = optuna.create_study(
+        study_name="silent", storage=open_storage(settings), direction="maximize"
+    )
+    with warnings.catch_warnings():  # "heartbeats are meant for Study.optimize": not here
+        warnings.simplefilter("ignore", UserWarning)
+        suggest_config(study.ask(), settings.base_config())  # the silent trial, params drawn
+    return settings, study
+
+
+def test_a_trial_that_never_sent_a_heartbeat_is_taken_for_dead(tmp_path):
+    """Optuna takes only trials with a late heartbeat for dead, so one that never sent any
+    stayed RUNNING for ever, and the study waited for it. Seen silent for the grace period, it
+    is failed and queued again with its params; a live trial beside it is left alone."""
+    _, study = _silent_trial_study(tmp_path)
+    storage = study._storage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # heartbeats outside Study.optimize
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        live = study.ask()
+        storage.record_heartbeat(live._trial_id)
+        optuna.storages.fail_stale_trials(study)  # first seen silent: not yet
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 2
+        until = time.monotonic() + 2.2  # past the grace period, the live trial beating
+        while time.monotonic() < until:
+            storage.record_heartbeat(live._trial_id)
+            time.sleep(0.25)
+        optuna.storages.fail_stale_trials(study)
+    silent, still_live, retry = study.get_trials()
+    assert (silent.state, still_live.state, retry.state) == (
+        TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING,
+    )  # fmt: skip
+    assert retry.params == silent.params and retry.system_attrs["failed_trial"] == 0
+
+
+def test_a_worker_runs_a_silent_trial_again_instead_of_waiting_for_it(
+    server_uri, experiment_name, tmp_path
+):
+    """The worker that finds a silent trial in its study reaches the total: it would have
+    waited for the trial until its --timeout, the study unfinished."""
+    settings, _ = _silent_trial_study(
+        tmp_path, trials=2, pruner="none", final=False, experiment=experiment_name,
+        timeout=90, **TINY,
+    )  # fmt: skip
+    outcome = tune(settings, data_dir=SUBSET)
+    assert outcome.counts == {"complete": 2, "pruned": 0, "failed": 0}
+    silent, *others = outcome.study.get_trials()
+    assert silent.state == TrialState.FAIL
+    assert [t.state for t in others] == [TrialState.COMPLETE] * 2
+    retry = next(t for t in others if t.system_attrs.get("failed_trial") == 0)
+    assert retry.params == silent.params

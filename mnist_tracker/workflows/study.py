@@ -300,7 +300,13 @@ class PatientStorage(optuna.storages.RDBStorage):
     Only calls that can be repeated are retried: upserts, reads, a suggested param (a repeat
     of one that landed is refused as a duplicate), and the trial's final state (a repeat that
     finds the state already written is that write's success).
+
+    Its stale trials include those that never sent a heartbeat (``_get_stale_trial_ids``).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._silent_since: dict[int, float] = {}  # trial id -> when first seen without one
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -308,6 +314,40 @@ class PatientStorage(optuna.storages.RDBStorage):
         except optuna.exceptions.StorageInternalError as exc:
             if not _lost_connection(exc):
                 raise
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials (heartbeats late), and the RUNNING trials that never sent a
+        heartbeat, once this worker has seen them so for the grace period.
+
+        A live trial sends its first heartbeat as it starts (Optuna's heartbeat thread), so
+        one silent that long lost its worker between its creation and that heartbeat: a
+        database restart while the trial was created (``_create_new_trial`` is not repeated
+        once sent), or a kill. Optuna skips trials with no heartbeat, so such a trial stayed
+        RUNNING, and every worker waited for it for ever. Timed by this worker's own clock
+        (the database keeps no time for a trial that never beat), so a worker that joins
+        later waits the grace period too.
+        """
+        stale = self._patiently(super()._get_stale_trial_ids, study_id)
+        silent = self._patiently(self._silent_trial_ids, study_id)
+        now = time.monotonic()
+        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        return stale + sorted(t for t, since in self._silent_since.items() if now - since >= grace)
+
+    def _silent_trial_ids(self, study_id: int) -> set[int]:
+        """The study's RUNNING trials with no heartbeat recorded."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = (
+                session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(~models.TrialModel.heartbeats.any())
+                .all()
+            )
+        return {row[0] for row in rows}
 
     def _patiently(self, call, *args, unsent_only: bool = False, **kwargs):
         deadline = time.monotonic() + OUTAGE_S
@@ -347,7 +387,7 @@ class PatientStorage(optuna.storages.RDBStorage):
 # ones are what Optuna's cache calls.
 _REPEATABLE = (
     "get_trial", "get_all_trials", "_get_trials", "get_trial_system_attrs",
-    "get_trial_id_from_study_id_trial_number", "_get_best_trial_id", "_get_stale_trial_ids",
+    "get_trial_id_from_study_id_trial_number", "_get_best_trial_id",
     "get_study_id_from_name", "get_study_directions", "get_study_user_attrs",
     "get_study_system_attrs", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "set_study_user_attr", "_set_trial_param",
