@@ -41,6 +41,7 @@ DIGITS = [str(d) for d in range(10)]  # class names, in label order
 
 ROLE_TAG = "mnist_tracker.role"  # "study" (a tuner's parent), "study_result" (its final run)
 SUITE_TAG = "mnist_tracker.suite_id"
+OPTUNA_STATE_TAG = "optuna.state"  # a tuner's trial run: its trial's Optuna state
 
 # Liveness and truthfulness of a run (tracking/lease.py, tracking/outbox.py):
 HOLDER_TAG = "mnist_tracker.holder"  # "host:pid" of the process training the run

@@ -227,13 +227,10 @@ def reap(run: Run, older_than_s: float) -> str:
     if checkpoint_path(run_id).is_file() or _has_checkpoint_artifact(c, run_id):
         reason += f"; continue it with: mnist-tracker train --resume {run_id}"
     c.set_tag(run_id, artifacts.REAPED_TAG, reason)
-    if run.data.tags.get(OPTUNA_STATE_TAG) == "RUNNING":  # a trial's run: as its worker would
-        c.set_tag(run_id, OPTUNA_STATE_TAG, "FAIL")
+    if run.data.tags.get(artifacts.OPTUNA_STATE_TAG) == "RUNNING":  # a trial's: as its worker would
+        c.set_tag(run_id, artifacts.OPTUNA_STATE_TAG, "FAIL")
     c.set_terminated(run_id, "FAILED")
     return reason
-
-
-OPTUNA_STATE_TAG = "optuna.state"  # what a tuner's trial runs say of their trial
 
 
 def _duration(seconds: float) -> str:

@@ -511,7 +511,7 @@ def _give_back(
     if run_id:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
-            _sink_of(run_id).set_tags({"optuna.state": "FAIL", "error": error})
+            _sink_of(run_id).set_tags({artifacts.OPTUNA_STATE_TAG: "FAIL", "error": error})
     return frozen.number
 
 
@@ -539,7 +539,8 @@ def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked
         for run in runs:
             sink = _sink_of(run.info.run_id)
             error = "its worker stopped without ending this run (died, or gave the trial back)"
-            sink.set_tags({"optuna.state": "FAIL", "error": error + "; the trial was retried"})
+            error += "; the trial was retried"
+            sink.set_tags({artifacts.OPTUNA_STATE_TAG: "FAIL", "error": error})
             sink.end("FAILED")
             say(
                 f"trial {trial.number}: its worker stopped without ending run {run.info.run_id}; "
@@ -566,7 +567,7 @@ class Pruning(Callback):
             self.epoch_hook(self.trial, state.epoch, metrics)
         self.trial.report(metrics["val_accuracy"], state.epoch)
         if self.trial.should_prune():
-            return Stop("KILLED", {"optuna.state": "PRUNED"}, "pruned")
+            return Stop("KILLED", {artifacts.OPTUNA_STATE_TAG: "PRUNED"}, "pruned")
         return None
 
 
@@ -588,7 +589,7 @@ class _Objective:
         tags = {
             "optuna.study_name": self.study_name,
             "optuna.trial_number": str(trial.number),
-            "optuna.state": "RUNNING",
+            artifacts.OPTUNA_STATE_TAG: "RUNNING",
         }
         if retry_of is not None:
             tags["optuna.retry_of"] = str(retry_of)
@@ -601,8 +602,8 @@ class _Objective:
             log_artifacts=False,
             checkpoints=False,  # a trial that stops is retried or pruned, never resumed
             status_tags={
-                "FINISHED": {"optuna.state": "COMPLETE"},
-                "FAILED": {"optuna.state": "FAIL"},
+                "FINISHED": {artifacts.OPTUNA_STATE_TAG: "COMPLETE"},
+                "FAILED": {artifacts.OPTUNA_STATE_TAG: "FAIL"},
             },
             callbacks=(Pruning(trial, self.epoch_hook),),
             on_run_start=lambda run_id: self._run_started(trial, run_id),
