@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -331,12 +332,22 @@ def test_mlflow_run_tune_entry_point(server_uri, experiment_name, cli_env, tmp_p
     assert tracking.attached_run_id() is None
 
 
-def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
-    server_uri, experiment_name, cli_env, tmp_path
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_killed_worker_trial_is_failed_and_retried(
+    kind, server_uri, experiment_name, cli_env, tmp_path
 ):
-    """SIGKILL one worker mid-trial: its trial goes FAIL by heartbeat, another worker retries
-    it, the study still ends with its total, and no MLflow run is left RUNNING."""
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    """SIGKILL one worker mid-trial: its trial goes FAIL (by heartbeat; on a journal, which has
+    none, by the worker's lock file, freed by the kernel: before, it stayed RUNNING for ever and
+    the study never ended), another worker retries it, the study still ends with its total,
+    and no MLflow run is left RUNNING."""
+    if kind == "sqlite":
+        storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+        opened = storage
+    else:
+        storage = f"journal:{tmp_path / 'study.journal'}"
+        opened = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))
+        )
     command = [
         str(BIN / "mnist-tracker"), "tune", "--model", "cnn", "--trials", "3", "--epochs", "2",
         "--limit-train", "400", "--val-size", "100", "--pruner", "none", "--no-final",
@@ -349,17 +360,20 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(
     # Kill the victim while a trial of its own is mid-flight, found from the study itself
     # (RUNNING with its MLflow run created) rather than by a sleep: on a fast machine a
     # fixed delay can land after the first trial has already finished.
-    dead_number = wait_for_running_trial(storage, "hb", victim, deadline=time.monotonic() + 180)
+    dead_number = wait_for_running_trial(opened, "hb", victim, deadline=time.monotonic() + 180)
     victim.kill()
     victim.wait(timeout=30)
-    study = optuna.load_study(study_name="hb", storage=storage)
+    study = optuna.load_study(study_name="hb", storage=opened)
     running = [t.number for t in study.get_trials() if t.state == TrialState.RUNNING]
     assert running == [dead_number], "the victim was killed inside the trial it was running"
     survivor = subprocess.run(command, capture_output=True, text=True, env=cli_env, timeout=600)
     assert survivor.returncode == 0, survivor.stderr[-3000:]
     assert "its worker stopped without ending run" in survivor.stderr
+    if kind == "journal":
+        assert f"trial {dead_number}: its worker died; the trial goes back" in survivor.stderr
+        assert list((tmp_path / "study.journal.workers").iterdir()) == [], "files cleaned up"
 
-    study = optuna.load_study(study_name="hb", storage=storage)
+    study = optuna.load_study(study_name="hb", storage=opened)
     trials = study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -994,3 +1008,37 @@ def test_a_worker_runs_a_silent_trial_again_instead_of_waiting_for_it(
     assert [t.state for t in others] == [TrialState.COMPLETE] * 2
     retry = next(t for t in others if t.system_attrs.get("failed_trial") == 0)
     assert retry.params == silent.params
+
+
+def test_a_journal_worker_is_alive_while_its_process_is(tmp_path):
+    """A worker's file is locked for as long as its process lives, whatever kills it; a trial
+    that names a dead worker's file, or none, is an orphan, and the dead worker's file is
+    deleted once seen; this worker's own trials are not orphans."""
+    import sys
+
+    from mnist_tracker.workflows.liveness import WORKER_ATTR, WorkerFiles, alive
+
+    url = f"journal:{tmp_path / 'j.log'}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mnist_tracker.workflows.liveness import "
+         f"WorkerFiles; w = WorkerFiles.open({url!r}); print(w.path, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        other = holder.stdout.readline().strip()
+        workers = WorkerFiles.open(url)
+        assert other and alive(other) and alive(str(workers.path))
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait()
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log"))
+    )
+    study = optuna.create_study(study_name="s", storage=journal)
+    theirs, mine, unmarked = study.ask(), study.ask(), study.ask()
+    journal.set_trial_system_attr(theirs._trial_id, WORKER_ATTR, other)
+    workers.mark(journal, mine._trial_id)
+    assert [t.number for t in workers.orphans(study)] == [theirs.number, unmarked.number]
+    assert not os.path.exists(other), "the dead worker's file is deleted once seen"
+    workers.close()
+    assert list((tmp_path / "j.log.workers").iterdir()) == []

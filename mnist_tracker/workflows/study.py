@@ -42,6 +42,9 @@ from ..uris import redact, scrub
 PARENT_ATTR = "mlflow_parent_run_id"
 MODEL_ATTR = "model"  # the registry name of the model the study searches
 CONNECT_TIMEOUT_S = 5  # a storage that cannot be reached fails well within 10 s
+# How often a trial whose worker died is retried: one that kills its worker each time (out of
+# memory) fails for good after that, instead of killing workers for ever.
+STALE_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,8 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 # Storage and the study-wide lock
 
 
-def _journal_path(url: str) -> Path | None:
+def journal_path(url: str) -> Path | None:
+    """The file of a ``journal:PATH`` storage URL; None for any other."""
     if url.startswith("journal:"):
         return Path(url.removeprefix("journal:").removeprefix("//"))
     return None
@@ -227,7 +231,7 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
     if not url:
         return None
     shown = redact(url)
-    journal = _journal_path(url)
+    journal = journal_path(url)
     try:
         if journal is not None:
             from optuna.storages.journal import JournalFileBackend
@@ -245,7 +249,9 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=settings.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=STALE_RETRIES
+                ),
             )
     except TuneError:
         raise
@@ -427,7 +433,7 @@ class StudyLock:
         self._key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
         path = None
         if storage_url:
-            journal = _journal_path(storage_url)
+            journal = journal_path(storage_url)
             backend, database = _database(storage_url) if journal is None else (None, None)
             if journal is not None:
                 # Not PATH.lock: that is the journal backend's own lock (a symlink), which
@@ -458,7 +464,7 @@ class StudyLock:
         """A lock for the study, or TuneError (password redacted) if its storage is out of
         reach: within CONNECT_TIMEOUT_S for PostgreSQL."""
         if storage_url:
-            journal = _journal_path(storage_url)
+            journal = journal_path(storage_url)
             if journal is not None and not journal.parent.is_dir():
                 raise TuneError(
                     f"storage {redact(storage_url)}: folder {journal.parent} does not "

@@ -10,7 +10,8 @@ Contracts:
   callback's ``Stop``), failed ones FAILED, complete ones FINISHED.
 - ``settings.trials`` is the study's total (``study.StudyLock``). With an RDB storage, trials
   send heartbeats; a trial whose worker died is marked FAIL after the grace period, its run
-  ended FAILED, and it is retried by the surviving workers without counting twice.
+  ended FAILED, and it is retried by the surviving workers without counting twice. A journal
+  has no heartbeats: there the worker's lock file (``liveness``) says it died, at once.
 - A trial stopped by Ctrl-C or SIGTERM goes back to the study (``_give_back``): FAIL, queued
   again with its params, not counted; its run ends KILLED. The next worker runs it.
 - A worker stops with one TuneError, no trial counted failed for it, when its tracking server
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from .. import collector
 from .. import data as data_mod
@@ -50,9 +51,11 @@ from ..tracking.client import is_mlflow_error, is_unreachable, one_line
 from ..training.callbacks import Callback, FitState, Stop
 from ..training.runtime import resolve_runtime
 from ..uris import redact
+from .liveness import WorkerFiles
 from .study import (
     MODEL_ATTR,
     PARENT_ATTR,
+    STALE_RETRIES,
     StudyLock,
     StudyState,
     TuneSettings,
@@ -241,7 +244,9 @@ def tune(
     say = echo or (lambda _line: None)
     study_name = settings.resolved_study_name()
     lock = StudyLock.open(settings.storage, study_name)  # also proves the database answers
+    workers = None
     try:
+        workers = WorkerFiles.open(settings.storage)  # a journal's: who runs which trial
         mnist = data_mod.load_mnist(data_dir, include_test=False)  # the search never reads test
         splits = data_mod.split_data(
             mnist, seed=base.seed, limit_train=base.limit_train, val_size=base.val_size
@@ -269,6 +274,7 @@ def tune(
         objective = _Objective(
             trial_base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
         )
+        objective.workers = workers
         try:
             try:
                 finished = _work(study, settings, lock, objective, say)
@@ -283,6 +289,8 @@ def tune(
                 raise
             raise storage_lost(settings.storage, lost) from None  # not Optuna's traceback
     finally:
+        if workers is not None:
+            workers.close()
         lock.close()
 
 
@@ -339,6 +347,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     heartbeat = heartbeat_enabled(study)
+    workers = objective.workers  # a journal's dead workers are found by their files instead
     checked: set[int] = set()
     uri = set_tracking_uri(None)
     while deadline is None or time.monotonic() < deadline:
@@ -352,17 +361,23 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)  # may enqueue retries
+            elif workers is not None:
+                for orphan in workers.orphans(study):
+                    number = _give_back(study, orphan, retries=STALE_RETRIES)
+                    say(f"trial {number}: its worker died; the trial goes back to the study "
+                        f"({STALE_RETRIES} retries at most)")  # fmt: skip
             # Any storage: a given-back trial may have left a run its worker never heard of.
             _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
             state = study_state(study)
             if state.waiting == 0 and state.counted >= settings.trials:
                 if not state.running:
                     return True
-                if not heartbeat:
+                if not heartbeat and workers is None:
                     say("the study is full; other workers finish its last trials")
                     return False
-                # With heartbeats, wait: the running trial either ends, or its worker died and
-                # it goes stale and comes back as a retry that this worker then runs. Waiting
+                # With heartbeats (or a journal's worker files), wait: the running trial either
+                # ends, or its worker died and it comes back as a retry that this worker then
+                # runs. Waiting
                 # may last hours with no epoch to turn the collector on (``collector``).
                 collector.resume(freeze=False)
                 lock.release()
@@ -488,14 +503,19 @@ def _run_refused(uri: str, exc: Exception, trial: int | None, experiment: str) -
 
 
 def _give_back(
-    study: optuna.Study, trial: optuna.Trial | None, run_id: str | None = None
+    study: optuna.Study,
+    trial: optuna.Trial | FrozenTrial | None,
+    run_id: str | None = None,
+    retries: int | None = None,
 ) -> int | None:
-    """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, to the study:
-    FAIL (Optuna leaves it RUNNING on SIGTERM, and a journal study, which has no heartbeats,
-    would wait for it for ever), then queued again with its params as a heartbeat retry is, so
-    that it does not count towards the total and the next worker runs it. Its run ``run_id``
-    (this attempt's, ended by ``train``; None when it has none, or the server is away) is tagged
-    so. Returns the trial's number, or None when there was none to give back."""
+    """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, or whose
+    worker died (a journal's, ``liveness``), to the study: FAIL (Optuna leaves it RUNNING on
+    SIGTERM, and a journal study, which has no heartbeats, would wait for it for ever), then
+    queued again with its params as a heartbeat retry is, so that it does not count towards
+    the total and the next worker runs it; ``retries``: unless it was retried that many times
+    already (None: always). Its run ``run_id`` (this attempt's, ended by ``train``; None when
+    it has none, or the server is away) is tagged so. Returns the trial's number, or None when
+    there was none to give back."""
     if trial is None:  # stopped before Optuna created the trial
         return None
     storage = study._storage
@@ -507,7 +527,7 @@ def _give_back(
         return None
     with warnings.catch_warnings():  # experimental in Optuna, stable enough here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback()(study, frozen)
+        RetryHeartbeatStaleTrialCallback(max_retry=retries)(study, frozen)
     if run_id:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
@@ -583,6 +603,7 @@ class _Objective:
         self.value: float | None = None  # what the trial's training returned
         self.run_started = False  # whether the trial's MLflow run exists
         self.outboxes: list = []  # where trials that ended offline keep their runs
+        self.workers: WorkerFiles | None = None  # a journal study's: marks this worker's trials
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -615,6 +636,8 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current, self.run_started = trial, False
+        if self.workers is not None:  # before the lock goes: a trial with no worker is dead
+            self.workers.mark(trial.storage, trial._trial_id)
         self.lock.release()
         try:
             config = suggest_config(trial, self.base)  # writes the params: the database's
