@@ -370,7 +370,7 @@ def test_killed_worker_trial_is_failed_and_retried(
     assert survivor.returncode == 0, survivor.stderr[-3000:]
     assert "its worker stopped without ending run" in survivor.stderr
     if kind == "journal":
-        assert f"trial {dead_number}: its worker died; the trial goes back" in survivor.stderr
+        assert f"trial {dead_number}: its worker died; it goes back" in survivor.stderr
         assert list((tmp_path / "study.journal.workers").iterdir()) == [], "files cleaned up"
 
     study = optuna.load_study(study_name="hb", storage=opened)
@@ -1042,3 +1042,40 @@ def test_a_journal_worker_is_alive_while_its_process_is(tmp_path):
     assert not os.path.exists(other), "the dead worker's file is deleted once seen"
     workers.close()
     assert list((tmp_path / "j.log.workers").iterdir()) == []
+
+
+def test_a_journal_trial_whose_workers_keep_dying_fails_for_good(
+    server_uri, experiment_name, tmp_path
+):
+    """A trial whose params kill each worker that runs them (out of memory) is retried
+    STALE_RETRIES times, as a heartbeat-stale one is, then counts as failed: not retried for
+    ever, killing every worker in turn."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from mnist_tracker.workflows.study import STALE_RETRIES
+
+    journal = tmp_path / "j.log"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    study = optuna.create_study(study_name="oom", storage=storage, direction="maximize")
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    for number in range(STALE_RETRIES):  # the first attempt and its retries, each worker killed
+        history = list(range(number))
+        attrs = {"failed_trial": 0, "retry_history": history} if history else {}
+        study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 1e-3},
+                                     distributions=space, system_attrs=attrs))  # fmt: skip
+    last = study.ask()  # the last retry, RUNNING, its worker gone without a trace
+    for key, value in {"failed_trial": 0, "retry_history": list(range(STALE_RETRIES))}.items():
+        storage.set_trial_system_attr(last._trial_id, key, value)
+    lines = []
+    settings = TuneSettings("cnn", trials=1, pruner="none", final=False, study_name="oom",
+                            storage=f"journal:{journal}", experiment=experiment_name,
+                            **TINY)  # fmt: skip
+    outcome = tune(settings, data_dir=SUBSET, echo=lines.append)
+    assert outcome.counts == {"complete": 0, "pruned": 0, "failed": 1}
+    assert f"trial {STALE_RETRIES}: its worker died, after {STALE_RETRIES} retries" in "\n".join(
+        lines
+    )
+    assert [t.state for t in outcome.study.get_trials()] == [TrialState.FAIL] * (STALE_RETRIES + 1)

@@ -595,7 +595,10 @@ def study_state(study: optuna.Study) -> StudyState:
     # them, its ``retry_history`` all (a retry that dies again is retried too, not counted).
     retried = set()
     for t in trials:
-        retried.update(t.system_attrs.get("retry_history", ()))
+        # Never a trial's own number: Optuna's retry callback appends it to the history of the
+        # trial it is handed, in place (the storage's own copy, for a journal), before deciding
+        # not to retry a trial that ran out of retries.
+        retried.update(n for n in t.system_attrs.get("retry_history", ()) if n != t.number)
         if t.system_attrs.get("failed_trial") is not None:
             retried.add(t.system_attrs["failed_trial"])
     failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]

@@ -272,9 +272,8 @@ def tune(
             parent_run_id = _ensure_parent(study, settings, trial_base)
         say(f"study {study_name}: parent run {parent_run_id}")
         objective = _Objective(
-            trial_base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook
+            trial_base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook, workers
         )
-        objective.workers = workers
         try:
             try:
                 finished = _work(study, settings, lock, objective, say)
@@ -363,9 +362,12 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     optuna.storages.fail_stale_trials(study)  # may enqueue retries
             elif workers is not None:
                 for orphan in workers.orphans(study):
-                    number = _give_back(study, orphan, retries=STALE_RETRIES)
-                    say(f"trial {number}: its worker died; the trial goes back to the study "
-                        f"({STALE_RETRIES} retries at most)")  # fmt: skip
+                    _give_back(study, orphan, retries=STALE_RETRIES)
+                    if len(orphan.system_attrs.get("retry_history", ())) < STALE_RETRIES:
+                        say(f"trial {orphan.number}: its worker died; it goes back to the study")
+                    else:
+                        died = f"its worker died, after {STALE_RETRIES} retries of its params"
+                        say(f"trial {orphan.number}: {died}; it counts as failed")
             # Any storage: a given-back trial may have left a run its worker never heard of.
             _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
             state = study_state(study)
@@ -377,8 +379,8 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     return False
                 # With heartbeats (or a journal's worker files), wait: the running trial either
                 # ends, or its worker died and it comes back as a retry that this worker then
-                # runs. Waiting
-                # may last hours with no epoch to turn the collector on (``collector``).
+                # runs. Waiting may last hours with no epoch to turn the collector on
+                # (``collector``).
                 collector.resume(freeze=False)
                 lock.release()
                 time.sleep(min(2.0, settings.heartbeat_interval))
@@ -594,7 +596,9 @@ class Pruning(Callback):
 class _Objective:
     """One trial: suggest a config, train it as a child run, report val accuracy per epoch."""
 
-    def __init__(self, base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook):
+    def __init__(
+        self, base, splits, study_name, parent_run_id, settings, lock, say, epoch_hook, workers
+    ):
         self.base, self.splits, self.study_name = base, splits, study_name
         self.parent_run_id, self.settings, self.lock, self.say = parent_run_id, settings, lock, say
         self.epoch_hook = epoch_hook
@@ -603,7 +607,7 @@ class _Objective:
         self.value: float | None = None  # what the trial's training returned
         self.run_started = False  # whether the trial's MLflow run exists
         self.outboxes: list = []  # where trials that ended offline keep their runs
-        self.workers: WorkerFiles | None = None  # a journal study's: marks this worker's trials
+        self.workers: WorkerFiles | None = workers  # a journal's: marks this worker's trials
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
