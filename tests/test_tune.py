@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -1010,38 +1009,112 @@ def test_a_worker_runs_a_silent_trial_again_instead_of_waiting_for_it(
     assert retry.params == silent.params
 
 
-def test_a_journal_worker_is_alive_while_its_process_is(tmp_path):
+def _journal(path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def test_a_journal_worker_is_alive_while_its_process_is(tmp_path, monkeypatch):
     """A worker's file is locked for as long as its process lives, whatever kills it; a trial
-    that names a dead worker's file, or none, is an orphan, and the dead worker's file is
-    deleted once seen; this worker's own trials are not orphans."""
+    that names a dead worker's file is an orphan, and the file is deleted once seen. This
+    worker's own trials, and trials that name no file (a worker of an earlier version, maybe
+    alive), are not. Workers that reach the journal by other paths (relative, another mount)
+    find each other's files: a trial names the file, not its path."""
     import sys
 
-    from mnist_tracker.workflows.liveness import WORKER_ATTR, WorkerFiles, alive
+    from mnist_tracker.workflows.liveness import WORKER_ATTR, WorkerFiles
 
-    url = f"journal:{tmp_path / 'j.log'}"
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mnist_tracker.workflows.liveness import "
-         f"WorkerFiles; w = WorkerFiles.open({url!r}); print(w.path, flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", "import time; from mnist_tracker.workflows.liveness import "
+         "WorkerFiles; w = WorkerFiles.open('journal:../j.log'); print(w.name, flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=tmp_path / "a",
     )  # fmt: skip
     try:
-        other = holder.stdout.readline().strip()
-        workers = WorkerFiles.open(url)
-        assert other and alive(other) and alive(str(workers.path))
+        theirs_name = holder.stdout.readline().strip()
+        workers = WorkerFiles.open(f"journal:{tmp_path / 'j.log'}")  # the same, absolute
+        assert theirs_name and workers.alive(theirs_name) and workers.alive(workers.name)
     finally:
         holder.kill()  # SIGKILL: no clean-up of its own
         holder.wait()
-    journal = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log"))
-    )
+    journal = _journal(tmp_path / "j.log")
     study = optuna.create_study(study_name="s", storage=journal)
     theirs, mine, unmarked = study.ask(), study.ask(), study.ask()
-    journal.set_trial_system_attr(theirs._trial_id, WORKER_ATTR, other)
+    journal.set_trial_system_attr(theirs._trial_id, WORKER_ATTR, theirs_name)
     workers.mark(journal, mine._trial_id)
-    assert [t.number for t in workers.orphans(study)] == [theirs.number, unmarked.number]
-    assert not os.path.exists(other), "the dead worker's file is deleted once seen"
+    assert [t.number for t in workers.orphans(study)] == [theirs.number]
+    assert not (tmp_path / "j.log.workers" / theirs_name).exists(), "deleted once seen dead"
+    assert unmarked.number not in [t.number for t in workers.orphans(study)]
+    journal.set_trial_system_attr(mine._trial_id, WORKER_ATTR, "../../etc/passwd")
+    assert workers.alive("../../etc/passwd"), "a name that is no file of the folder: untouched"
     workers.close()
     assert list((tmp_path / "j.log.workers").iterdir()) == []
+
+
+def test_a_journal_worker_that_cannot_keep_its_file_says_so(tmp_path):
+    from mnist_tracker.errors import TuneError
+    from mnist_tracker.workflows.liveness import WorkerFiles
+
+    (tmp_path / "j.log.workers").write_text("in the way")
+    with pytest.raises(TuneError, match=r"cannot keep this worker's file in .*j\.log\.workers"):
+        WorkerFiles.open(f"journal:{tmp_path / 'j.log'}")
+
+
+def test_only_dead_workers_use_up_a_trials_retries():
+    """A trial given back by a signal or an outage is always queued again; one whose worker
+    died is, STALE_RETRIES times. Optuna's callback counted every retry, so a trial preempted
+    (SIGTERM) three times was not retried after its first kill."""
+    from mnist_tracker.workflows.study import STALE_RETRIES, queue_retry, study_state
+
+    study = optuna.create_study(direction="maximize")
+
+    def attempt(died: bool) -> bool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()  # pops the queued retry, if any
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        frozen = study._storage.get_trial(trial._trial_id)
+        queued = queue_retry(study, frozen, died)  # while RUNNING, as the objective does
+        study.tell(trial, state=TrialState.FAIL)
+        return queued
+
+    assert all(attempt(died=False) for _ in range(5))
+    assert [attempt(died=True) for _ in range(STALE_RETRIES + 1)] == [True] * STALE_RETRIES + [
+        False
+    ]
+    trials = study.get_trials()
+    assert len({t.params["lr"] for t in trials}) == 1, "every retry has the first one's params"
+    state = study_state(study)
+    assert (state.counted, state.failed, state.waiting) == (1, 1, 0)
+
+
+def test_a_stopped_trials_retry_waits_before_the_trial_fails(server_uri, experiment_name, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    """Ctrl-C inside a trial: its retry is queued before Optuna records the trial FAIL. In the
+    other order, a worker counting the study in between found it full, this trial failed,
+    and logged the study's results without it."""
+    from optuna.study import _optimize
+
+    real = _optimize._tell_with_warning
+    seen = []
+
+    def tell(study, trial, *args, **kwargs):
+        seen.append([t.state for t in study.get_trials()])  # as a worker counting now would
+        return real(study, trial, *args, **kwargs)
+
+    def stop(trial, epoch, metrics):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", tell)
+    settings = TuneSettings("cnn", trials=1, pruner="none", final=False, study_name="q",
+                            storage=f"journal:{tmp_path / 'j.log'}", experiment=experiment_name,
+                            **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET, epoch_hook=stop)
+    assert seen == [[TrialState.RUNNING, TrialState.WAITING]]
+    trials = optuna.load_study(study_name="q", storage=_journal(tmp_path / "j.log")).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
 
 
 def test_a_journal_trial_whose_workers_keep_dying_fails_for_good(
@@ -1053,29 +1126,27 @@ def test_a_journal_trial_whose_workers_keep_dying_fails_for_good(
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from mnist_tracker.workflows.study import STALE_RETRIES
+    from mnist_tracker.workflows.liveness import WORKER_ATTR
+    from mnist_tracker.workflows.study import DEATHS_ATTR, STALE_RETRIES
 
-    journal = tmp_path / "j.log"
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))
-    )
+    storage = _journal(tmp_path / "j.log")
     study = optuna.create_study(study_name="oom", storage=storage, direction="maximize")
     space = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
     for number in range(STALE_RETRIES):  # the first attempt and its retries, each worker killed
         history = list(range(number))
-        attrs = {"failed_trial": 0, "retry_history": history} if history else {}
+        attrs = {"failed_trial": 0, "retry_history": history, DEATHS_ATTR: number}
         study.add_trial(create_trial(state=TrialState.FAIL, params={"lr": 1e-3},
                                      distributions=space, system_attrs=attrs))  # fmt: skip
-    last = study.ask()  # the last retry, RUNNING, its worker gone without a trace
-    for key, value in {"failed_trial": 0, "retry_history": list(range(STALE_RETRIES))}.items():
+    last = study.ask()  # the last retry, RUNNING, its worker killed
+    attrs = {"failed_trial": 0, "retry_history": list(range(STALE_RETRIES)),
+             DEATHS_ATTR: STALE_RETRIES, WORKER_ATTR: "killed-1-0.lock"}  # fmt: skip
+    for key, value in attrs.items():
         storage.set_trial_system_attr(last._trial_id, key, value)
     lines = []
     settings = TuneSettings("cnn", trials=1, pruner="none", final=False, study_name="oom",
-                            storage=f"journal:{journal}", experiment=experiment_name,
+                            storage=f"journal:{tmp_path / 'j.log'}", experiment=experiment_name,
                             **TINY)  # fmt: skip
     outcome = tune(settings, data_dir=SUBSET, echo=lines.append)
     assert outcome.counts == {"complete": 0, "pruned": 0, "failed": 1}
-    assert f"trial {STALE_RETRIES}: its worker died, after {STALE_RETRIES} retries" in "\n".join(
-        lines
-    )
+    assert f"trial {STALE_RETRIES}: its worker died; it counts as failed" in lines
     assert [t.state for t in outcome.study.get_trials()] == [TrialState.FAIL] * (STALE_RETRIES + 1)

@@ -14,11 +14,14 @@ Contracts:
   ``claim_model`` refuses another model's worker before it runs a trial.
 - A database storage waits out a restart or failover of up to ``OUTAGE_S`` (``PatientStorage``
   and ``StudyLock``); longer, ``storage_lost`` is the one-line error.
+- A trial goes back to the study through ``queue_retry``: always after a signal or an outage,
+  ``STALE_RETRIES`` times after its worker died (heartbeats, or a journal's worker files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import fcntl
 import hashlib
@@ -30,8 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..config import TrainConfig, fit_to_data, resolve_config, validate_experiment_name
 from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
@@ -45,6 +47,7 @@ CONNECT_TIMEOUT_S = 5  # a storage that cannot be reached fails well within 10 s
 # How often a trial whose worker died is retried: one that kills its worker each time (out of
 # memory) fails for good after that, instead of killing workers for ever.
 STALE_RETRIES = 3
+DEATHS_ATTR = "mnist_tracker_deaths"  # a trial's system attribute: its params' dead workers
 
 
 @dataclass(frozen=True)
@@ -249,9 +252,7 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=settings.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=STALE_RETRIES
-                ),
+                heartbeat_stale_trial_callback=retry_stale,
             )
     except TuneError:
         raise
@@ -595,9 +596,9 @@ def study_state(study: optuna.Study) -> StudyState:
     # them, its ``retry_history`` all (a retry that dies again is retried too, not counted).
     retried = set()
     for t in trials:
-        # Never a trial's own number: Optuna's retry callback appends it to the history of the
-        # trial it is handed, in place (the storage's own copy, for a journal), before deciding
-        # not to retry a trial that ran out of retries.
+        # Never a trial's own number: Optuna's retry callback (a study's other users may set
+        # it) appends it to the history of the trial it is handed, in place (the storage's own
+        # copy, for a journal), before deciding not to retry a trial out of retries.
         retried.update(n for n in t.system_attrs.get("retry_history", ()) if n != t.number)
         if t.system_attrs.get("failed_trial") is not None:
             retried.add(t.system_attrs["failed_trial"])
@@ -611,6 +612,42 @@ def study_state(study: optuna.Study) -> StudyState:
         pruned=by_state[TrialState.PRUNED],
         failed=len(failed),
     )
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial, died: bool) -> bool:
+    """Queue ``trial``'s params again, as a WAITING trial, the way Optuna's
+    RetryHeartbeatStaleTrialCallback does (its ``failed_trial`` and ``retry_history`` system
+    attributes, by which ``study_state`` does not count ``trial``); unless its worker ``died``
+    and so did STALE_RETRIES workers before on these params: then it counts as failed. A trial
+    given back by a signal or an outage (``died`` False) is always queued, and does not use
+    that allowance up (Optuna's callback counted every retry, so three preempted containers
+    left a trial no retry for a later kill). Returns whether it was queued.
+
+    ``trial`` may still be RUNNING: queued before it is failed, a worker counting the study
+    meanwhile finds it waiting, and never the study full with this trial counted failed.
+    """
+    attrs = copy.deepcopy(trial.system_attrs)  # Optuna's callback appended to the storage's own
+    deaths = attrs.get(DEATHS_ATTR, 0) + int(died)
+    if deaths > STALE_RETRIES:
+        return False
+    attrs.setdefault("failed_trial", trial.number)
+    attrs["retry_history"] = [*attrs.get("retry_history", ()), trial.number]
+    attrs[DEATHS_ATTR] = deaths
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=attrs,
+        )
+    )
+    return True
+
+
+def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """The storages' heartbeat-stale callback: the trial's worker died (``queue_retry``)."""
+    queue_retry(study, trial, died=True)
 
 
 def heartbeat_enabled(study: optuna.Study) -> bool:

@@ -12,8 +12,9 @@ Contracts:
   send heartbeats; a trial whose worker died is marked FAIL after the grace period, its run
   ended FAILED, and it is retried by the surviving workers without counting twice. A journal
   has no heartbeats: there the worker's lock file (``liveness``) says it died, at once.
-- A trial stopped by Ctrl-C or SIGTERM goes back to the study (``_give_back``): FAIL, queued
-  again with its params, not counted; its run ends KILLED. The next worker runs it.
+- A trial stopped by Ctrl-C or SIGTERM goes back to the study (``_give_back``): queued again
+  with its params (before it turns FAIL, so no worker finds the study full meanwhile), FAIL,
+  not counted; its run ends KILLED. The next worker runs it.
 - A worker stops with one TuneError, no trial counted failed for it, when its tracking server
   is away (asked before each trial) or its study database is (``study.storage_lost``); and
   refuses to join a study whose parent run was deleted or whose ``SHARED`` settings differ.
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import collector
@@ -55,7 +55,6 @@ from .liveness import WorkerFiles
 from .study import (
     MODEL_ATTR,
     PARENT_ATTR,
-    STALE_RETRIES,
     StudyLock,
     StudyState,
     TuneSettings,
@@ -66,6 +65,7 @@ from .study import (
     make_pruner,
     make_sampler,
     open_storage,
+    queue_retry,
     search_base,
     storage_error,
     storage_lost,
@@ -362,12 +362,10 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     optuna.storages.fail_stale_trials(study)  # may enqueue retries
             elif workers is not None:
                 for orphan in workers.orphans(study):
-                    _give_back(study, orphan, retries=STALE_RETRIES)
-                    if len(orphan.system_attrs.get("retry_history", ())) < STALE_RETRIES:
-                        say(f"trial {orphan.number}: its worker died; it goes back to the study")
-                    else:
-                        died = f"its worker died, after {STALE_RETRIES} retries of its params"
-                        say(f"trial {orphan.number}: {died}; it counts as failed")
+                    given = _give_back(study, orphan, died=True)
+                    if given is not None:
+                        after = "it goes back to the study" if given[1] else "it counts as failed"
+                        say(f"trial {orphan.number}: its worker died; {after}")
             # Any storage: a given-back trial may have left a run its worker never heard of.
             _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
             state = study_state(study)
@@ -388,6 +386,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
             # optuna creates (or pops the waiting) trial, then calls the objective, which
             # releases the lock first thing: creation happens under the lock, training not.
             objective.current = objective.failed = objective.value = None
+            objective.queued = False
             try:
                 # Nothing caught: Optuna fails the trial, then re-raises its error here.
                 study.optimize(objective, n_trials=1, catch=())
@@ -404,7 +403,8 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 if _taken_over(study, objective.current, exc):
                     say(
                         f"trial {objective.current.number}: another worker took it for dead "
-                        "(its heartbeats were late) and runs it again; this result is dropped"
+                        "(late heartbeats, or its worker file gone) and runs it again; this "
+                        "result is dropped"
                     )
                     continue
                 if exc is not objective.failed:
@@ -412,7 +412,8 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 if not not_the_trials_fault(exc):
                     continue  # the trial failed and counts; the study goes on
                 # The tracking server's or the database's: the trial goes back, the worker stops.
-                number = _give_back(study, objective.current, run_id=None)
+                given = _give_back(study, objective.current, queued=objective.queued)
+                number = None if given is None else given[0]
                 lost = storage_error(exc)
                 if lost is not None:
                     raise storage_lost(settings.storage, lost) from None
@@ -440,9 +441,9 @@ def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> Non
         return
     # The trial's user attributes may name an earlier attempt's run (a retry copies them).
     run_id = trial.user_attrs.get("mlflow_run_id") if objective.run_started else None
-    number = _give_back(study, trial, run_id)
-    if number is not None and settings.storage:
-        say(f"trial {number}: stopped; it goes back to the study, for the next worker")
+    given = _give_back(study, trial, run_id, queued=objective.queued)
+    if given is not None and settings.storage:
+        say(f"trial {given[0]}: stopped; it goes back to the study, for the next worker")
 
 
 def _end_parent_stopped(study: optuna.Study, parent_run_id: str) -> None:
@@ -508,33 +509,35 @@ def _give_back(
     study: optuna.Study,
     trial: optuna.Trial | FrozenTrial | None,
     run_id: str | None = None,
-    retries: int | None = None,
-) -> int | None:
+    *,
+    died: bool = False,
+    queued: bool = False,
+) -> tuple[int, bool] | None:
     """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, or whose
-    worker died (a journal's, ``liveness``), to the study: FAIL (Optuna leaves it RUNNING on
-    SIGTERM, and a journal study, which has no heartbeats, would wait for it for ever), then
-    queued again with its params as a heartbeat retry is, so that it does not count towards
-    the total and the next worker runs it; ``retries``: unless it was retried that many times
-    already (None: always). Its run ``run_id`` (this attempt's, ended by ``train``; None when
-    it has none, or the server is away) is tagged so. Returns the trial's number, or None when
-    there was none to give back."""
+    worker ``died`` (a journal's, ``liveness``), to the study: FAIL (Optuna leaves it RUNNING
+    on SIGTERM, and a journal study, which has no heartbeats, would wait for it for ever), and
+    queued again with its params (``study.queue_retry``, unless ``queued`` already: the
+    objective queues it before Optuna fails it), so that it does not count towards the total
+    and the next worker runs it. Its run ``run_id`` (this attempt's, ended by ``train``; None
+    when it has none, or the server is away) is tagged so. Returns (the trial's number,
+    whether it was queued), or None when there was none to give back."""
     if trial is None:  # stopped before Optuna created the trial
         return None
     storage = study._storage
     frozen = storage.get_trial(trial._trial_id)
     if frozen.state == TrialState.RUNNING:  # SIGTERM: Optuna catches Ctrl-C only
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         frozen = storage.get_trial(trial._trial_id)
     if frozen.state != TrialState.FAIL:  # it had finished when the signal came
         return None
-    with warnings.catch_warnings():  # experimental in Optuna, stable enough here
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=retries)(study, frozen)
+    if not queued:
+        queued = queue_retry(study, frozen, died)
     if run_id:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
             _sink_of(run_id).set_tags({artifacts.OPTUNA_STATE_TAG: "FAIL", "error": error})
-    return frozen.number
+    return frozen.number, queued
 
 
 def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked: set[int]) -> None:
@@ -608,6 +611,7 @@ class _Objective:
         self.run_started = False  # whether the trial's MLflow run exists
         self.outboxes: list = []  # where trials that ended offline keep their runs
         self.workers: WorkerFiles | None = workers  # a journal's: marks this worker's trials
+        self.queued = False  # whether the trial's retry is queued (it goes back to the study)
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -634,22 +638,36 @@ class _Objective:
             on_run_start=lambda run_id: self._run_started(trial, run_id),
         )
 
+    def _queue_back(self, trial: optuna.Trial) -> None:
+        """Queue the retry of a trial that goes back to the study (``_give_back`` fails it)
+        while it is still RUNNING, before Optuna fails it: a worker counting the study in
+        between would find it full, this trial failed, and log the results without it."""
+        with contextlib.suppress(Exception):  # else ``_give_back`` queues it after
+            frozen = trial.storage.get_trial(trial._trial_id)
+            self.queued = queue_retry(trial.study, frozen, died=False)
+
     def _run_started(self, trial: optuna.Trial, run_id: str) -> None:
         self.run_started = True
         trial.set_user_attr("mlflow_run_id", run_id)
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current, self.run_started = trial, False
-        if self.workers is not None:  # before the lock goes: a trial with no worker is dead
+        if self.workers is not None:  # before the lock goes: the trial's worker is this one
             self.workers.mark(trial.storage, trial._trial_id)
         self.lock.release()
         try:
             config = suggest_config(trial, self.base)  # writes the params: the database's
             self.say(f"trial {trial.number}: started")
             outcome = train(config, self.options(trial), splits=self.splits)
+        except (KeyboardInterrupt, Interrupted):
+            self._queue_back(trial)
+            raise
         except Exception as exc:
             self.failed = exc
-            if not not_the_trials_fault(exc):  # else the worker's stop says why
+            if not_the_trials_fault(exc):  # the worker's stop says why
+                if storage_error(exc) is None:  # the database away: its heartbeats do it
+                    self._queue_back(trial)
+            else:
                 self.say(f"trial {trial.number}: failed ({type(exc).__name__}: {exc})")
             raise
         if outcome.result.stopped is not None:
