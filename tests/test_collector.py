@@ -165,7 +165,7 @@ def test_a_tuning_worker_that_only_waits_turns_the_collector_back_on(restored, t
     frozen_before = gc.get_freeze_count()
     collector.pause()
     said = []
-    objective = SimpleNamespace(parent_run_id="unused")  # never called: the study is full
+    objective = SimpleNamespace(parent_run_id="unused", workers=None)  # never called: full
     assert _work(study, settings, lock, objective, said.append) is False
     assert said == ["timeout reached: this worker stops; the study goes on with the others"]
     assert gc.isenabled() and not collector.paused()

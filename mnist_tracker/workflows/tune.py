@@ -345,8 +345,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
     (they log the results when they end).
     """
     deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
-    heartbeat = heartbeat_enabled(study)
-    workers = objective.workers  # a journal's dead workers are found by their files instead
+    watched = heartbeat_enabled(study) or objective.workers is not None  # dead ones found
     checked: set[int] = set()
     uri = set_tracking_uri(None)
     while deadline is None or time.monotonic() < deadline:
@@ -356,23 +355,12 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
             raise _server_away(uri, exc, None, objective) from None
         lock.acquire()
         try:
-            if heartbeat:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)  # may enqueue retries
-            elif workers is not None:
-                for orphan in workers.orphans(study):
-                    given = _give_back(study, orphan, died=True)
-                    if given is not None:
-                        after = "it goes back to the study" if given[1] else "it counts as failed"
-                        say(f"trial {orphan.number}: its worker died; {after}")
-            # Any storage: a given-back trial may have left a run its worker never heard of.
-            _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
+            _fail_dead_trials(study, objective, say, checked)
             state = study_state(study)
             if state.waiting == 0 and state.counted >= settings.trials:
                 if not state.running:
                     return True
-                if not heartbeat and workers is None:
+                if not watched:
                     say("the study is full; other workers finish its last trials")
                     return False
                 # With heartbeats (or a journal's worker files), wait: the running trial either
@@ -427,6 +415,23 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
         return True
     say("timeout reached: this worker stops; the study goes on with the others")
     return False
+
+
+def _fail_dead_trials(study: optuna.Study, objective, say, checked: set[int]) -> None:
+    """Give back the trials whose worker died (heartbeats late, or a journal's worker file
+    free) and end their runs FAILED. Call with the study lock held."""
+    if heartbeat_enabled(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # may enqueue retries
+    elif objective.workers is not None:
+        for orphan in objective.workers.orphans(study):
+            given = _give_back(study, orphan, died=True)
+            if given is not None:
+                after = "it goes back to the study" if given[1] else "it counts as failed"
+                say(f"trial {orphan.number}: its worker died; {after}")
+    # Any storage: a given-back trial may have left a run its worker never heard of.
+    _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
 
 
 def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> None:
