@@ -1150,3 +1150,28 @@ def test_a_journal_trial_whose_workers_keep_dying_fails_for_good(
     assert outcome.counts == {"complete": 0, "pruned": 0, "failed": 1}
     assert f"trial {STALE_RETRIES}: its worker died; it counts as failed" in lines
     assert [t.state for t in outcome.study.get_trials()] == [TrialState.FAIL] * (STALE_RETRIES + 1)
+
+
+def test_a_signal_inside_the_write_of_the_trials_run_id_still_tags_its_run(
+    server_uri, experiment_name, tmp_path, monkeypatch
+):
+    """Ctrl-C just after the trial's run id reached the storage, before Optuna's own copy of
+    the trial had it (seen in CI with SIGTERM): the run ended KILLED but kept
+    optuna.state=RUNNING, as if its trial still ran. The worker keeps the id itself."""
+    real = optuna.trial.Trial.set_user_attr
+
+    def interrupted(self, key, value):
+        self.storage.set_trial_user_attr(self._trial_id, key, value)  # the write lands
+        if key == "mlflow_run_id":
+            raise KeyboardInterrupt  # before ``self._cached_frozen_trial`` is updated
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", interrupted)
+    settings = TuneSettings("cnn", trials=1, pruner="none", final=False, study_name="w",
+                            storage=f"journal:{tmp_path / 'j.log'}", experiment=experiment_name,
+                            **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET)
+    (trial, _) = optuna.load_study(study_name="w", storage=_journal(tmp_path / "j.log")).trials
+    run = MlflowClient().get_run(trial.user_attrs["mlflow_run_id"])
+    assert (run.info.status, run.data.tags["optuna.state"]) == ("KILLED", "FAIL")

@@ -444,9 +444,9 @@ def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> Non
         if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             study.tell(trial, objective.value)
         return
-    # The trial's user attributes may name an earlier attempt's run (a retry copies them).
-    run_id = trial.user_attrs.get("mlflow_run_id") if objective.run_started else None
-    given = _give_back(study, trial, run_id, queued=objective.queued)
+    # This attempt's run: the trial's user attributes may name an earlier attempt's (a retry
+    # copies them), or, the signal inside their write, none.
+    given = _give_back(study, trial, objective.run_id, queued=objective.queued)
     if given is not None and settings.storage:
         say(f"trial {given[0]}: stopped; it goes back to the study, for the next worker")
 
@@ -613,7 +613,7 @@ class _Objective:
         self.current: optuna.Trial | None = None  # the trial being run, for ``_give_back``
         self.failed: Exception | None = None  # what the trial raised, if it failed
         self.value: float | None = None  # what the trial's training returned
-        self.run_started = False  # whether the trial's MLflow run exists
+        self.run_id: str | None = None  # this attempt's MLflow run, once it exists
         self.outboxes: list = []  # where trials that ended offline keep their runs
         self.workers: WorkerFiles | None = workers  # a journal's: marks this worker's trials
         self.queued = False  # whether the trial's retry is queued (it goes back to the study)
@@ -652,11 +652,13 @@ class _Objective:
             self.queued = queue_retry(trial.study, frozen, died=False)
 
     def _run_started(self, trial: optuna.Trial, run_id: str) -> None:
-        self.run_started = True
+        # Kept here first: a signal inside the trial's write could leave the trial's own copy
+        # of its user attributes without the id (seen: the stopped run was not tagged FAIL).
+        self.run_id = run_id
         trial.set_user_attr("mlflow_run_id", run_id)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.current, self.run_started = trial, False
+        self.current, self.run_id = trial, None
         if self.workers is not None:  # before the lock goes: the trial's worker is this one
             self.workers.mark(trial.storage, trial._trial_id)
         self.lock.release()
