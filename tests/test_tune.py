@@ -1080,6 +1080,9 @@ def test_only_dead_workers_use_up_a_trials_retries():
         return queued
 
     assert all(attempt(died=False) for _ in range(5))
+    last = study.get_trials()[-1]  # the retry queued for the fifth
+    assert queue_retry(study, study.get_trials()[-2], died=False) and study.get_trials()[-1] == last
+
     assert [attempt(died=True) for _ in range(STALE_RETRIES + 1)] == [True] * STALE_RETRIES + [
         False
     ]

@@ -625,7 +625,13 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial, died: bool) -> bool:
 
     ``trial`` may still be RUNNING: queued before it is failed, a worker counting the study
     meanwhile finds it waiting, and never the study full with this trial counted failed.
+    Queuing a trial twice queues it once.
     """
+    # Queued already (by this worker before it failed, or by one that took it for dead):
+    # queued twice, the study would run one trial too many.
+    trials = study.get_trials(deepcopy=False)
+    if any(trial.number in t.system_attrs.get("retry_history", ()) for t in trials):
+        return True
     attrs = copy.deepcopy(trial.system_attrs)  # Optuna's callback appended to the storage's own
     deaths = attrs.get(DEATHS_ATTR, 0) + int(died)
     if deaths > STALE_RETRIES:
