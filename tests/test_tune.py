@@ -1178,3 +1178,51 @@ def test_a_signal_inside_the_write_of_the_trials_run_id_still_tags_its_run(
     (trial, _) = optuna.load_study(study_name="w", storage=_journal(tmp_path / "j.log")).trials
     run = MlflowClient().get_run(trial.user_attrs["mlflow_run_id"])
     assert (run.info.status, run.data.tags["optuna.state"]) == ("KILLED", "FAIL")
+
+
+def test_a_signal_before_the_objective_knew_its_trial_gives_that_trial_back(
+    server_uri, experiment_name, tmp_path, monkeypatch
+):
+    """Ctrl-C after Optuna created (or popped) a trial, before the objective got it: no worker
+    knew it, a journal's worker files cannot tell (it names no worker), and it stayed RUNNING
+    for ever, every later worker waiting for it."""
+    real, calls = optuna.samplers.TPESampler.before_trial, {"n": 0}
+
+    def interrupted(self, study, trial):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # the trial exists, RUNNING; the objective has not run
+        return real(self, study, trial)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "before_trial", interrupted)
+    settings = TuneSettings("cnn", trials=1, pruner="none", final=False, study_name="b",
+                            storage=f"journal:{tmp_path / 'j.log'}", experiment=experiment_name,
+                            **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET)
+    trials = optuna.load_study(study_name="b", storage=_journal(tmp_path / "j.log")).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert tune(settings, data_dir=SUBSET).counts == {"complete": 1, "pruned": 0, "failed": 0}
+
+
+def test_a_trial_that_failed_on_its_own_counts_even_if_a_signal_follows(
+    server_uri, experiment_name, tmp_path, monkeypatch
+):
+    """A signal while Optuna logs a trial's own failure: the trial counts as failed, as without
+    the signal, instead of going back to the study to fail again."""
+    from optuna.study import _optimize
+
+    def broken(trial, epoch, metrics):
+        raise RuntimeError("this config diverges")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # after Optuna recorded the trial FAIL
+
+    monkeypatch.setattr(_optimize, "_log_failed_trial", interrupted)
+    settings = TuneSettings("cnn", trials=1, pruner="none", final=False, study_name="f",
+                            storage=f"journal:{tmp_path / 'j.log'}", experiment=experiment_name,
+                            **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, data_dir=SUBSET, epoch_hook=broken)
+    trials = optuna.load_study(study_name="f", storage=_journal(tmp_path / "j.log")).trials
+    assert [t.state for t in trials] == [TrialState.FAIL]

@@ -542,6 +542,11 @@ class StudyLock:
 
     @contextlib.contextmanager
     def held(self):
+        """The lock for the block; a block inside one that holds it already keeps it (the
+        thread lock is not reentrant), and leaves it held."""
+        if self._held:
+            yield
+            return
         self.acquire()
         try:
             yield

@@ -373,8 +373,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 continue
             # optuna creates (or pops the waiting) trial, then calls the objective, which
             # releases the lock first thing: creation happens under the lock, training not.
-            objective.current = objective.failed = objective.value = None
-            objective.queued = False
+            objective.next_trial(study)
             try:
                 # Nothing caught: Optuna fails the trial, then re-raises its error here.
                 study.optimize(objective, n_trials=1, catch=())
@@ -400,7 +399,8 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 if not not_the_trials_fault(exc):
                     continue  # the trial failed and counts; the study goes on
                 # The tracking server's or the database's: the trial goes back, the worker stops.
-                given = _give_back(study, objective.current, queued=objective.queued)
+                with lock.held():
+                    given = _give_back(study, objective.current, queued=objective.queued)
                 number = None if given is None else given[0]
                 lost = storage_error(exc)
                 if lost is not None:
@@ -434,19 +434,35 @@ def _fail_dead_trials(study: optuna.Study, objective, say, checked: set[int]) ->
     _close_dead_trial_runs(study, objective.parent_run_id, say, checked)
 
 
+def _running_ids(study: optuna.Study) -> set[int]:
+    return {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+
+
 def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> None:
     """A signal stopped the worker in a trial: a trial whose training had returned its value is
-    recorded COMPLETE (its run is FINISHED already); any other goes back to the study. (A run
-    the server created while the signal came, its id never received, is ended by the next
-    worker: ``_close_dead_trial_runs``.)"""
-    trial = objective.current
+    recorded COMPLETE (its run is FINISHED already), one that had failed on its own counts as
+    failed, and any other goes back to the study, under the study lock (no worker counts the
+    study meanwhile). A trial Optuna had created when the signal came, before the objective
+    knew it, goes back too. (A run the server created while the signal came, its id never
+    received, is ended by the next worker: ``_close_dead_trial_runs``.)"""
+    trial, storage = objective.current, study._storage
     if trial is not None and objective.value is not None:
-        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
             study.tell(trial, objective.value)
         return
-    # This attempt's run: the trial's user attributes may name an earlier attempt's (a retry
-    # copies them), or, the signal inside their write, none.
-    given = _give_back(study, trial, objective.run_id, queued=objective.queued)
+    failed = objective.failed
+    if trial is not None and failed is not None and not not_the_trials_fault(failed):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # its own error:
+            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:  # it counts
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return
+    with objective.lock.held():
+        if trial is None:  # no mark, no current trial: it stayed RUNNING for ever
+            new = _running_ids(study) - objective.running_before
+            trial = storage.get_trial(min(new)) if new else None
+        # This attempt's run: the trial's user attributes may name an earlier attempt's (a
+        # retry copies them), or, the signal inside their write, none.
+        given = _give_back(study, trial, objective.run_id, queued=objective.queued)
     if given is not None and settings.storage:
         say(f"trial {given[0]}: stopped; it goes back to the study, for the next worker")
 
@@ -530,14 +546,13 @@ def _give_back(
         return None
     storage = study._storage
     frozen = storage.get_trial(trial._trial_id)
+    if frozen.state not in (TrialState.RUNNING, TrialState.FAIL):  # it had finished
+        return None
+    if not queued:  # first: a trial is never FAIL without its retry waiting
+        queued = queue_retry(study, frozen, died)
     if frozen.state == TrialState.RUNNING:  # SIGTERM: Optuna catches Ctrl-C only
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        frozen = storage.get_trial(trial._trial_id)
-    if frozen.state != TrialState.FAIL:  # it had finished when the signal came
-        return None
-    if not queued:
-        queued = queue_retry(study, frozen, died)
     if run_id:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
@@ -617,6 +632,7 @@ class _Objective:
         self.outboxes: list = []  # where trials that ended offline keep their runs
         self.workers: WorkerFiles | None = workers  # a journal's: marks this worker's trials
         self.queued = False  # whether the trial's retry is queued (it goes back to the study)
+        self.running_before: set[int] = set()  # RUNNING trial ids before this worker's next
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
         retry_of = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
@@ -643,11 +659,18 @@ class _Objective:
             on_run_start=lambda run_id: self._run_started(trial, run_id),
         )
 
+    def next_trial(self, study: optuna.Study) -> None:
+        """Forget the last trial, before ``study.optimize`` (under the study lock: a RUNNING
+        trial that is new after this is this worker's)."""
+        self.current = self.failed = self.value = self.run_id = None
+        self.queued = False
+        self.running_before = _running_ids(study)
+
     def _queue_back(self, trial: optuna.Trial) -> None:
         """Queue the retry of a trial that goes back to the study (``_give_back`` fails it)
         while it is still RUNNING, before Optuna fails it: a worker counting the study in
         between would find it full, this trial failed, and log the results without it."""
-        with contextlib.suppress(Exception):  # else ``_give_back`` queues it after
+        with contextlib.suppress(Exception), self.lock.held():  # else ``_give_back`` does
             frozen = trial.storage.get_trial(trial._trial_id)
             self.queued = queue_retry(trial.study, frozen, died=False)
 
