@@ -535,13 +535,14 @@ def _give_back(
     queued: bool = False,
 ) -> tuple[int, bool] | None:
     """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, or whose
-    worker ``died`` (a journal's, ``liveness``), to the study: FAIL (Optuna leaves it RUNNING
-    on SIGTERM, and a journal study, which has no heartbeats, would wait for it for ever), and
-    queued again with its params (``study.queue_retry``, unless ``queued`` already: the
-    objective queues it before Optuna fails it), so that it does not count towards the total
-    and the next worker runs it. Its run ``run_id`` (this attempt's, ended by ``train``; None
-    when it has none, or the server is away) is tagged so. Returns (the trial's number,
-    whether it was queued), or None when there was none to give back."""
+    worker ``died`` (a journal's, ``liveness``), to the study: queued again with its params
+    (``study.queue_retry``, unless ``queued`` already: the objective queues it before Optuna
+    fails it), then FAIL (Optuna leaves it RUNNING on SIGTERM, and a journal study, which has
+    no heartbeats, would wait for it for ever), so that it does not count towards the total
+    and the next worker runs it. Call with the study lock held: no worker counts the study
+    between the two. Its run ``run_id`` (this attempt's, ended by ``train``; None when it has
+    none, or the server is away) is tagged so. Returns (the trial's number, whether it was
+    queued), or None when there was none to give back."""
     if trial is None:  # stopped before Optuna created the trial
         return None
     storage = study._storage
