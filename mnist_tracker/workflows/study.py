@@ -595,18 +595,20 @@ class StudyState:
     failed: int  # failures that count (raised in the objective, or out of retries)
 
 
-def study_state(study: optuna.Study) -> StudyState:
-    trials = study.get_trials(deepcopy=False)
-    # Every attempt a later trial retried: Optuna's ``failed_trial`` names only the first of
-    # them, its ``retry_history`` all (a retry that dies again is retried too, not counted).
+def _retried(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of every attempt a later trial retries: ``failed_trial`` names only the
+    first of them, ``retry_history`` all (a retry that dies again is retried too)."""
     retried = set()
     for t in trials:
-        # Never a trial's own number: Optuna's retry callback (a study's other users may set
-        # it) appends it to the history of the trial it is handed, in place (the storage's own
-        # copy, for a journal), before deciding not to retry a trial out of retries.
-        retried.update(n for n in t.system_attrs.get("retry_history", ()) if n != t.number)
+        retried.update(t.system_attrs.get("retry_history", ()))
         if t.system_attrs.get("failed_trial") is not None:
             retried.add(t.system_attrs["failed_trial"])
+    return retried
+
+
+def study_state(study: optuna.Study) -> StudyState:
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)  # not counted: their retry is
     failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
     by_state = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
     return StudyState(
@@ -634,10 +636,9 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial, died: bool) -> bool:
     """
     # Queued already (by this worker before it failed, or by one that took it for dead):
     # queued twice, the study would run one trial too many.
-    trials = study.get_trials(deepcopy=False)
-    if any(trial.number in t.system_attrs.get("retry_history", ()) for t in trials):
+    if trial.number in _retried(study.get_trials(deepcopy=False)):
         return True
-    attrs = copy.deepcopy(trial.system_attrs)  # Optuna's callback appended to the storage's own
+    attrs = copy.deepcopy(trial.system_attrs)  # written below: never the storage's own copy
     deaths = attrs.get(DEATHS_ATTR, 0) + int(died)
     if deaths > STALE_RETRIES:
         return False

@@ -400,7 +400,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                     continue  # the trial failed and counts; the study goes on
                 # The tracking server's or the database's: the trial goes back, the worker stops.
                 with lock.held():
-                    given = _give_back(study, objective.current, queued=objective.queued)
+                    given = _give_back(study, objective.current)
                 number = None if given is None else given[0]
                 lost = storage_error(exc)
                 if lost is not None:
@@ -452,9 +452,7 @@ def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> Non
         return
     failed = objective.failed
     if trial is not None and failed is not None and not not_the_trials_fault(failed):
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # its own error:
-            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:  # it counts
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        _fail(storage, trial._trial_id)  # its own error: it counts
         return
     with objective.lock.held():
         if trial is None:  # no mark, no current trial: it stayed RUNNING for ever
@@ -462,7 +460,7 @@ def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> Non
             trial = storage.get_trial(min(new)) if new else None
         # This attempt's run: the trial's user attributes may name an earlier attempt's (a
         # retry copies them), or, the signal inside their write, none.
-        given = _give_back(study, trial, objective.run_id, queued=objective.queued)
+        given = _give_back(study, trial, objective.run_id)
     if given is not None and settings.storage:
         say(f"trial {given[0]}: stopped; it goes back to the study, for the next worker")
 
@@ -532,12 +530,11 @@ def _give_back(
     run_id: str | None = None,
     *,
     died: bool = False,
-    queued: bool = False,
 ) -> tuple[int, bool] | None:
     """Return a trial stopped by Ctrl-C or SIGTERM, or by its server going away, or whose
     worker ``died`` (a journal's, ``liveness``), to the study: queued again with its params
-    (``study.queue_retry``, unless ``queued`` already: the objective queues it before Optuna
-    fails it), then FAIL (Optuna leaves it RUNNING on SIGTERM, and a journal study, which has
+    (``study.queue_retry``; once: the objective may have queued it before Optuna failed it),
+    then FAIL (Optuna leaves it RUNNING on SIGTERM, and a journal study, which has
     no heartbeats, would wait for it for ever), so that it does not count towards the total
     and the next worker runs it. Call with the study lock held: no worker counts the study
     between the two. Its run ``run_id`` (this attempt's, ended by ``train``; None when it has
@@ -549,16 +546,20 @@ def _give_back(
     frozen = storage.get_trial(trial._trial_id)
     if frozen.state not in (TrialState.RUNNING, TrialState.FAIL):  # it had finished
         return None
-    if not queued:  # first: a trial is never FAIL without its retry waiting
-        queued = queue_retry(study, frozen, died)
-    if frozen.state == TrialState.RUNNING:  # SIGTERM: Optuna catches Ctrl-C only
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    queued = queue_retry(study, frozen, died)  # first: never FAIL without its retry waiting
+    _fail(storage, trial._trial_id)  # SIGTERM: Optuna catches Ctrl-C only
     if run_id:
         with contextlib.suppress(Exception):  # stopping: the tags are a courtesy
             error = "stopped by a signal; the trial went back to the study"
             _sink_of(run_id).set_tags({artifacts.OPTUNA_STATE_TAG: "FAIL", "error": error})
     return frozen.number, queued
+
+
+def _fail(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Record trial ``trial_id`` FAIL if it is RUNNING (one that finished meanwhile stays so)."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def _close_dead_trial_runs(study: optuna.Study, parent_run_id: str, say, checked: set[int]) -> None:
@@ -632,7 +633,6 @@ class _Objective:
         self.run_id: str | None = None  # this attempt's MLflow run, once it exists
         self.outboxes: list = []  # where trials that ended offline keep their runs
         self.workers: WorkerFiles | None = workers  # a journal's: marks this worker's trials
-        self.queued = False  # whether the trial's retry is queued (it goes back to the study)
         self.running_before: set[int] = set()  # RUNNING trial ids before this worker's next
 
     def options(self, trial: optuna.Trial) -> TrainOptions:
@@ -664,7 +664,6 @@ class _Objective:
         """Forget the last trial, before ``study.optimize`` (under the study lock: a RUNNING
         trial that is new after this is this worker's)."""
         self.current = self.failed = self.value = self.run_id = None
-        self.queued = False
         self.running_before = _running_ids(study)
 
     def _queue_back(self, trial: optuna.Trial) -> None:
@@ -672,8 +671,7 @@ class _Objective:
         while it is still RUNNING, before Optuna fails it: a worker counting the study in
         between would find it full, this trial failed, and log the results without it."""
         with contextlib.suppress(Exception), self.lock.held():  # else ``_give_back`` does
-            frozen = trial.storage.get_trial(trial._trial_id)
-            self.queued = queue_retry(trial.study, frozen, died=False)
+            queue_retry(trial.study, trial.storage.get_trial(trial._trial_id), died=False)
 
     def _run_started(self, trial: optuna.Trial, run_id: str) -> None:
         # Kept here first: a signal inside the trial's write could leave the trial's own copy
