@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_tracker.models.layers import dropout_multiplier, keep_mask
+from mnist_tracker.models.layers import dropout, keep_mask
 from mnist_tracker.models.vit import Attention, attention_with_dropout
 
 pytestmark = pytest.mark.fast
@@ -117,7 +117,7 @@ def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype, head_dim):
         with torch.autocast("cpu", enabled=False):
             q, k, v = qkv[0].float(), qkv[1].float(), qkv[2].float()
             weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
-            weights = weights * dropout_multiplier(weights, 0.1)
+            weights = dropout(weights, 0.1)
             inner = (weights @ v).to(dtype)
         return layer.proj_drop(layer.proj(inner.transpose(1, 2).reshape(8, 50, dim)))
 

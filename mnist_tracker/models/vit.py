@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Dropout, dropout_multiplier
+from .layers import Dropout, dropout
 from .specs import BuildConfig
 
 
@@ -14,7 +14,7 @@ def attention_with_dropout(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, dropout_p=p)`` for CPU training, its mask drawn
-    as ``layers.keep_mask`` draws it (applied through ``layers.dropout_multiplier``).
+    as ``layers.keep_mask`` draws it (applied by ``layers.dropout``).
 
     On CPU, attention with dropout runs SDPA's math path, which draws the mask with
     ``bernoulli_``: 22 % of a bf16 vit training step on the 2-core CPU, plus its checks for
@@ -35,7 +35,7 @@ def attention_with_dropout(
             for t in (q, k, v)
         )
         weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
-        weights = weights * dropout_multiplier(weights, p)
+        weights = dropout(weights, p)
         return (weights @ v).to(dtype)
 
 
