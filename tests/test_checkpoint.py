@@ -141,3 +141,29 @@ def test_a_capture_without_copies_shares_the_live_tensors_and_saves_the_same(mni
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_a_cpu_runs_checkpoint_leaves_the_gpus_alone(monkeypatch):
+    """On a GPU host, capturing and restoring a CPU run's state reads and sets no GPU's RNG:
+    each such call starts CUDA, and every GPU's state in a list made a resume fail on a
+    machine with fewer GPUs (an IndexError). Here the host claims GPUs, whose RNG calls fail."""
+
+    def touched(*args, **kwargs):
+        raise AssertionError("a GPU's RNG was touched by a CPU run")
+
+    config = resolve_config("cnn", device="cpu", precision="fp32")
+    model = create_model(config)
+    optimizer = torch.optim.Adam(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": None, "scaler": None}
+    with monkeypatch.context() as gpu_host:
+        gpu_host.setattr(torch.cuda, "is_available", lambda: True)
+        for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+            gpu_host.setattr(torch.cuda, name, touched)
+        state = checkpoint.capture(
+            epoch=1, generator=generator, history=[], training_time_s=0.0, total_time_s=0.0,
+            **parts,
+        )  # fmt: skip
+        assert state["rng"]["cuda"] is None
+        state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # as written before
+        checkpoint.restore(state, generator=generator, **parts)

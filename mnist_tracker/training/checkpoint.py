@@ -6,8 +6,9 @@ Contracts:
   whole, and only the newest one exists. ``load`` reads it with ``weights_only=True``.
 - Keys: ``epoch`` (last finished, from 1), ``model``, ``optimizer``, ``scheduler`` and
   ``scaler`` (state dicts or None), ``rng`` (the RNG states that decide dropout and batch
-  order), ``history`` (per-epoch metrics so far), ``training_time_s``, ``total_time_s``, and,
-  added by ``workflows.callbacks.Checkpointer``, ``config`` (``TrainConfig.to_dict()``) and
+  order: the CPU's, the training GPU's or None, the batch order's), ``history`` (per-epoch
+  metrics so far), ``training_time_s``, ``total_time_s``, and, added by
+  ``workflows.callbacks.Checkpointer``, ``config`` (``TrainConfig.to_dict()``) and
   ``register`` (a model registry name or None).
 - ``capture`` and ``restore`` are inverses: a run restored from ``capture(epoch=k)`` computes
   the same epochs k+1.. as the uninterrupted run (on the CPU, bit for bit in practice).
@@ -70,7 +71,7 @@ def capture(
         "scaler": None if scaler is None else scaler.state_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": _cuda_rng_state(model),
             "batches": generator.get_state(),
         },
         "history": [dict(m) for m in history],
@@ -100,9 +101,28 @@ def restore(
         scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    device = _device_of(model)
+    if rng["cuda"] is not None and device.type == "cuda":
+        cuda = rng["cuda"]
+        if isinstance(cuda, list):  # written before stop 33: every visible GPU's, in order
+            index = device.index or 0
+            cuda = cuda[index] if index < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda, device)
     generator.set_state(rng["batches"])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _cuda_rng_state(model: nn.Module) -> torch.Tensor | None:
+    """The RNG state of the GPU the model trains on (its dropout masks), None off CUDA.
+
+    Only that GPU's: a run resumes on a machine with fewer GPUs (every GPU's list failed there
+    with an IndexError), and a CPU run on a GPU host does not start CUDA at each checkpoint.
+    """
+    device = _device_of(model)
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def _to_cpu(obj, copy: bool = True):
