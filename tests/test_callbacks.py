@@ -165,3 +165,27 @@ def test_ctrl_c_keeps_its_hint_through_clicks_abort(capsys):
     except click.Abort as abort:
         assert report(abort) == 130
     assert capsys.readouterr().err == "Interrupted. The run was marked KILLED.\n"
+
+
+def test_the_progress_bar_reads_its_loss_back_every_few_batches(monkeypatch):
+    """The smoothed loss is read back (a wait for the GPU) every READ_EVERY batches and at the
+    epoch's end, not after each step; what it shows is the smoothed loss all the same."""
+    from types import SimpleNamespace
+
+    from mnist_tracker.training.callbacks import ProgressBar
+
+    reads = []
+    real = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(1) or real(t))
+    steps = 2 * ProgressBar.READ_EVERY + 5
+    state = SimpleNamespace(epoch=1, config=SimpleNamespace(epochs=1), n_train=64 * steps)
+    bar = ProgressBar()
+    bar.on_epoch_start(state)
+    losses = torch.linspace(2.0, 1.0, steps)
+    smoothed = None
+    for step, loss in enumerate(losses, start=1):
+        bar.on_batch_end(state, Batch(step, 64, loss, loss * 0, 64 * step))
+        smoothed = float(real(loss)) if smoothed is None else 0.9 * smoothed + 0.1 * real(loss)
+    assert len(reads) == 3  # after batches 20 and 40, and the last
+    assert bar.bar.postfix == f"loss={smoothed:.4f}"
+    bar.on_fit_end(state)

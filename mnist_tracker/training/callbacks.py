@@ -138,11 +138,18 @@ class StartupOver(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with a smoothed live loss (for a terminal)."""
+    """A tqdm bar per epoch with a smoothed live loss (for a terminal).
+
+    The smoothing runs on the loss's device and is read back every ``READ_EVERY`` batches and
+    at the epoch's last: each read waits for the GPU, and a wait every step would keep the CPU
+    from queueing the next steps ahead (a replayed CUDA graph's included).
+    """
+
+    READ_EVERY = 20
 
     def __init__(self):
         self.bar = None
-        self.loss: float | None = None
+        self.loss: torch.Tensor | None = None  # the smoothed loss, on the loss's device
 
     def on_epoch_start(self, state: FitState) -> None:
         from tqdm.auto import tqdm
@@ -152,10 +159,14 @@ class ProgressBar(Callback):
         self.loss = None
 
     def on_batch_end(self, state: FitState, batch: Batch) -> None:
-        loss = float(batch.loss)  # already detached by the loop
-        self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        loss = batch.loss.detach().float()  # a graph's loss is overwritten by its next replay
+        if self.loss is None:
+            self.loss = loss.clone()
+        else:
+            self.loss.mul_(0.9).add_(loss, alpha=0.1)
         self.bar.update(batch.size)
-        self.bar.set_postfix(loss=f"{self.loss:.4f}", refresh=False)
+        if batch.step % self.READ_EVERY == 0 or batch.seen >= state.n_train:
+            self.bar.set_postfix(loss=f"{float(self.loss):.4f}", refresh=False)
 
     def on_train_end(self, state: FitState, train_loss: float) -> None:
         self.on_fit_end(state)
