@@ -129,6 +129,25 @@ def test_auto_picks_bf16_only_where_the_cpu_has_it_natively(monkeypatch, flags, 
     assert runtime.resolve_precision("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")
 
 
+@pytest.mark.parametrize(
+    ("capability", "fast"),
+    [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)],  # V100, T4, A100, H100
+)
+def test_auto_picks_bf16_only_on_gpus_that_compute_it_natively(monkeypatch, capability, fast):
+    """Not ``torch.cuda.is_bf16_supported()``: it also says yes where bf16 is emulated. The
+    GPU asked about is the run's (cuda:1 here), not the current one. No GPU exists here: the
+    capability query is the stand-in."""
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability
+    )
+    gpu = torch.device("cuda:1")
+    assert runtime.resolve_precision("auto", gpu) == ("bf16" if fast else "fp32")
+    assert asked == [gpu]
+
+
 @pytest.mark.slow
 def test_bf16_trains_the_cnn_to_the_fp32_accuracy_band(mnist):
     """The learning test's budget in both precisions: both learn, within 3 points of each

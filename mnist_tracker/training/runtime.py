@@ -78,10 +78,20 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes bf16 natively: compute capability 8.0 (Ampere) or
+    later, or ROCm (as ``torch.cuda.is_bf16_supported(including_emulation=False)`` decides).
+    Its default also says yes where bf16 is only emulated (a V100, a T4: slower than fp32),
+    and it asks about the current GPU, not ``device``."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 where the hardware runs it fast, else fp32; fp16 only on CUDA."""
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and cuda_has_fast_bf16(device):
             return "bf16"
         if device.type == "cpu" and cpu_has_fast_bf16():
             return "bf16"
