@@ -14,8 +14,9 @@ import torch
 from mnist_tracker import data
 from mnist_tracker.config import resolve_config
 from mnist_tracker.models import create_model
-from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit
-from mnist_tracker.training.graphs import GraphedEpochs
+from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit, runtime
+from mnist_tracker.training.graphs import WARMUP, GraphedEpochs
+from mnist_tracker.training.loop import build_optimizer
 
 from .conftest import SUBSET
 
@@ -40,8 +41,11 @@ def deterministic():
 
 
 def _setup(mnist, model_name="cnn", limit_train=512, limit_test=256, **overrides):
-    config = resolve_config(
-        model_name, limit_train=limit_train, limit_test=limit_test, device="cuda", **overrides
+    # Resolved as the CLI resolves it: fit refuses precision "auto", every recipe's default.
+    config = runtime.resolve_runtime(
+        resolve_config(
+            model_name, limit_train=limit_train, limit_test=limit_test, device="cuda", **overrides
+        )
     )
     splits = data.split_data(
         mnist, seed=config.seed, limit_train=limit_train, limit_test=limit_test
@@ -179,9 +183,13 @@ def test_a_graphed_fit_computes_the_eager_steps(
     assert (eager.test_predictions == graphed.test_predictions).mean() > 0.99
 
 
-def test_a_graphed_fit_with_dropout_learns_like_an_eager_one(mnist):
+def test_a_graphed_fit_with_dropout_learns_like_an_eager_one(mnist, monkeypatch):
     """With dropout (its own random draws in the graph), bf16, 8 epochs on the subset: past
-    85 % as the eager fit is (92.6 % on the CPU), and within a few points of it."""
+    85 % as the eager fit is (92.6 % on the CPU), and within a few points of it; the graphed
+    fit did replay a graph (captured once: no schedule moves its lr)."""
+    done = []
+    capture = GraphedEpochs._capture
+    monkeypatch.setattr(GraphedEpochs, "_capture", lambda self: done.append(capture(self)))
     results = {}
     for graphs in (False, True):
         config, splits = _setup(
@@ -191,7 +199,32 @@ def test_a_graphed_fit_with_dropout_learns_like_an_eager_one(mnist):
         torch.manual_seed(config.seed)
         results[graphs] = fit(config, splits, create_model(config))
     graphed, eager = results[True], results[False]
+    assert len(done) == 1
     losses = [h["train_loss"] for h in graphed.history]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
     assert graphed.final["test_accuracy"] > 0.85, graphed.final
     assert abs(graphed.final["test_accuracy"] - eager.final["test_accuracy"]) < 0.05
+
+
+def test_each_replay_draws_new_dropout_masks(mnist):
+    """One image, 64 times a batch, and a learning rate of 0: every step sees the same batch
+    and the same weights, so its loss changes only with the dropout masks. The replays' losses
+    differ: the graph draws new masks each time instead of replaying the captured ones."""
+    config, splits = _setup(mnist, limit_train=None, epochs=1, precision="bf16", cuda_graphs=True)
+    torch.manual_seed(config.seed)
+    model = create_model(config).to("cuda")
+    optimizer = build_optimizer(config, model)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    image = torch.as_tensor(splits.train_x[:1]).to("cuda")
+    x = image.expand(64 * (WARMUP + 5), *image.shape[1:]).contiguous()
+    y = torch.as_tensor(splits.train_y[:1]).to("cuda").expand(len(x)).contiguous()
+    epochs = GraphedEpochs(model, x, y, batch_size=64, optimizer=optimizer, precision="bf16")
+    losses = []
+    epochs.train_epoch(
+        generator=torch.Generator().manual_seed(0),
+        on_batch=lambda batch: losses.append(float(batch.loss)),
+    )
+    assert epochs.captures == 1 and len(losses) == WARMUP + 5
+    replayed = losses[WARMUP:]
+    assert len(set(replayed)) > 1, replayed
