@@ -1,4 +1,4 @@
-"""models/vit.py: attention with dropout on CPU is SDPA's math path with the cheaper mask."""
+"""models/vit.py: CPU attention with dropout is SDPA's in the inputs' dtype, with a cheaper mask."""
 
 from __future__ import annotations
 
@@ -50,26 +50,43 @@ def test_values_and_gradients_are_the_math_path_with_the_keep_mask(dtype):
         torch.testing.assert_close(g.double(), w, **tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_it_is_sdpas_math_path_given_the_same_mask(dtype):
-    """ATen's own math path, handed the mask this function drew, gives the same result: in
-    fp32 for bf16 inputs (the upcast), under bf16 autocast too (which would otherwise run the
-    matmuls in bf16, 0.008 off here). 1 ulp apart at most: the two scale the kept weights
-    in another order."""
-    q, k, v = qkv(dtype)
+def math_path(q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    """ATen's own math path of SDPA with dropout 0.1, handed ``mask``."""
+    with warnings.catch_warnings():  # "Dropout mask should only be used for testing purposes"
+        warnings.simplefilter("ignore")
+        out, _ = torch.ops.aten._scaled_dot_product_attention_math(
+            q, k, v, dropout_p=0.1, dropout_mask=mask
+        )
+    return out
+
+
+def test_in_fp32_it_is_sdpas_math_path_given_the_same_mask():
+    """1 ulp apart at most: the two scale the kept weights in another order."""
+    q, k, v = qkv(torch.float32)
+    torch.manual_seed(5)
+    got = attention_with_dropout(q, k, v, 0.1)
+    torch.manual_seed(5)
+    expected = math_path(q, k, v, keep_mask(torch.empty(4, 8, 50, 50), 0.9))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_in_bf16_it_stays_near_sdpas_math_path_given_the_same_mask():
+    """In bf16 the matmuls and the softmax's result are bf16 (the math path upcasts to fp32),
+    under autocast too: off by a bf16 rounding of the scores and weights. Measured here: the
+    largest difference 0.016 on values of mean size 0.19, the mean difference 0.0006; the
+    bounds are twice that. The fp32 computation in bf16 would be within 2**-7 (1 ulp)."""
+    q, k, v = qkv(torch.bfloat16)
     torch.manual_seed(5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = attention_with_dropout(q, k, v, 0.1)
     torch.manual_seed(5)
-    mask = keep_mask(torch.empty(4, 8, 50, 50), 0.9)
-    with warnings.catch_warnings():  # "Dropout mask should only be used for testing purposes"
-        warnings.simplefilter("ignore")
-        math, _ = torch.ops.aten._scaled_dot_product_attention_math(
-            q, k, v, dropout_p=0.1, dropout_mask=mask
-        )
-    assert got.dtype == math.dtype == dtype
-    ulp = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 0, "rtol": 2**-7}
-    torch.testing.assert_close(got, math, **ulp)
+    expected = math_path(q, k, v, keep_mask(torch.empty(4, 8, 50, 50), 0.9)).float()
+    assert got.dtype == torch.bfloat16
+    difference = (got.float() - expected).abs()
+    assert float(difference.max()) < 0.032
+    assert float(difference.mean()) < 0.0013
+    assert float(difference.mean()) > 0  # it does compute in bf16: not the fp32 math path
 
 
 def test_a_dropout_that_rounds_to_nothing_keeps_every_weight():
@@ -103,9 +120,10 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [16, 12])  # the vit's; one whose scale is no power of 2
 def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype, head_dim):
-    """The layer splits q, k and v with ``unbind`` and makes them contiguous in the upcast (no
-    copies in the matmuls): the output and every gradient equal those of the textbook split,
-    ``qkv.permute(...)[i]`` into the same attention, bit for bit, under autocast too."""
+    """The layer splits q, k and v with ``unbind`` and makes each contiguous once (no copies
+    in the matmuls): the output and every gradient equal those of the textbook split,
+    ``qkv.permute(...)[i]``, into the textbook attention in the inputs' dtype (bf16 under
+    autocast), bit for bit."""
     torch.manual_seed(0)
     dim = 8 * head_dim
     layer = Attention(dim=dim, heads=8, dropout=0.1).train()
@@ -113,12 +131,11 @@ def test_the_layer_equals_its_textbook_form_bit_for_bit(dtype, head_dim):
 
     def textbook(x):
         qkv = layer.qkv(x).reshape(8, 50, 3, 8, head_dim).permute(2, 0, 3, 1, 4)
-        dtype, scale = qkv.dtype, head_dim**-0.25
+        scale = head_dim**-0.25
         with torch.autocast("cpu", enabled=False):
-            q, k, v = qkv[0].float(), qkv[1].float(), qkv[2].float()
+            q, k, v = qkv[0], qkv[1], qkv[2]
             weights = ((q * scale) @ (k.transpose(-2, -1) * scale)).softmax(-1)
-            weights = dropout(weights, 0.1)
-            inner = (weights @ v).to(dtype)
+            inner = dropout(weights, 0.1) @ v
         return layer.proj_drop(layer.proj(inner.transpose(1, 2).reshape(8, 50, dim)))
 
     results = []
