@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mnist_tracker import data
 from mnist_tracker.config import resolve_config
@@ -237,3 +238,31 @@ def test_weights_finite_finds_one_bad_weight_in_a_trainable_tensor(bad):
     with torch.no_grad():
         model[1].bias[9] = bad
     assert not loop.weights_finite(model)
+
+
+def test_evaluate_gives_the_loss_accuracy_and_f1_of_the_whole_set_in_any_batch_size(mnist):
+    """The figures are the whole set's, whatever the batching: the mean cross-entropy (each
+    batch's sum in fp32, as a read per batch gave it), the share of right predictions and
+    their macro F1 (scikit-learn's, as a reference)."""
+    from sklearn.metrics import f1_score
+
+    torch.manual_seed(0)
+    model = create_model(resolve_config("cnn")).eval()
+    x, y = mnist.test_x[:300], mnist.test_y[:300]
+    with torch.inference_mode():
+        logits = torch.cat([model(data.to_input(x[i : i + 100])) for i in range(0, 300, 100)])
+    predictions = logits.argmax(1)
+    for batch_size in (300, 64, 7):
+        result = loop.evaluate(model, x, y, device=torch.device("cpu"), batch_size=batch_size)
+        sums = [
+            float(
+                F.cross_entropy(logits[i : i + batch_size], y[i : i + batch_size], reduction="sum")
+            )
+            for i in range(0, 300, batch_size)
+        ]
+        assert result.loss == pytest.approx(sum(sums) / 300, rel=1e-5)
+        assert result.predictions.tolist() == predictions.tolist()
+        assert result.accuracy == float((predictions == y).double().mean())
+        assert result.f1_macro == pytest.approx(
+            f1_score(y.numpy(), predictions.numpy(), average="macro")
+        )

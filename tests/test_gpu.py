@@ -8,6 +8,8 @@ machine with one: ``pytest -m gpu``.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from mnist_tracker.config import resolve_config
 from mnist_tracker.models import create_model
 from mnist_tracker.training import OnCheckpoint, checkpoint, features, fit, runtime
 from mnist_tracker.training.graphs import WARMUP, GraphedEpochs
-from mnist_tracker.training.loop import build_optimizer
+from mnist_tracker.training.loop import build_optimizer, evaluate
 
 from .conftest import SUBSET
 
@@ -228,3 +230,26 @@ def test_each_replay_draws_new_dropout_masks(mnist):
     assert epochs.captures == 1 and len(losses) == WARMUP + 5
     replayed = losses[WARMUP:]
     assert len(set(replayed)) > 1, replayed
+
+
+def test_evaluation_waits_for_the_gpu_a_fixed_number_of_times_not_once_a_batch(mnist):
+    """evaluate reads its results back at the end, not per batch: the host syncs that CUDA's
+    sync debug mode reports are as many for 8 batches as for 1."""
+    config, splits = _setup(mnist)
+    device = torch.device("cuda")
+    model = create_model(config).to(device)
+    x = splits.test_x.to(device)  # the labels stay on the host, as fit passes them
+
+    def syncs(batch_size: int) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                evaluate(model, x, splits.test_y, device=device, batch_size=batch_size)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(w.message) for w in caught)
+
+    syncs(32), syncs(256)  # first calls of each shape: cuDNN's choices, the allocator
+    assert len(splits.test_y) == 256
+    assert syncs(32) == syncs(256)

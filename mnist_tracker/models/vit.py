@@ -23,7 +23,7 @@ def attention_with_dropout(
     product, softmax, dropout on the weights, weights @ v, every tensor in the inputs' dtype
     (ATen's softmax sums in fp32 and rounds its result). In bf16 the two batched matmuls, 512
     products of 50 x 16 by 16 x 50 matrices a layer at batch 64, run twice as fast as in fp32,
-    and the vit's step is about 10 % faster (benchmarks/RESULTS.md, stop 33). The scores are
+    and the vit's step is about 10 % faster (benchmarks/RESULTS.md, stop 34). The scores are
     rounded to bf16 before the softmax, as in any unfused attention under autocast; SDPA's
     fused kernel, which evaluation runs, keeps them in fp32 (tests/test_attention.py bounds
     the difference). In fp32 it is the math path handed the same mask, to 1 ulp.

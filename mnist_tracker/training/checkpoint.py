@@ -104,7 +104,7 @@ def restore(
     device = _device_of(model)
     if rng["cuda"] is not None and device.type == "cuda":
         cuda = rng["cuda"]
-        if isinstance(cuda, list):  # written before stop 33: every visible GPU's, in order
+        if isinstance(cuda, list):  # written before stop 34: every visible GPU's, in order
             index = device.index or 0
             cuda = cuda[index] if index < len(cuda) else cuda[0]
         torch.cuda.set_rng_state(cuda, device)
