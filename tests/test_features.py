@@ -193,6 +193,29 @@ def test_plan_says_why_not():
     assert "in bfloat16" in features.plan_cache(bf16, model, splits, CPU).reason
 
 
+def test_the_default_budget_leaves_room_for_the_weights_still_to_come(monkeypatch):
+    """The plan is made before the model moves to the device: the budget is half of what the
+    device will have left with the model's weights on it, not half of what it has now."""
+    monkeypatch.setattr(features, "available_memory", lambda device: 10_000_000)
+    meta = torch.device("meta")
+    layer = nn.Linear(1000, 1000)  # 4,004,000 bytes in fp32
+    assert features.default_budget(layer, CPU) == 5_000_000  # already there
+    assert features.default_budget(layer, meta) == (10_000_000 - 4_004_000) // 2
+    assert features.default_budget(layer.to(meta), meta) == 5_000_000
+    assert features.default_budget(nn.Linear(2000, 2000), meta) == 0  # it would not fit at all
+
+    config = resolve_config("alexnet", **SMALL)
+    splits, model = _splits(config), create_model(config)
+    need = features.plan_cache(config, model, splits, CPU).nbytes
+    weights = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
+    room = weights + 2 * need
+    monkeypatch.setattr(features, "available_memory", lambda device: room)
+    assert features.plan_cache(config, model, splits, meta).enabled
+    monkeypatch.setattr(features, "available_memory", lambda device: room - 2)
+    over = features.plan_cache(config, model, splits, meta)
+    assert not over.enabled and "left with the model on it" in over.reason
+
+
 def test_backbone_with_batch_norm_is_not_cached():
     backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).requires_grad_(False)
     assert "BatchNorm2d" in features._blocker(backbone)

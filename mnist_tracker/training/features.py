@@ -82,6 +82,24 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
+def default_budget(model: nn.Module, device: torch.device) -> int | None:
+    """``MEMORY_FRACTION`` of what ``device`` will have left once ``model`` is on it: its
+    available memory less the bytes of the model's weights and buffers not there yet (the
+    plan is made before ``fit`` moves the model; vgg16's are 0.5 GiB). None when the platform
+    does not say."""
+    available = available_memory(device)
+    if available is None:
+        return None
+    tensors = [*model.parameters(), *model.buffers()]
+    arriving = sum(t.nbytes for t in tensors if not _on(t, device))
+    return max(0, int((available - arriving) * MEMORY_FRACTION))
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``tensor`` is on ``device``; a device without an index ("cuda") means any."""
+    return tensor.device.type == device.type and device.index in (None, tensor.device.index)
+
+
 def _blocker(backbone: nn.Module) -> str | None:
     """Why ``backbone``'s output could change between epochs, or None when it cannot."""
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
@@ -114,9 +132,10 @@ def plan_cache(
 ) -> CachePlan:
     """Whether ``fit`` trains ``model`` (a ``create_model`` result) on cached backbone features.
 
-    ``config.precision`` must be resolved. ``budget_bytes`` defaults to ``MEMORY_FRACTION`` of
-    ``available_memory(device)``. The one place that enforces ``feature_cache=on``: when the
-    cache was required and cannot run, raises ConfigError saying why.
+    ``config.precision`` must be resolved. ``budget_bytes`` defaults to ``default_budget``:
+    ``MEMORY_FRACTION`` of what the device has left with the model on it. The one place that
+    enforces ``feature_cache=on``: when the cache was required and cannot run, raises
+    ConfigError saying why.
     """
     plan = _plan(config, model, splits, device, budget_bytes)
     if config.feature_cache == "on" and not plan.enabled:
@@ -140,14 +159,13 @@ def _plan(config, model, splits, device, budget_bytes) -> CachePlan:
     per_image = math.prod(feature_shape(backbone)) * cache_dtype(config.precision).itemsize
     nbytes = n_images * per_image
     if budget_bytes is None:
-        available = available_memory(device)
-        budget_bytes = None if available is None else int(available * MEMORY_FRACTION)
+        budget_bytes = default_budget(model, device)
     size = f"{nbytes / 2**20:,.0f} MiB for {n_images:,} images"
     if budget_bytes is not None and nbytes > budget_bytes:
         return CachePlan(
             False,
             f"the features would take {size}, over the budget of {budget_bytes / 2**20:,.0f} MiB "
-            f"({MEMORY_FRACTION:.0%} of the {device.type} memory available)",
+            f"({MEMORY_FRACTION:.0%} of the {device.type} memory left with the model on it)",
             nbytes,
             backbone,
             head,
