@@ -167,3 +167,33 @@ def test_a_cpu_runs_checkpoint_leaves_the_gpus_alone(monkeypatch):
         assert state["rng"]["cuda"] is None
         state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # as written before
         checkpoint.restore(state, generator=generator, **parts)
+
+
+@pytest.mark.parametrize(("index", "entry"), [(0, 0), (1, 1), (3, 0)])
+def test_a_gpu_runs_checkpoint_holds_and_restores_its_own_gpus_rng(monkeypatch, index, entry):
+    """A run on cuda:N captures cuda:N's RNG state and restores it there. A checkpoint written
+    before stop 34 holds every visible GPU's state in a list: cuda:N gets entry N, or the
+    first where the list is shorter. No GPU here: the model's device and the RNG calls are
+    stand-ins."""
+    device = torch.device("cuda", index)
+    calls = []
+    config = resolve_config("cnn", device="cpu", precision="fp32")
+    model = create_model(config)
+    optimizer = torch.optim.Adam(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": None, "scaler": None}
+    ours = torch.full((16,), 7, dtype=torch.uint8)
+    monkeypatch.setattr(checkpoint, "_device_of", lambda model: device)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: calls.append(("get", d)) or ours)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda s, d: calls.append(("set", int(s[0]), d))
+    )
+    state = checkpoint.capture(
+        epoch=1, generator=generator, history=[], training_time_s=0.0, total_time_s=0.0,
+        **parts,
+    )  # fmt: skip
+    assert state["rng"]["cuda"] is ours
+    checkpoint.restore(state, generator=generator, **parts)
+    state["rng"]["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(2)]
+    checkpoint.restore(state, generator=generator, **parts)
+    assert calls == [("get", device), ("set", 7, device), ("set", entry, device)]

@@ -139,6 +139,7 @@ def test_auto_picks_bf16_only_on_gpus_that_compute_it_natively(monkeypatch, capa
     GPU asked about is the run's (cuda:1 here), not the current one. No GPU exists here: the
     capability query is the stand-in."""
     asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(
@@ -146,6 +147,9 @@ def test_auto_picks_bf16_only_on_gpus_that_compute_it_natively(monkeypatch, capa
     )
     gpu = torch.device("cuda:1")
     assert runtime.resolve_precision("auto", gpu) == ("bf16" if fast else "fp32")
+    assert asked == [gpu]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # asked on a host without
+    assert runtime.resolve_precision("auto", gpu) == "fp32"
     assert asked == [gpu]
 
 

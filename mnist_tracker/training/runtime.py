@@ -82,7 +82,9 @@ def cuda_has_fast_bf16(device: torch.device) -> bool:
     """Whether the GPU ``device`` computes bf16 natively: compute capability 8.0 (Ampere) or
     later, or ROCm (as ``torch.cuda.is_bf16_supported(including_emulation=False)`` decides).
     Its default also says yes where bf16 is only emulated (a V100, a T4: slower than fp32),
-    and it asks about the current GPU, not ``device``."""
+    and it asks about the current GPU, not ``device``. False where no GPU is visible."""
+    if not torch.cuda.is_available():
+        return False
     if torch.version.hip:
         return True
     return torch.cuda.get_device_capability(device)[0] >= 8
