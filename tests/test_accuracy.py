@@ -33,8 +33,8 @@ def _train_cnn(full_data_dir, tracking_uri: str, cli_env, *args: str):
 
 def test_one_epoch_of_the_lab_cnn_on_full_mnist(full_data_dir, sqlite_uri, cli_env):
     """README: `make run MNIST_DATA_DIR=... ARGS="--epochs 1"` (the lab's cnn recipe, one
-    epoch) gave 98.33 % test accuracy in bf16 (2026-12-07, dropout scaled exactly; 98.05 % on
-    2026-12-06; 98.41 % in fp32 on 2026-12-02).
+    epoch) gave 98.33 % test accuracy in bf16 (2026-12-07, after dropout's scale changed;
+    98.05 % on 2026-12-06; 98.41 % in fp32 on 2026-12-02: one seed's epoch each).
     The recipe's 10 epochs (GUIDE's 99.38 %) take about 2 minutes on this 2-core CPU in bf16,
     about 1.8 times that with one thread as `make test` runs it (the fast recipe: 51 s against
     28 s), and far more on a CPU without native bf16 (fp32): too long for CI. One epoch is

@@ -53,8 +53,8 @@ def test_keep_mask_follows_channels_last_layout_and_the_seed():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("p", [0.25, 0.1, 1e-6])  # 8-bit draws, 16-bit draws, keep all
-def test_dropout_computes_what_aten_dropout_computes_given_the_mask(dtype, p):
-    """Values and gradients bit for bit those of ``native_dropout`` (``x * mask``, then
+def test_dropout_computes_what_cuda_native_dropout_computes_given_the_mask(dtype, p):
+    """Values and gradients bit for bit those of CUDA's ``native_dropout`` (``x * mask``, then
     ``* (1 / (1 - p))`` in the compute type), in the input's dtype and layout. A multiplier
     rounded to bf16 first (1.109375 for 1 / 0.9) failed this for bf16 at p 0.1 and 0.25."""
     x = torch.randn(8, 16, 5, 5, dtype=dtype).to(memory_format=torch.channels_last)
@@ -71,7 +71,7 @@ def test_dropout_computes_what_aten_dropout_computes_given_the_mask(dtype, p):
 
 
 def test_dropout_in_bf16_does_not_shrink_what_it_keeps():
-    """The kept values' mean is the inputs' mean / (1 - p), as for ``nn.Dropout``: a scale
+    """The kept values' mean is the inputs' mean / (1 - p), as for fp32 ``nn.Dropout``: a scale
     rounded to bf16 made it 0.16 % smaller at p = 0.1, 30 standard errors here."""
     x = torch.rand(N, dtype=torch.bfloat16) + 1  # in [1, 2): every element rounds alike
     torch.manual_seed(0)
@@ -110,3 +110,10 @@ def test_dropout_keeps_the_dtype_and_passes_gradients_through_the_mask():
     y.sum().backward()
     expected = torch.where(y != 0, 1 / 0.9, 0.0).to(torch.bfloat16)
     assert torch.equal(x.grad, expected)
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5])
+def test_dropout_refuses_a_probability_outside_zero_to_one(p):
+    """p = 1 would divide by zero (``Dropout`` hands it to ``nn.Dropout``, which zeroes)."""
+    with pytest.raises(ValueError, match="must be in"):
+        dropout(torch.ones(4), p)

@@ -22,22 +22,26 @@ def keep_mask(like: torch.Tensor, keep_prob: float) -> torch.Tensor:
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``F.dropout(x, p)`` in training, its mask drawn as ``keep_mask`` draws it: each kept
-    element is ``x * (1 / (1 - p))`` computed as ATen's dropout computes it (in fp32 for bf16
-    and fp16, rounded once), the rest 0; gradients likewise. Given the same mask, the values
-    and gradients equal ``F.dropout``'s, bit for bit (up to the sign of a dropped zero).
+    """``F.dropout(x, p)`` in training (``0 <= p < 1``), its mask drawn as ``keep_mask`` draws
+    it: each kept element is ``x * (1 / (1 - p))`` computed in fp32 for bf16 and fp16, rounded
+    once, the rest 0; gradients likewise. Given the same mask, the values and gradients equal
+    CUDA's ``native_dropout``'s bit for bit, and in fp32 the CPU's ``F.dropout``'s (up to the
+    sign of a dropped zero).
 
-    A multiplier tensor in ``x``'s dtype would be one multiply, but it rounds the scale first:
-    1 / 0.9 is 1.109375 in bf16 and 1 / 0.75 is 1.3359375, which scaled every kept value
-    0.16 % down (0.20 % up), a bias the lab's ``nn.Dropout`` does not have.
+    PyTorch's CPU dropout in bf16 and fp16, like a multiplier tensor in ``x``'s dtype, rounds
+    the scale to the dtype first: 1 / 0.9 is 1.109375 in bf16 and 1 / 0.75 is 1.3359375, which
+    scales every kept value 0.16 % down (0.20 % up), a bias that the lab's fp32 dropout and
+    CUDA's do not have.
     """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     return _Dropped.apply(x, _kept(x, 1.0 - p, x.dtype), 1.0 / (1.0 - p))
 
 
 class _Dropped(torch.autograd.Function):
     """``x * kept * scale`` (``kept`` 1 or 0 in x's dtype) in one pass each way, the product
-    formed in the dtype's compute type as ``native_dropout`` forms it: ``addcmul`` onto a
-    zero scalar. Autograd's own formula for ``addcmul`` would round ``kept * scale`` first."""
+    formed in the dtype's compute type as CUDA's ``native_dropout`` forms it: ``addcmul`` onto
+    a zero scalar. Autograd's own formula for ``addcmul`` would round ``kept * scale`` first."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kept: torch.Tensor, scale: float) -> torch.Tensor:
