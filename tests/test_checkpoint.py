@@ -143,6 +143,14 @@ def test_a_capture_without_copies_shares_the_live_tensors_and_saves_the_same(mni
     assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
 
 
+def _training_parts():
+    """A seeded batch generator and the cnn's parts as ``capture`` and ``restore`` take them."""
+    model = create_model(resolve_config("cnn", device="cpu", precision="fp32"))
+    optimizer = torch.optim.Adam(model.parameters())
+    parts = {"model": model, "optimizer": optimizer, "scheduler": None, "scaler": None}
+    return torch.Generator().manual_seed(0), parts
+
+
 def test_a_cpu_runs_checkpoint_leaves_the_gpus_alone(monkeypatch):
     """On a GPU host, capturing and restoring a CPU run's state reads and sets no GPU's RNG:
     each such call starts CUDA, and every GPU's state in a list made a resume fail on a
@@ -151,11 +159,7 @@ def test_a_cpu_runs_checkpoint_leaves_the_gpus_alone(monkeypatch):
     def touched(*args, **kwargs):
         raise AssertionError("a GPU's RNG was touched by a CPU run")
 
-    config = resolve_config("cnn", device="cpu", precision="fp32")
-    model = create_model(config)
-    optimizer = torch.optim.Adam(model.parameters())
-    generator = torch.Generator().manual_seed(0)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": None, "scaler": None}
+    generator, parts = _training_parts()
     with monkeypatch.context() as gpu_host:
         gpu_host.setattr(torch.cuda, "is_available", lambda: True)
         for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
@@ -177,11 +181,7 @@ def test_a_gpu_runs_checkpoint_holds_and_restores_its_own_gpus_rng(monkeypatch, 
     stand-ins."""
     device = torch.device("cuda", index)
     calls = []
-    config = resolve_config("cnn", device="cpu", precision="fp32")
-    model = create_model(config)
-    optimizer = torch.optim.Adam(model.parameters())
-    generator = torch.Generator().manual_seed(0)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": None, "scaler": None}
+    generator, parts = _training_parts()
     ours = torch.full((16,), 7, dtype=torch.uint8)
     monkeypatch.setattr(checkpoint, "_device_of", lambda model: device)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: calls.append(("get", d)) or ours)

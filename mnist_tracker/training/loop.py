@@ -169,8 +169,6 @@ def evaluate(
             logits = model(xb)
         losses.append(F.cross_entropy(logits.float(), yb, reduction="sum"))
         preds.append(logits.argmax(1))
-    if not preds:
-        raise ValueError("evaluate needs at least one example")
     predictions = torch.cat(preds).cpu().numpy()
     total_loss = sum(torch.stack(losses).cpu().tolist())
     labels = y.numpy()
