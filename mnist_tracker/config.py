@@ -19,6 +19,8 @@ from typing import Any
 from .constants import (
     FEATURE_CACHE,
     MAX_EXPERIMENT_NAME_LENGTH,
+    MAX_RUN_NAME_LENGTH,
+    MAX_SEED,
     OPTIMIZERS,
     PRECISIONS,
     RECIPES,
@@ -211,6 +213,7 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{flag} must be at least 1 (got {value}); leave it out for all")
     if config.val_size < 0:
         raise ConfigError(f"val size must be 0 or more (got {config.val_size})")
+    validate_seed(config.seed)
     if config.device not in ("auto", "cpu", "mps") and not config.device.startswith("cuda"):
         raise unknown_device(config.device)
 
@@ -287,12 +290,32 @@ def fit_to_data(config: TrainConfig, train_size: int, test_size: int | None) -> 
 def validate_experiment_name(name: str, option: str = "--experiment") -> None:
     """Raise ConfigError for an experiment name no MLflow store takes: empty (or blank), or
     longer than ``MAX_EXPERIMENT_NAME_LENGTH``. ``option`` is where the name came from."""
+    _validate_name(name, "experiment", MAX_EXPERIMENT_NAME_LENGTH, option)
+
+
+def validate_run_name(name: str, option: str = "--run-name") -> None:
+    """The same for a run name, at most ``MAX_RUN_NAME_LENGTH`` long (PostgreSQL and MySQL
+    refuse a longer one once the run exists)."""
+    _validate_name(name, "run", MAX_RUN_NAME_LENGTH, option)
+
+
+def _validate_name(name: str, what: str, limit: int, option: str) -> None:
     if not name.strip():
-        raise ConfigError(f"the experiment name is empty; pass {option} NAME, or leave it out")
-    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise ConfigError(f"the {what} name is empty; pass {option} NAME, or leave it out")
+    if len(name) > limit:
         raise ConfigError(
-            f"the experiment name is {len(name)} characters long, more than the "
-            f"{MAX_EXPERIMENT_NAME_LENGTH} an MLflow store holds; pass a shorter {option}"
+            f"the {what} name is {len(name)} characters long, more than the {limit} an MLflow "
+            f"store holds; pass a shorter {option}"
+        )
+
+
+def validate_seed(seed: int, option: str = "--seed") -> None:
+    """Raise ConfigError for a seed outside ``0..MAX_SEED``: PyTorch's CPU generator would
+    take its low 32 bits and repeat another seed's draws (or, past 64 bits, fail mid-run)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"seed {seed} is outside 0..{MAX_SEED} (PyTorch seeds with 32 bits: a larger seed "
+            f"would repeat a smaller one's run); pass e.g. {option} 42"
         )
 
 

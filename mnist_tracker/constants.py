@@ -18,3 +18,8 @@ DEFAULT_EXPERIMENT = "mnist"
 # longer one once the run is under way, while MLflow's own check allows 500 and SQLite stores
 # anything. 256 is the length every store takes.
 MAX_EXPERIMENT_NAME_LENGTH = 256
+# ... and a run's name in a VARCHAR(250) (SqlRun.name): the same refusal, after the run began.
+MAX_RUN_NAME_LENGTH = 250
+# PyTorch seeds its CPU generator (MT19937) with a seed's low 32 bits: 2**32 draws as 0 does,
+# and -1 as 2**32 - 1. Seeds outside 0..2**32 - 1 would repeat other seeds' runs.
+MAX_SEED = 2**32 - 1

@@ -50,7 +50,12 @@ class ResumeError(UserError):
 
 
 class TrackingUnavailable(UserError):
-    """The tracking server does not answer (or refuses the credentials) at the start."""
+    """The tracking store cannot be used at the start: a server that does not answer (or
+    refuses the credentials), a database that cannot be opened."""
+
+
+class ExperimentDeleted(UserError):
+    """The experiment a run would go to is in MLflow's trash; the message says how to restore it."""
 
 
 class TuneError(UserError):

@@ -118,6 +118,14 @@ def validate_tracking_uri(uri: str, source: str = "--tracking-uri") -> None:
     if base in _SERVERS:
         if not parts.hostname:
             raise ConfigError(f"{shown} names no host; pass e.g. http://127.0.0.1:5000")
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port when it is read)
+        except ValueError:
+            port = parts.netloc.rsplit(":", 1)[-1]
+            raise ConfigError(
+                f"{shown} has port {port!r}, not a number from 0 to 65535; pass e.g. "
+                "http://127.0.0.1:5000"
+            ) from None
     elif base == "sqlite":
         _check_sqlite(uri, shown)
     elif scheme in ("", "file"):

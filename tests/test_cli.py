@@ -82,6 +82,14 @@ BAD = [
         ["--model", "cnn", "--register", "bad/name", "--data-dir", str(SUBSET)],
         "Invalid model name 'bad/name'. Names cannot contain '/' or ':'; pass another --register",
     ),
+    # Seeds PyTorch would fold onto 32 bits (2**32 trains as 0 does) or cannot take at all
+    # (a traceback from the data split, past 64 bits): a hostile test's find, stop 35.
+    (["--model", "cnn", "--seed", "4294967296"], "seed 4294967296 is outside 0..4294967295"),
+    (["--model", "cnn", "--seed", "-1"], "seed -1 is outside 0..4294967295"),
+    (["--model", "cnn", "--seed", "99999999999999999999"], "pass e.g. --seed 42"),
+    # A name PostgreSQL's VARCHAR(250) would refuse once the run exists.
+    (["--model", "cnn", "--run-name", "r" * 251], "the run name is 251 characters long"),
+    (["--model", "cnn", "--run-name", " "], "--run-name"),
 ]
 
 
@@ -202,6 +210,117 @@ def test_compare_refuses_a_sqlite_store_that_does_not_exist(tmp_path):
     assert not missing.exists(), "MLflow would have created an empty store"
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["promote"], ["runs", "reap"], ["predict", "--model-uri", "models:/m@a", "x.png"]],
+    ids=lambda c: c[0],
+)
+def test_commands_that_read_runs_refuse_a_sqlite_store_that_does_not_exist(command, tmp_path):
+    """As `compare` does: MLflow would create an empty store at the typo's path."""
+    missing = tmp_path / "typo.db"
+    result = invoke(*command, "--tracking-uri", f"sqlite:///{missing}")
+    one_error_line(result, f"no tracking store at {missing}")
+    assert not missing.exists(), "MLflow would have created an empty store"
+
+
+def _not_a_database(tmp_path) -> str:
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n" * 100)
+    return f"sqlite:///{path}"
+
+
+# Stores MLflow reaches through SQLAlchemy that cannot be opened. MLflow retried each for
+# minutes (a closed PostgreSQL port: 1 min 43 s) and ended in a traceback, exit 1 (a hostile
+# test's finds, stop 35). (uri or a function of tmp_path, what the one line says)
+UNOPENABLE = [
+    (
+        "postgresql://u:s3cret@127.0.0.1:9/db",
+        ["tracking database postgresql://u:***@127.0.0.1:9/db cannot be opened", "port 9"],
+    ),
+    (
+        "mysql://u:s3cret@127.0.0.1:9/db",
+        ["needs a database driver that is not installed (MySQLdb)", "pip install mysqlclient"],
+    ),
+    (_not_a_database, ["cannot be opened as a SQLite database (file is not a database)"]),
+]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize(("uri", "parts"), UNOPENABLE, ids=["postgresql", "mysql", "not-sqlite"])
+def test_a_database_store_that_cannot_be_opened_is_one_line_within_seconds(
+    uri, parts, command, tmp_path
+):
+    import time
+
+    uri = uri(tmp_path) if callable(uri) else uri
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    args = ["--model", "cnn", "--data-dir", str(SUBSET)] if command == "train" else []
+    start = time.monotonic()
+    result = invoke(command, *args, "--tracking-uri", uri)
+    line = one_error_line(result, *parts, alone=False)
+    assert time.monotonic() - start < 30
+    assert "s3cret" not in result.output
+    assert line.endswith("or pass another --tracking-uri") or "a new file's path" in line
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
+
+
+def test_a_run_into_an_experiment_in_the_trash_is_refused_in_one_line(sqlite_uri):
+    """MLflow refused the run with a traceback (exit 1); the name stays taken while the
+    experiment is in the trash, so the line says how to restore it."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    result = invoke("train", "--model", "cnn", *TINY_RUN, "--data-dir", str(SUBSET),
+                    "--experiment", "gone", "--tracking-uri", sqlite_uri)  # fmt: skip
+    one_error_line(
+        result,
+        f"experiment 'gone' is in MLflow's trash; restore it (mlflow experiments restore "
+        f"--experiment-id {gone}) or pass another --experiment",
+        alone=False,
+    )
+    assert client.search_runs([gone], run_view_type=ViewType.ALL) == []
+
+
+def test_resume_with_a_home_it_cannot_write_is_refused_in_one_line(
+    sqlite_uri, tmp_path, monkeypatch
+):
+    """A fresh run refused an unwritable MNIST_TRACKER_HOME; `--resume` took the run's lease
+    there first and ended in NotADirectoryError's traceback, exit 1. The run is untouched."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    run = client.create_run(client.create_experiment("stopped"))
+    client.set_terminated(run.info.run_id, "KILLED")
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    monkeypatch.setenv("MNIST_TRACKER_HOME", str(home))
+    result = invoke("train", "--resume", run.info.run_id, "--tracking-uri", sqlite_uri)
+    one_error_line(result, "cannot write run files", "set MNIST_TRACKER_HOME", alone=False)
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "KILLED" and after.data.tags == run.data.tags
+
+
+def test_resume_refuses_another_experiment(sqlite_uri):
+    """--experiment was silently ignored on resume (the run stays in its own experiment),
+    where every other setting is refused."""
+    result = invoke("train", "--resume", "0" * 32, "--experiment", "other",
+                    "--tracking-uri", sqlite_uri)  # fmt: skip
+    one_error_line(result, "--resume continues a run with its own settings; drop --experiment")
+
+
+def test_a_report_that_cannot_be_written_is_one_line(one_finished_run, tmp_path):
+    """The report writes a PNG beside its HTML: where that name is taken by a folder, the
+    write failed with a traceback after the table was printed."""
+    (tmp_path / "report.png").mkdir()
+    result = invoke("compare", "--tracking-uri", one_finished_run,
+                    "--report", str(tmp_path / "report.html"))  # fmt: skip
+    one_error_line(result, f"cannot write the report ({tmp_path / 'report.png'}: Is a directory)",
+                   alone=False)  # fmt: skip
+
+
 def test_listing_models_needs_no_torch_and_a_new_store_prints_no_mlflow_info(tmp_path):
     """`models` answers from the catalogue (no torch, no MLflow imported: under a second
     here); MLflow's 'Creating initial MLflow database tables' INFO lines are not shown."""
@@ -307,6 +426,8 @@ def test_experiment_names_no_store_takes_are_refused(args, message, sqlite_uri):
 
 BAD_URIS = [
     ("ftp://x", ["unsupported scheme ftp://", "http(s)://", "sqlite:///", "file:", "databricks"]),
+    # Was "refused the request ...; check MLFLOW_TRACKING_USERNAME / _PASSWORD".
+    ("http://u:s3cret@127.0.0.1:99999/", ["port '99999', not a number from 0 to 65535", "u:***@"]),
     ("gopher://u:s3cret@h/", ["unsupported scheme gopher://", "u:***@h"]),
     ("sqlite:////proc/nope/x.db", ["folder /proc/nope cannot be created (/proc takes no new"]),
     ("sqlite:////proc/x.db", ["folder /proc cannot be written (/proc takes no new files)"]),
@@ -720,8 +841,11 @@ def test_a_query_against_an_unreachable_server_fails_within_seconds(command, mon
     [
         (["--device", "cuda:99"], "device cuda:99 is not available here"),
         (["--trials", "0"], "trials must be at least 1"),
+        # NaN passed `timeout <= 0`: the search ended at once, exit 0, a FINISHED parent run.
+        (["--timeout", "nan"], "timeout must be positive (got nan)"),
+        (["--seed", "4294967296"], "seed 4294967296 is outside 0..4294967295"),
     ],
-    ids=["device", "trials"],
+    ids=["device", "trials", "timeout-nan", "seed"],
 )
 def test_a_refused_tune_prints_its_error_alone_and_starts_no_study(args, message, sqlite_uri):
     """The banner comes once the input is accepted; a device this machine lacks is refused

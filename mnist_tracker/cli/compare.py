@@ -6,6 +6,7 @@ error; ``cli.errors`` prints it as one ``Error: ...`` line and exits with code 2
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 
 
 def _check_destination(path: str, what: str) -> None:
-    """Refuse a file path whose folder is missing (or which names a folder) before any query,
-    so that a refusal prints nothing else."""
+    """Refuse a file path whose folder is missing, read-only or not ours (or which names a
+    folder, or a file we cannot overwrite) before any query, so that a refusal prints nothing
+    else. The report writes a PNG beside its HTML: the folder must take new files."""
     target = Path(path)
     if target.is_dir():
         fail(f"cannot write {what} {path}: it is a folder; pass a file path")
@@ -42,6 +44,11 @@ def _check_destination(path: str, what: str) -> None:
             f"cannot write {what} {path}: folder {target.parent} does not exist; "
             "pass a path in an existing folder"
         )
+    # access() also says no for a read-only file system (EROFS), which permissions do not show.
+    if not os.access(target.parent, os.W_OK | os.X_OK) or (
+        target.exists() and not os.access(target, os.W_OK)
+    ):
+        fail(f"cannot write {what} {path}: no write permission there; pass a path you can write")
 
 
 def _write(path: str, text: str, what: str) -> Path:
@@ -74,19 +81,6 @@ def _log_to_project_run(paths: list[Path]) -> None:
         echo_err(
             f"the tracking server went away ({sink.offline_reason}); the files wait in "
             f"{sink.outbox.folder}: send them with `mnist-tracker sync {sink.outbox.folder}`"
-        )
-
-
-def _refuse_missing_sqlite(uri: str) -> None:
-    """A SQLite store that does not exist is a typo, not an empty store: MLflow would create
-    it (and its tables) on the first query."""
-    from ..tracking.fresh_store import sqlite_path
-
-    path = sqlite_path(uri)  # None: not a SQLite file (a server, in memory)
-    if path is not None and not path.is_file():
-        fail(
-            f"no tracking store at {path} (from {uri}); pass the --tracking-uri your runs were "
-            "logged to"
         )
 
 
@@ -177,8 +171,7 @@ def compare_cmd(
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
 
-    uri = connect(tracking_uri)
-    _refuse_missing_sqlite(uri)
+    uri = connect(tracking_uri, existing=True)
     query = compare_mod.Query(
         experiments=experiments or (DEFAULT_EXPERIMENT,),
         all_experiments=all_experiments,
@@ -206,9 +199,17 @@ def _write_report(path: str, comparison: Comparison, data_dir: str | None, uri: 
     from ..tracking import client
 
     target = Path(path)  # its folder was checked before the query (``_check_destination``)
-    notes = report_mod.write_report(
-        target, comparison, client(), data_dir=data_dir, source=redact(uri)
-    )
+    try:
+        notes = report_mod.write_report(
+            target, comparison, client(), data_dir=data_dir, source=redact(uri)
+        )
+    except OSError as exc:  # writing it: the disk filled up, the PNG's name is a folder, ...
+        if exc.filename is None or Path(exc.filename) not in (target, target.with_suffix(".png")):
+            raise  # reading the runs' files: not the destination's fault
+        fail(
+            f"cannot write the report ({exc.filename}: {exc.strerror or exc}); pass another "
+            "--report"
+        )
     for note in notes:
         echo_err(f"note: {note}")
     echo_err(f"wrote {path}")

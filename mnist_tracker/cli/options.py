@@ -20,7 +20,7 @@ from ..constants import (
     RECIPES,
     SCHEDULERS,
 )
-from ..uris import validate_tracking_uri
+from ..uris import redact, validate_tracking_uri
 from .errors import BadValue, fail
 
 
@@ -164,15 +164,37 @@ def check_tracking_uri(ctx, param, value: str | None) -> str | None:
     return value
 
 
-def connect(tracking_uri: str | None) -> str:
-    """Set the tracking URI and check, within seconds, that its server answers
+def connect(tracking_uri: str | None, *, existing: bool = False) -> str:
+    """Set the tracking URI and check, within seconds, that its store answers
     (TrackingUnavailable, exit 2, if not): a run must not train for hours and then find
-    nowhere to log, and a query must not sit through MLflow's retries (minutes) to say so."""
+    nowhere to log, and a query must not sit through MLflow's retries (minutes) to say so.
+
+    ``existing``: the command reads runs that must already be there (compare, promote,
+    predict, reap), so a SQLite file that does not exist is a typo, refused, where MLflow
+    would create an empty store there on the first query.
+    """
     from ..tracking import check_reachable, set_tracking_uri
+    from ..tracking.fresh_store import sqlite_path
 
     uri = set_tracking_uri(tracking_uri)
+    path = sqlite_path(uri) if existing else None  # None: not a SQLite file (a server, ...)
+    if path is not None and not path.is_file():
+        fail(
+            f"no tracking store at {path} (from {redact(uri)}); pass the --tracking-uri your "
+            "runs were logged to"
+        )
     check_reachable(uri)
     return uri
+
+
+def check_run_name(ctx, param, value: str | None) -> str | None:
+    """The ``--run-name`` callback: a name no MLflow store takes (empty, too long) refused
+    before anything starts."""
+    from ..config import validate_run_name  # no torch: the models' specs only
+
+    if value is not None:
+        validate_run_name(value, "--run-name")
+    return value
 
 
 def check_experiments(_ctx, param, value):

@@ -32,7 +32,7 @@ def promote_cmd(metric, alias, model_name, name, experiments, tracking_uri) -> N
     """
     from ..workflows.promote import PromoteSettings, promote
 
-    uri = connect(tracking_uri)
+    uri = connect(tracking_uri, existing=True)
     settings = PromoteSettings(
         metric=metric,
         alias=alias,
@@ -65,6 +65,6 @@ def predict_cmd(model_uri, images, tracking_uri) -> None:
     light on dark; IDX images files: every digit), prepared as MNIST's were."""
     from ..workflows.predict import predict
 
-    connect(tracking_uri)
+    connect(tracking_uri, existing=True)
     for p in predict(model_uri, images):
         click.echo(f"{p.source}: {p.digit} (probability {p.probability:.3f})")

@@ -52,7 +52,7 @@ def reap_cmd(older_than, experiments, dry_run, tracking_uri) -> None:
     """
     from ..workflows.reap import reap
 
-    connect(tracking_uri)
+    connect(tracking_uri, existing=True)
     reaped = reap(experiments, older_than, dry_run=dry_run)
     for run in reaped:
         verb = "would end" if dry_run else "ended FAILED"

@@ -15,6 +15,7 @@ from ..uris import redact
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
+    check_run_name,
     check_tracking_uri,
     connect,
     data_dir_option,
@@ -50,7 +51,10 @@ def echo_err(line: str) -> None:
 @flag("cuda_graphs", CUDA_GRAPHS_HELP)
 @data_dir_option
 @option(
-    "--run-name", default=None, help="MLflow run name [default: <model>-<recipe>-<epochs>ep-<id>]."
+    "--run-name",
+    default=None,
+    callback=check_run_name,
+    help="MLflow run name [default: <model>-<recipe>-<epochs>ep-<id>].",
 )
 @option("--register", default=None, help="Register the model under this name in the registry.")
 @flag("system_metrics", "Sample CPU, memory and GPU into the run's System metrics.", default=True)
@@ -69,6 +73,10 @@ def train(model_name, resume_run_id, data_dir, experiment, run_name, tracking_ur
         given = [k for k, v in overrides.items() if v is not None]
         given += [n for n, v in (("model", model_name), ("run-name", run_name),
                                  ("register", register)) if v is not None]  # fmt: skip
+        # --experiment has a default, so only its source tells that it was given.
+        source = click.get_current_context().get_parameter_source("experiment")
+        if source is not click.core.ParameterSource.DEFAULT:
+            given.append("experiment")
         if given:
             names = ", ".join("--" + n.replace("_", "-") for n in given)
             fail(f"--resume continues a run with its own settings; drop {names}")

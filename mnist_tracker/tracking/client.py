@@ -8,7 +8,9 @@ Contracts:
   MLflow's default) and returns the URI in force.
 - ``is_unreachable(exc)`` tells an outage (no answer) from a refusal (an answer that says no).
 - ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
-  does not answer or refuses the credentials; local stores always pass.
+  does not answer or refuses the credentials, or a database store cannot be opened (no
+  answer, no driver, a file that is not SQLite); a SQLite file still to be made and local
+  folders pass.
 - ``env_vars`` scopes environment variables (MLflow reads its HTTP settings at each call).
 - ``delete_run_artifacts`` deletes a folder of a run's artifacts, best effort.
 """
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sqlite3
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from ..errors import TrackingUnavailable
-from ..uris import redact, scrub
+from ..uris import SQL_SCHEMES, redact, scrub
 from . import fresh_store
 
 
@@ -153,8 +157,11 @@ def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
 def check_reachable(uri: str, timeout_s: int = 5) -> None:
     """Raise TrackingUnavailable within about ``timeout_s`` (plus a second for one retry, so
     one 503 of a restarting server is not an outage) when an HTTP tracking server
-    does not answer, answers only with server errors, or refuses the credentials. Local
-    stores always pass."""
+    does not answer, answers only with server errors, or refuses the credentials; or when a
+    database store cannot be opened (``_check_database``). Folders always pass."""
+    if uri.split(":", 1)[0].split("+", 1)[0].lower() in SQL_SCHEMES:
+        _check_database(uri, timeout_s)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     quick = {
@@ -182,3 +189,56 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
             f"tracking server {redact(uri)} refused the request ({reason}); check "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
         ) from exc
+
+
+def _check_database(uri: str, timeout_s: int) -> None:
+    """TrackingUnavailable, in one line, where MLflow would retry for minutes and then raise
+    SQLAlchemy's traceback: a database server that does not answer within ``timeout_s``, a
+    driver that is not installed, a SQLite file that is not a database. A SQLite file that
+    does not exist yet passes (it is made on first use)."""
+    import sqlalchemy
+
+    shown = redact(uri)
+    if uri.lower().startswith("sqlite:"):
+        path = fresh_store.sqlite_path(uri)
+        if path is None or not path.is_file():  # in memory, or a store still to be made
+            return
+        try:  # the standard library's sqlite3: a millisecond, where SQLAlchemy takes more
+            with contextlib.closing(
+                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            ) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.Error as exc:
+            raise TrackingUnavailable(
+                f"tracking store {shown} cannot be opened as a SQLite database ({exc}); pass the "
+                "--tracking-uri of your store, or a new file's path"
+            ) from None
+        return
+    engine = None
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+        if url.get_backend_name() in ("postgresql", "mysql") and "connect_timeout" not in url.query:
+            url = url.update_query_dict({"connect_timeout": str(timeout_s)})
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        missing = getattr(exc, "name", None) or one_line(exc, uri)
+        raise TrackingUnavailable(
+            f"tracking store {shown} needs a database driver that is not installed ({missing}); "
+            "install it (PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install "
+            "mysqlclient), or pass another --tracking-uri"
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = re.sub(
+            r"\(Background on this error at: \S+\)",
+            "",
+            one_line(getattr(exc, "orig", None) or exc, uri, 300),
+        )
+        raise TrackingUnavailable(
+            f"tracking database {shown} cannot be opened ({reason.strip()}); start it or check "
+            "the URI's host, port, database and login, or pass another --tracking-uri"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from ..errors import Interrupted
+from ..errors import ExperimentDeleted, Interrupted
 from ..uris import install_log_scrubber, scrub
 from . import lease as lease_mod
 from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT
@@ -76,9 +76,15 @@ class TrackedRun:
 
 def experiment_id_for(name: str) -> str:
     """The id of experiment ``name``, created if absent; the process's own (``mlflow run``'s
-    ``$MLFLOW_EXPERIMENT_ID``) is not switched globally."""
+    ``$MLFLOW_EXPERIMENT_ID``) is not switched globally. ExperimentDeleted when ``name`` is in
+    MLflow's trash (MLflow would refuse the run with a traceback; the name stays taken)."""
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ExperimentDeleted(
+            f"experiment {name!r} is in MLflow's trash; restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or pass another --experiment"
+        )
     if experiment is not None:
         return experiment.experiment_id
     try:

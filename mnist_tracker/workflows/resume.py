@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
 from ..errors import ResumeError
-from ..paths import checkpoint_path, outbox_dir, run_dir
+from ..paths import checkpoint_path, ensure_home, outbox_dir, run_dir
 from ..tracking import artifacts, lease, outbox, store
 from ..training import checkpoint
 from .data import prepare_data
@@ -127,6 +127,7 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
     """
     options = options or TrainOptions()
     check_resumable(run_id)
+    ensure_home()  # HomeError in one line: the lease, the checkpoint and the outbox live there
     held = lease.hold(run_id)
     try:
         return _resume_held(run_id, options)

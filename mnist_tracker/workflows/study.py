@@ -35,7 +35,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import TrainConfig, fit_to_data, resolve_config, validate_experiment_name
+from ..config import (
+    TrainConfig,
+    fit_to_data,
+    resolve_config,
+    validate_experiment_name,
+    validate_seed,
+)
 from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
 from ..errors import TuneError, behind
 from ..models import get_spec
@@ -79,7 +85,7 @@ class TuneSettings:
             raise TuneError(
                 f"trials must be at least 1 (got {self.trials}); pass --trials 1 or more"
             )
-        if self.timeout is not None and self.timeout <= 0:
+        if self.timeout is not None and not self.timeout > 0:  # NaN too (no trial would run)
             raise TuneError(f"timeout must be positive (got {self.timeout}); pass seconds > 0")
         if self.sampler not in SAMPLERS:
             raise TuneError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -97,6 +103,7 @@ class TuneSettings:
                 f"pass --grace-period {2 * self.heartbeat_interval} or more"
             )
         validate_experiment_name(self.experiment)
+        validate_seed(self.seed)
 
     def base_config(self) -> TrainConfig:
         """The model's recipe with these settings applied (before any suggestion)."""
