@@ -311,6 +311,27 @@ def test_resume_refuses_another_experiment(sqlite_uri):
     one_error_line(result, "--resume continues a run with its own settings; drop --experiment")
 
 
+def test_a_run_stopped_before_its_first_epoch_ended_says_there_is_nothing_to_resume(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C in the first epoch printed only "The run was marked KILLED.", where the README
+    promises how to go on (and `--resume` would then say: no checkpoint)."""
+    from mnist_tracker.cli.train import _stop_hint
+    from mnist_tracker.paths import checkpoint_path
+
+    monkeypatch.setenv("MNIST_TRACKER_HOME", str(tmp_path))
+    run_id = "a" * 32
+    early = _stop_hint(KeyboardInterrupt(), [run_id], None, "sqlite:///m.db")
+    assert early == (
+        "The run was marked KILLED. It stopped before its first epoch ended, so it has no "
+        "checkpoint to resume from: start a new run."
+    )
+    checkpoint_path(run_id).parent.mkdir(parents=True)
+    checkpoint_path(run_id).write_bytes(b"")
+    later = _stop_hint(KeyboardInterrupt(), [run_id], None, "sqlite:///m.db")
+    assert later.endswith(f"Continue it with: mnist-tracker train --resume {run_id}"), later
+
+
 def test_a_report_that_cannot_be_written_is_one_line(one_finished_run, tmp_path):
     """The report writes a PNG beside its HTML: where that name is taken by a folder, the
     write failed with a traceback after the table was printed."""

@@ -436,6 +436,8 @@ def test_a_killed_run_is_stale_then_reaped_with_how_to_resume(sqlite_uri, experi
     assert again == [] and "0 stale run(s) ended" in err
 
     resume_ok(run_id, epochs=3)
+    # Alive again and FINISHED: the reaper's "the process died; resume it" no longer holds.
+    assert artifacts.REAPED_TAG not in client.get_run(run_id).data.tags
 
 
 def test_zombie_before_first_checkpoint_is_reaped_without_resume_hint(

@@ -181,9 +181,23 @@ def test_failure_marks_the_run_failed(server_uri, experiment_name):
     assert mlflow.active_run() is None
 
 
-def test_ctrl_c_marks_the_run_killed(server_uri, experiment_name, cli_env):
+@pytest.mark.parametrize(
+    ("sig", "status", "nohup"),
+    [(signal.SIGINT, 130, False), (signal.SIGHUP, 129, False), (signal.SIGHUP, 130, True)],
+    ids=["SIGINT", "SIGHUP", "SIGHUP-under-nohup"],
+)
+def test_ctrl_c_marks_the_run_killed(sig, status, nohup, server_uri, experiment_name, cli_env):
     """SIGINT (Ctrl-C): exit 130, KILLED, no traceback. SIGTERM takes the same path and is
-    tested through to the resume in test_resilience.py."""
+    tested through to the resume in test_resilience.py. SIGHUP (the terminal closed, an SSH
+    session dropped) too: it used to end the process at once and leave the run RUNNING. Under
+    ``nohup`` (SIGHUP ignored) the run goes on, as asked, until a Ctrl-C."""
+
+    def as_in_a_terminal():
+        # A shell starts background jobs (pytest under `cmd &` in a script) with SIGINT
+        # ignored, and a child keeps an ignored SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
+
     proc = subprocess.Popen(
         [
             str(BIN / "mnist-tracker"),
@@ -206,17 +220,23 @@ def test_ctrl_c_marks_the_run_killed(server_uri, experiment_name, cli_env):
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env,
-        # As in a terminal: a shell starts background jobs (pytest under `cmd &` in a
-        # script) with SIGINT ignored, and a child keeps an ignored SIGINT.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_in_a_terminal,
     )
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:
-        if line.startswith("epoch 1/200") or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
+
+    def wait_for(epoch: str) -> None:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            if line.startswith(epoch) or time.monotonic() > deadline:
+                break
+
+    wait_for("epoch 1/200")
+    proc.send_signal(sig)
+    if nohup:
+        wait_for("epoch 3/200")  # still training after the hangup
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "KILLED" in err and "Traceback" not in err
     assert re.search(r"train --resume \w+", err), err  # the way back, as after SIGTERM
     (run,) = _runs(experiment_name)

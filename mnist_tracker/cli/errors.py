@@ -8,7 +8,7 @@
 | ``UserError``                     | ``Error: <one line>``                         | 2       |
 | ``RunFailed`` (Diverged, ...)     | ``Error: <one line>. <hint>``                 | 1       |
 | Ctrl-C (KeyboardInterrupt, Abort) | ``Interrupted. <hint>``                       | 130     |
-| ``Interrupted`` (SIGTERM)         | ``Stopped by signal N. <hint>``               | 128 + N |
+| ``Interrupted`` (SIGTERM, SIGHUP) | ``Stopped by signal N. <hint>``               | 128 + N |
 | a write the server's auth refused | ``Error: <one line: login, fix>``             | 2       |
 | anything else                     | the traceback (a bug, or an outage)           | 1       |
 
@@ -135,16 +135,23 @@ def hinting(explain: Callable[[BaseException], str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM raises ``Interrupted``, so a run ends KILLED as on Ctrl-C."""
+    """Inside the block SIGTERM raises ``Interrupted``, so a run ends KILLED as on Ctrl-C; so
+    does SIGHUP (a closed terminal, a dropped SSH session), which by default ended the process
+    at once and left its run RUNNING, unless the process ignores it (``nohup``: the run goes
+    on, as asked)."""
 
-    def on_sigterm(signum, _frame):
+    def on_signal(signum, _frame):
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    caught = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        caught.append(signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def fail(message: str) -> None:

@@ -177,6 +177,11 @@ def _stop_hint(exc: BaseException, started: list[str], tracking_uri, uri: str) -
     if checkpoint_path(run_id).is_file():
         uri_option = f" --tracking-uri {redact(uri)}" if tracking_uri else ""
         message += f" Continue it with: mnist-tracker train --resume {run_id}{uri_option}"
+    else:
+        message += (
+            " It stopped before its first epoch ended, so it has no checkpoint to resume "
+            "from: start a new run."
+        )
     return message
 
 

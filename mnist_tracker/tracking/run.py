@@ -31,7 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ..errors import ExperimentDeleted, Interrupted
 from ..uris import install_log_scrubber, scrub
 from . import lease as lease_mod
-from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT
+from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT, REAPED_TAG
 from .client import attached_run_id, client, env_vars, is_unreachable, set_tracking_uri
 from .sink import SINK_HTTP, RunSink
 
@@ -123,6 +123,8 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
             sink.outbox.supersede_end()  # it trains again: an old queued end must not land
             if run.info.status != "RUNNING":
                 mlflow_client.update_run(run_id, status="RUNNING")
+            if REAPED_TAG in run.data.tags:  # taken for dead by `runs reap`: alive again
+                mlflow_client.delete_tag(run_id, REAPED_TAG)
         tags = dict(spec.tags) | ({MLFLOW_RUN_NAME: spec.run_name} if spec.run_name else {})
         if tags:
             sink.set_tags(tags)
