@@ -154,6 +154,8 @@ def test_missing_weights_offline_is_exit_2_no_run(monkeypatch, sqlite_uri):
     )
     assert result.exit_code == 2
     assert "alexnet-owt-7be5be79.pth" in result.stderr and "--no-pretrained" in result.stderr
+    # torch hub's 'Downloading: ...' went to stdout before the download failed.
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.output
     assert_no_runs(sqlite_uri)
 
 

@@ -196,6 +196,7 @@ def test_report_figures_hold_the_runs_numbers(server_uri, report_runs, tmp_path)
     # The lab's model_comparison.png beside the page, always (matplotlib: no browser needed).
     png = path.with_suffix(".png")
     assert f"note: wrote {png}" in result.stderr
+    assert "wrote" not in page and str(path.parent) not in page  # the writer's terminal note only
     with Image.open(png) as image:
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[1] >= 1000 and pixels.std() > 20

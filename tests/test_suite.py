@@ -4,6 +4,7 @@ while the other is still logged; bad input stops it before anything trains."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from mnist_tracker.cli import main
 from mnist_tracker.cli.compare import suite_cmd
 from mnist_tracker.config import ConfigError, resolve_config
 from mnist_tracker.data import load_mnist
+from mnist_tracker.models.transfer import weights_cache_path
 from mnist_tracker.workflows import suite
 
 from .conftest import BIN, REPO, SUBSET
@@ -42,8 +44,12 @@ def runs_of(experiment: str):
 
 
 @pytest.mark.slow
-def test_a_failing_model_does_not_stop_the_others(server_uri, experiment_name, monkeypatch):
-    offline(monkeypatch)
+def test_a_failing_model_does_not_stop_the_others(server_uri, experiment_name):
+    """alexnet fails for real: its file in the torch hub cache is not its weights (the suite
+    checks before training only that the file is there, as reading it takes seconds)."""
+    cached = Path(weights_cache_path("alexnet"))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a state dict")
     result = invoke(
         "--models",
         "alexnet,cnn",
@@ -73,6 +79,20 @@ def test_a_failing_model_does_not_stop_the_others(server_uri, experiment_name, m
     assert table[2].startswith("CNN") and run.info.run_id in table[2]
     accuracy = run.data.metrics["test_accuracy"] * 100
     assert f"{accuracy:.2f}" in table[2]
+
+
+def test_imagenet_weights_unavailable_offline_stop_the_suite_before_anything_trains(
+    sqlite_uri, monkeypatch
+):
+    """The README lists them as bad input, checked before anything trains: offline, the suite
+    trained cnn first and then failed alexnet, exit 1."""
+    offline(monkeypatch)
+    result = invoke("--models", "cnn,alexnet", "--image-size", "63", *TINY,
+                    "--tracking-uri", sqlite_uri, "--experiment", "suite-offline")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith("Error: ImageNet weights for alexnet are not in the torch")
+    assert runs_of("suite-offline") == []
 
 
 @pytest.mark.parametrize(

@@ -256,6 +256,7 @@ def suite_cmd(
     130 / 143 Ctrl-C / SIGTERM (the current run marked KILLED).
     """
     from ..data import load_mnist
+    from ..models.transfer import ensure_imagenet_weights
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
     from ..training.runtime import resolve_runtime
@@ -263,8 +264,10 @@ def suite_cmd(
 
     names = suite_mod.parse_models(models)
     configs = suite_mod.suite_configs(names, **overrides)
-    for config in configs:  # what no model could run here (--cuda-graphs off CUDA): refused now
-        resolve_runtime(config)
+    for config in configs:  # what a model could not run with here: refused before any trains
+        resolve_runtime(config)  # --cuda-graphs off CUDA
+        if config.pretrained:  # ImageNet weights offline
+            ensure_imagenet_weights(config.model)
     mnist = load_mnist(data_dir)
     uri = connect(tracking_uri)
     echo_err(f"suite: {', '.join(names)}; tracking to {redact(uri)}")

@@ -7,8 +7,11 @@ Offline with no cached file, ``ModelError`` names the file expected and ``--no-p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
+import sys
 
 import torch
 from torch import nn
@@ -32,22 +35,39 @@ def weights_cache_path(name: str) -> str:
 
 
 def load_imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict of ``name``, from the hub cache or downloaded into it."""
+    """The ImageNet state dict of ``name``, from the hub cache or downloaded into it.
+
+    torch hub writes 'Downloading: "URL" to PATH' on stdout, where a command's output goes
+    (``compare``'s table after ``suite``), and before it knows whether the download works: the
+    line is held, and written to stderr once the weights are there; offline, the ModelError
+    is the only line."""
     weights = _ARCHS[name][1]
     path = weights_cache_path(name)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib has no timeout of its own
+    held = io.StringIO()
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        with contextlib.redirect_stdout(held):
+            state = weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, HTTPError, hash mismatch, unreadable file ...
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ModelError(
             f"ImageNet weights for {name} are not in the torch hub cache ({path}) and could not "
             f"be downloaded ({reason}); copy the file there, or train from scratch with "
-            "--no-pretrained"
+            "--no-pretrained (under mlflow run: -P pretrained=false)"
         ) from exc
     finally:
         socket.setdefaulttimeout(previous)
+    sys.stderr.write(held.getvalue())
+    return state
+
+
+def ensure_imagenet_weights(name: str) -> None:
+    """``name``'s ImageNet weights in the hub cache: nothing to do when the file is there,
+    else downloaded now (ModelError offline), so that a command training several models can
+    refuse before the first one trains rather than fail halfway."""
+    if not os.path.isfile(weights_cache_path(name)):
+        load_imagenet_state_dict(name)
 
 
 def feature_blocks(features: nn.Sequential) -> list[nn.Sequential]:

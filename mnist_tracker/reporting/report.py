@@ -242,10 +242,11 @@ def write_report(
 ) -> list[str]:
     """Write the HTML report to ``path`` and the comparison PNG beside it (``.png``).
 
-    Returns the one-line notes the page lists too: what was left out, and the PNG's fate.
+    Returns the one-line notes for the terminal: what the page lists as left out, and where
+    the PNG went (not on the page: a reader of a shared report needs no writer's path).
     """
     path = Path(path)
     inputs = gather(client, comparison, data_dir)
-    inputs.notes.append(write_png(comparison.table, path.with_suffix(".png")))
+    wrote = write_png(comparison.table, path.with_suffix(".png"))
     path.write_text(render_report(comparison, inputs, source), encoding="utf-8")
-    return inputs.notes
+    return [*inputs.notes, wrote]
