@@ -19,6 +19,7 @@ import sys
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 COLUMNS = ["label", "probability", *(f"prob_{d}" for d in range(10))]
 _LIGHTNING = ("pytorch_lightning", "lightning")
@@ -48,6 +49,16 @@ def import_mlflow_pytorch():
     return mlflow.pytorch
 
 
+class InputRefused(mlflow.exceptions.MlflowException, ValueError):
+    """Input the model refuses, saying what to do. A ValueError to a caller in process;
+    MLflow's scoring server answers an MlflowException's message (HTTP 400), where any other
+    error became "Encountered an unexpected error while evaluating the model", the reason
+    only in the stack trace."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 class DigitClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of the network: see the module's contract.
 
@@ -65,12 +76,12 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
 
         pixels = np.asarray(model_input)
         if pixels.ndim != 4 or pixels.shape[1:] != (1, 28, 28):
-            raise ValueError(
+            raise InputRefused(
                 f"expected images of shape (N, 1, 28, 28), got {pixels.shape}; reshape them "
                 "to one grey channel of 28 x 28 pixels"
             )
         if pixels.size and (pixels.max() > 1.0 + 1e-6 or pixels.min() < -1e-6):
-            raise ValueError(
+            raise InputRefused(
                 f"pixels must be floats in [0, 1] (got values from {pixels.min():g} to "
                 f"{pixels.max():g}); divide 0-255 pixels by 255 before sending them"
             )

@@ -174,7 +174,11 @@ def test_the_served_model_answers_rest_with_digits_and_probabilities(ui_run, ser
         with pytest.raises(urllib.error.HTTPError) as refused:
             _post(port, {"inputs": (pixels[:2] * 255).round().tolist()})
         assert refused.value.code == 400
-        assert "divide 0-255 pixels by 255" in refused.value.read().decode()
+        # In the answer's message, not only its stack trace under "Encountered an unexpected
+        # error while evaluating the model" (a newcomer's find, stop 35).
+        message = json.loads(refused.value.read())["message"]
+        assert "pixels must be floats in [0, 1]" in message, message
+        assert "divide 0-255 pixels by 255" in message, message
     finally:
         proc.terminate()
         proc.wait(timeout=30)
