@@ -487,7 +487,11 @@ def test_damaged_local_checkpoint_falls_back_to_the_artifact(sqlite_uri, experim
         data = local.read_bytes()
         local.write_bytes(data[: len(data) // 2] if damage == "half" else b"")
         err = resume_ok(run_id, epochs=2)
-        assert f"run {run_id}: resuming after epoch 1 of 2" in err, (damage, err)
+        said = (
+            f"run {run_id}: resuming after epoch 1 of 2, from the checkpoint in the run's "
+            f"artifacts (the local one is damaged ({local.name}: "
+        )
+        assert said in err, (damage, err)
         assert "Aborted" not in err
 
     run_id = stopped_run(experiment_name, epochs=2)
@@ -516,7 +520,8 @@ def test_resume_on_another_machine_downloads_the_checkpoint_artifact(server_uri,
     shutil.rmtree(run_dir(run_id))  # the other machine has no local copy, nor a lock file
 
     err = resume_ok(run_id, epochs=2)
-    assert f"run {run_id}: resuming after epoch 1 of 2" in err, err
+    said = f"run {run_id}: resuming after epoch 1 of 2, from the checkpoint in the run's artifacts"
+    assert f"{said} (none here)" in err, err
     resumed = history(client, run_id, "train_loss")
     assert resumed[0] == epoch_1, "epoch 1 came from the checkpoint, not trained again"
     assert client.list_artifacts(run_id, artifacts.CHECKPOINT_DIR) == []

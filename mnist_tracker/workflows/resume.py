@@ -71,17 +71,25 @@ def _remote_checkpoint(run_id: str) -> tuple[dict | None, str]:
         return state, problem and f"artifact {artifacts.CHECKPOINT} unreadable ({problem})"
 
 
-def find_checkpoint(run_id: str) -> dict:
-    """The newest checkpoint of ``run_id`` (see the module's contract); ResumeError when there
-    is none readable, or none recent enough."""
+def find_checkpoint(run_id: str) -> tuple[dict, str]:
+    """The newest checkpoint of ``run_id`` (see the module's contract), and "" when it is the
+    local copy, else why the run's uploaded one was taken (for the user: the local copy may be
+    damaged). ResumeError when there is none readable, or none recent enough."""
     logged = max(store.logged_steps(run_id, "train_loss"), default=0)
     local = checkpoint_path(run_id)
     state, local_problem = _read(local) if local.is_file() else (None, "")
-    downloaded = False
+    downloaded = ""
     if state is None or state["epoch"] < logged:
         remote, remote_problem = _remote_checkpoint(run_id)
         if remote is not None and (state is None or remote["epoch"] > state["epoch"]):
-            state, downloaded = remote, True
+            if local_problem:
+                why = f"the local one is damaged ({local_problem})"
+            else:
+                why = (
+                    "none here" if state is None else f"the local one is of epoch {state['epoch']}"
+                )
+            downloaded = f"from the checkpoint in the run's artifacts ({why})"
+            state = remote
         elif state is None and local_problem:
             raise ResumeError(
                 f"run {run_id}: the local checkpoint {local} is damaged ({local_problem}) and "
@@ -99,7 +107,7 @@ def find_checkpoint(run_id: str) -> dict:
         )
     if downloaded:  # kept locally while the run lives again; a refused one is not kept
         checkpoint.save(state, local)
-    return state
+    return state, downloaded
 
 
 def _send_outbox(run_id: str) -> None:
@@ -138,14 +146,15 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
 def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
     _send_outbox(run_id)
     check_resumable(run_id)  # the outbox may have ended the run
-    state = find_checkpoint(run_id)
+    state, source = find_checkpoint(run_id)
     config = TrainConfig(**state["config"]).replace()  # validated
     splits = prepare_data(config, options.data_dir)
     echo = options.echo or (lambda _line: None)
+    source = f", {source}" if source else ""
     if state["epoch"] >= config.epochs:
-        echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run")
+        echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run{source}")
     else:
-        echo(f"run {run_id}: resuming after epoch {state['epoch']} of {config.epochs}")
+        echo(f"run {run_id}: resuming after epoch {state['epoch']} of {config.epochs}{source}")
     options = TrainOptions(
         data_dir=options.data_dir,
         progress=options.progress,
