@@ -314,8 +314,8 @@ def validate_seed(seed: int, option: str = "--seed") -> None:
     take its low 32 bits and repeat another seed's draws (or, past 64 bits, fail mid-run)."""
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(
-            f"seed {seed} is outside 0..{MAX_SEED} (PyTorch seeds with 32 bits: a larger seed "
-            f"would repeat a smaller one's run); pass e.g. {option} 42"
+            f"seed {seed} is outside 0..{MAX_SEED} (PyTorch seeds with 32 bits: it would "
+            f"repeat the run of a seed in that range); pass e.g. {option} 42"
         )
 
 

@@ -305,6 +305,27 @@ def test_resume_with_a_home_it_cannot_write_is_refused_in_one_line(
     assert after.info.status == "KILLED" and after.data.tags == run.data.tags
 
 
+def run_ids_in(uri: str) -> list[str]:
+    """The run ids in store ``uri``, every experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(ids)]
+
+
+def test_the_ui_hint_hides_a_database_password():
+    """The "View it: mlflow ui --backend-store-uri URI" line printed a PostgreSQL store's
+    password (a review's find)."""
+    from mnist_tracker.cli.train import ui_hint
+
+    hint = ui_hint("postgresql+psycopg://u:s3cret@db:5432/mlflow", "1", "r" * 32)
+    assert "s3cret" not in hint and "postgresql+psycopg://u:***@db:5432/mlflow" in hint
+    assert "type it for ***" in hint
+    plain = ui_hint("sqlite:///m.db", "1", "r" * 32)
+    assert "--backend-store-uri sqlite:///m.db  (then open http://127.0.0.1:5000/#/" in plain
+
+
 def test_resume_refuses_another_experiment(sqlite_uri):
     """--experiment was silently ignored on resume (the run stays in its own experiment),
     where every other setting is refused."""
@@ -336,12 +357,60 @@ def test_a_run_stopped_before_its_first_epoch_ended_says_there_is_nothing_to_res
 
 def test_a_report_that_cannot_be_written_is_one_line(one_finished_run, tmp_path):
     """The report writes a PNG beside its HTML: where that name is taken by a folder, the
-    write failed with a traceback after the table was printed."""
+    write failed with a traceback after the table was printed; it is now refused first."""
     (tmp_path / "report.png").mkdir()
     result = invoke("compare", "--tracking-uri", one_finished_run,
                     "--report", str(tmp_path / "report.html"))  # fmt: skip
-    one_error_line(result, f"cannot write the report ({tmp_path / 'report.png'}: Is a directory)",
-                   alone=False)  # fmt: skip
+    # Refused before the query: nothing printed but the one line.
+    one_error_line(result, f"cannot write --report's figure {tmp_path / 'report.png'}")
+    assert result.stdout == ""
+
+
+def test_a_sqlite_store_with_a_hot_journal_still_opens(tmp_path):
+    """A writer killed mid-transaction leaves a hot journal, which MLflow rolls back when it
+    opens the store; the store check before a command, read-only, cannot, and took that for a
+    file that is no database (a review's find)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").create_experiment("kept")
+    killed = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=1')\n"
+        "db.execute('BEGIN')\n"
+        "db.execute('CREATE TABLE filler (x BLOB)')\n"
+        "for _ in range(200):\n"
+        "    db.execute('INSERT INTO filler VALUES (randomblob(32768))')\n"
+        "db.execute(\"UPDATE experiments SET name = name || '-torn'\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed, str(path)], check=True)
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0, "no hot journal made"
+    result = invoke("compare", "--tracking-uri", f"sqlite:///{path}", "--experiment", "kept")
+    assert "tracking store" not in result.stderr, result.stderr
+    # The store opened, the journal rolled back: the experiment is found by its old name.
+    assert result.exit_code == 2, result.output
+    assert "no finished training runs in experiment 'kept'" in result.stderr, result.output
+
+
+def test_predict_from_a_model_folder_needs_no_tracking_store(
+    one_finished_run, tmp_path, monkeypatch
+):
+    """A model in a folder is read from there: no mlflow.db in the working folder is no
+    reason to refuse (models:/ and runs:/ do need their store)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(one_finished_run)
+    run = client.get_run(run_ids_in(one_finished_run)[0])
+    model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    folder = mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = invoke("predict", "--model-uri", folder, str(SUBSET / "t10k-images-idx3-ubyte.gz"))
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_listing_models_needs_no_torch_and_a_new_store_prints_no_mlflow_info(tmp_path):

@@ -85,6 +85,28 @@ def pg_url(postgres: dict, user: str, database: str) -> str:
     return f"postgresql://{user}:{password}@{postgres['host']}:{postgres['port']}/{database}"
 
 
+@pytest.mark.parametrize("driver", ["", "+psycopg"], ids=["postgresql", "postgresql+psycopg"])
+def test_the_cli_opens_a_postgresql_tracking_store_and_refuses_a_wrong_password(postgres, driver):
+    """The store check before a command (``client._check_database``) passes a working
+    PostgreSQL store, with or without the driver named; with a wrong password it refuses in
+    one line, the password hidden, where MLflow retried for minutes into a traceback."""
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    uri = pg_url(postgres, "mlflow", "mlflow").replace("postgresql:", f"postgresql{driver}:")
+    done = CliRunner().invoke(main, ["runs", "reap", "--dry-run", "--tracking-uri", uri])
+    assert done.exit_code == 0, done.output
+    assert "stale run(s) found" in done.stderr
+
+    wrong = uri.replace(postgres["mlflow_password"], "Wrong-pw-5d2e")
+    refused = CliRunner().invoke(main, ["runs", "reap", "--dry-run", "--tracking-uri", wrong])
+    assert refused.exit_code == 2, refused.output
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("Error: tracking database postgresql") and "mlflow:***@" in line
+    assert "password authentication failed" in line and "Wrong-pw" not in refused.output
+
+
 @pytest.fixture(scope="session")
 def auth_server(postgres, tmp_path_factory):
     """deploy/mlflow-server.sh (the compose command) on the PostgreSQL above: served artifacts,

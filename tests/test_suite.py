@@ -81,6 +81,19 @@ def test_a_failing_model_does_not_stop_the_others(server_uri, experiment_name):
     assert f"{accuracy:.2f}" in table[2]
 
 
+def test_an_experiment_in_the_trash_stops_the_suite_before_anything_trains(sqlite_uri):
+    """Each model failed on it in turn, exit 1 (a review's find); `train` already refused it."""
+    client = MlflowClient()
+    gone = client.create_experiment("suite-gone")
+    client.delete_experiment(gone)
+    result = invoke("--models", "cnn,vit", *TINY, "--tracking-uri", sqlite_uri,
+                    "--experiment", "suite-gone")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.output
+    assert "experiment 'suite-gone' is in MLflow's trash" in result.stderr
+    assert client.search_runs([gone], run_view_type=3) == []  # ViewType.ALL
+
+
 def test_imagenet_weights_unavailable_offline_stop_the_suite_before_anything_trains(
     sqlite_uri, monkeypatch
 ):

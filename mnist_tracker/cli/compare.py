@@ -168,6 +168,8 @@ def compare_cmd(
     for path, what in ((output, "--output"), (report, "--report")):
         if path:
             _check_destination(path, what)
+    if report:  # the figure written beside it
+        _check_destination(str(Path(report).with_suffix(".png")), "--report's figure")
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
 
@@ -259,6 +261,8 @@ def suite_cmd(
     from ..models.transfer import ensure_imagenet_weights
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
+    from ..tracking import attached_run_id
+    from ..tracking.run import check_experiment
     from ..training.runtime import resolve_runtime
     from ..workflows import suite as suite_mod
 
@@ -270,6 +274,8 @@ def suite_cmd(
             ensure_imagenet_weights(config.model)
     mnist = load_mnist(data_dir)
     uri = connect(tracking_uri)
+    if attached_run_id() is None:  # under mlflow run, the models go to the project run's
+        check_experiment(experiment)
     echo_err(f"suite: {', '.join(names)}; tracking to {redact(uri)}")
     stopped = "The current run was marked KILLED; the suite stopped."
     with sigterm_as_interrupt(), hinting(lambda _exc: stopped):

@@ -65,6 +65,7 @@ def predict_cmd(model_uri, images, tracking_uri) -> None:
     light on dark; IDX images files: every digit), prepared as MNIST's were."""
     from ..workflows.predict import predict
 
-    connect(tracking_uri, existing=True)
+    # A model in a folder needs no store; models:/ and runs:/ need the one they are in.
+    connect(tracking_uri, existing=model_uri.startswith(("models:", "runs:")))
     for p in predict(model_uri, images):
         click.echo(f"{p.source}: {p.digit} (probability {p.probability:.3f})")

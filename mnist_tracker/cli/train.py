@@ -189,9 +189,11 @@ def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """Where to see a run: the server's page, or how to start the UI on a local store."""
     if uri.startswith(("http://", "https://")):
         return f"View it: {redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    shown = redact(uri)  # a database's password is not printed: the user puts it back
+    hidden = "the password hidden: type it for ***; " if shown != uri else ""
     return (
-        f"View it: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000/"
-        f"#/experiments/{experiment_id}/runs/{run_id})"
+        f"View it: mlflow ui --backend-store-uri {shown}  ({hidden}then open "
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id})"
     )
 
 

@@ -191,6 +191,11 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
         ) from exc
 
 
+# The drivers that take ``connect_timeout`` in their URL's query (PostgreSQL's libpq-based
+# psycopg and psycopg2, MySQL's mysqlclient and PyMySQL); pg8000 and others refuse it.
+_TIMEOUT_DRIVERS = ("psycopg", "psycopg2", "mysqldb", "pymysql")
+
+
 def _check_database(uri: str, timeout_s: int) -> None:
     """TrackingUnavailable, in one line, where MLflow would retry for minutes and then raise
     SQLAlchemy's traceback: a database server that does not answer within ``timeout_s``, a
@@ -208,16 +213,20 @@ def _check_database(uri: str, timeout_s: int) -> None:
                 sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
             ) as db:
                 db.execute("PRAGMA schema_version").fetchone()
-        except sqlite3.Error as exc:
-            raise TrackingUnavailable(
-                f"tracking store {shown} cannot be opened as a SQLite database ({exc}); pass the "
-                "--tracking-uri of your store, or a new file's path"
-            ) from None
+        except sqlite3.DatabaseError as exc:
+            # Only a file that is no database is refused: a locked store, or one a killed
+            # writer left a hot journal beside (read-only, this check cannot roll it back),
+            # MLflow opens and recovers itself.
+            if "not a database" in str(exc):
+                raise TrackingUnavailable(
+                    f"tracking store {shown} cannot be opened as a SQLite database ({exc}); "
+                    "pass the --tracking-uri of your store, or a new file's path"
+                ) from None
         return
     engine = None
     try:
         url = sqlalchemy.engine.make_url(uri)
-        if url.get_backend_name() in ("postgresql", "mysql") and "connect_timeout" not in url.query:
+        if url.get_driver_name() in _TIMEOUT_DRIVERS and "connect_timeout" not in url.query:
             url = url.update_query_dict({"connect_timeout": str(timeout_s)})
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect():
@@ -239,6 +248,8 @@ def _check_database(uri: str, timeout_s: int) -> None:
             f"tracking database {shown} cannot be opened ({reason.strip()}); start it or check "
             "the URI's host, port, database and login, or pass another --tracking-uri"
         ) from None
+    except Exception:  # not the store's answer (a driver's own quirk): MLflow opens it itself
+        return
     finally:
         if engine is not None:
             engine.dispose()

@@ -80,11 +80,7 @@ def experiment_id_for(name: str) -> str:
     MLflow's trash (MLflow would refuse the run with a traceback; the name stays taken)."""
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None and experiment.lifecycle_stage == "deleted":
-        raise ExperimentDeleted(
-            f"experiment {name!r} is in MLflow's trash; restore it (mlflow experiments restore "
-            f"--experiment-id {experiment.experiment_id}) or pass another --experiment"
-        )
+    _refuse_deleted(name, experiment)
     if experiment is not None:
         return experiment.experiment_id
     try:
@@ -92,6 +88,20 @@ def experiment_id_for(name: str) -> str:
     except mlflow.exceptions.MlflowException:
         # Another worker created it between the two calls.
         return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def check_experiment(name: str) -> None:
+    """ExperimentDeleted when experiment ``name`` is in MLflow's trash: for a command that
+    checks before it trains (``suite``), as ``experiment_id_for`` refuses it when a run starts."""
+    _refuse_deleted(name, client().get_experiment_by_name(name))
+
+
+def _refuse_deleted(name: str, experiment) -> None:
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ExperimentDeleted(
+            f"experiment {name!r} is in MLflow's trash; restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or pass another --experiment"
+        )
 
 
 def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
