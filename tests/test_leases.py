@@ -427,7 +427,8 @@ def test_a_killed_run_is_stale_then_reaped_with_how_to_resume(sqlite_uri, experi
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     reason = run.data.tags[artifacts.REAPED_TAG]
-    assert f"train --resume {run_id}" in reason and f":{cli.proc.pid}" in reason, reason
+    assert f"train --resume {run_id} --tracking-uri {sqlite_uri}" in reason, reason
+    assert f":{cli.proc.pid}" in reason, reason
     assert "(more than 10 min)" in reason, reason  # --older-than's default, as a person reads it
     for other in (fresh, pending):
         assert client.get_run(other).info.status == "RUNNING"

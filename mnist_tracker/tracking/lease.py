@@ -31,10 +31,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import mlflow
 from mlflow.entities import RunTag
 
 from ..errors import RunLocked
 from ..paths import checkpoint_path, run_dir
+from ..uris import redact
 from . import artifacts
 from .client import client, env_vars
 
@@ -225,7 +227,11 @@ def reap(run: Run, older_than_s: float) -> str:
     )
     c = client()
     if checkpoint_path(run_id).is_file() or _has_checkpoint_artifact(c, run_id):
-        reason += f"; continue it with: mnist-tracker train --resume {run_id}"
+        # The store too: the hint is read in the UI, far from the shell that ran the run.
+        store = redact(mlflow.get_tracking_uri())
+        reason += (
+            f"; continue it with: mnist-tracker train --resume {run_id} --tracking-uri {store}"
+        )
     c.set_tag(run_id, artifacts.REAPED_TAG, reason)
     if run.data.tags.get(artifacts.OPTUNA_STATE_TAG) == "RUNNING":  # a trial's: as its worker would
         c.set_tag(run_id, artifacts.OPTUNA_STATE_TAG, "FAIL")
