@@ -132,7 +132,7 @@ def validate_tracking_uri(uri: str, source: str = "--tracking-uri") -> None:
         folder = Path(url2pathname(parts.path) if scheme else uri)
         if folder.is_file():
             raise ConfigError(f"{shown}: {folder} is a file, not a folder; pass a folder path")
-        _check_folder(folder, shown)
+        check_folder(folder, shown)
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() not in ("true", "1"):
             raise ConfigError(
                 f"{shown} is a file store, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE"
@@ -162,12 +162,13 @@ def _check_sqlite(uri: str, shown: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{shown}: {path} is a folder, not a SQLite file; pass a file path")
     if not path.is_file():
-        _check_folder(path.parent, shown)
+        check_folder(path.parent, shown)
 
 
-def _check_folder(folder: Path, shown: str) -> None:
+def check_folder(folder: Path, shown: str) -> None:
     """``folder`` exists or can be created, and can be written: proved by making (and
-    removing) a folder in it or in its nearest existing parent; ConfigError naming it if not."""
+    removing) a folder in it or in its nearest existing parent (a read-only file system, a
+    folder that takes no new entries); ConfigError naming it, after ``shown``, if not."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

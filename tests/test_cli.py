@@ -21,15 +21,20 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args), prog_name="mnist-tracker")  # as the script
 
 
-def assert_no_runs(uri: str) -> None:
+def run_ids_in(uri: str) -> list[str]:
+    """The run ids in store ``uri``, every experiment."""
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(ids)]
+
+
+def assert_no_runs(uri: str) -> None:
     path = uri.removeprefix("sqlite:///")
     if not os.path.exists(path):
         return  # nothing was even created
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    assert client.search_runs(ids) == []
+    assert run_ids_in(uri) == []
 
 
 CORRUPT_FILE = "t10k-labels-idx1-ubyte.gz"
@@ -303,15 +308,6 @@ def test_resume_with_a_home_it_cannot_write_is_refused_in_one_line(
     one_error_line(result, "cannot write run files", "set MNIST_TRACKER_HOME", alone=False)
     after = client.get_run(run.info.run_id)
     assert after.info.status == "KILLED" and after.data.tags == run.data.tags
-
-
-def run_ids_in(uri: str) -> list[str]:
-    """The run ids in store ``uri``, every experiment."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    return [r.info.run_id for r in client.search_runs(ids)]
 
 
 def test_the_ui_hint_hides_a_database_password():

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..constants import DEFAULT_EXPERIMENT, FORMATS, RUN_MODES
-from ..uris import redact
+from ..uris import check_folder, redact
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
@@ -44,11 +44,9 @@ def _check_destination(path: str, what: str) -> None:
             f"cannot write {what} {path}: folder {target.parent} does not exist; "
             "pass a path in an existing folder"
         )
-    # access() also says no for a read-only file system (EROFS), which permissions do not show.
-    if not os.access(target.parent, os.W_OK | os.X_OK) or (
-        target.exists() and not os.access(target, os.W_OK)
-    ):
-        fail(f"cannot write {what} {path}: no write permission there; pass a path you can write")
+    check_folder(target.parent, f"cannot write {what} {path}")
+    if target.exists() and not os.access(target, os.W_OK):
+        fail(f"cannot write {what} {path}: the file is read-only; pass a path you can write")
 
 
 def _write(path: str, text: str, what: str) -> Path:
