@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -79,12 +83,38 @@ def test_existing_files_and_other_stores_are_left_alone(tmp_path):
     assert fresh_store.sqlite_path("sqlite:////abs/m.db?x=1") == fresh_store.Path("/abs/m.db")
 
 
-def test_a_cache_that_cannot_be_written_leaves_the_store_to_mlflow(tmp_path, monkeypatch):
+def test_a_cache_that_cannot_be_written_has_mlflow_migrate_a_staged_file(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv(fresh_store.ENV_CACHE, str(blocker / "cache"))  # under a file: no folder
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    assert not fresh_store.materialize(uri)
-    assert not (tmp_path / "m.db").exists()
-    make_client(uri).create_experiment("still works")  # MLflow made the store itself
-    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["still works", "Default"]
+    assert fresh_store.materialize(uri)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "m.db"], "nothing staged left"
+    make_client(uri).create_experiment("works")
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["works", "Default"]
+    assert MlflowClient(uri).get_experiment("0").artifact_location == str(tmp_path / "mlruns" / "0")
+
+
+def test_a_ctrl_c_while_a_store_is_made_leaves_no_half_made_store(tmp_path):
+    """Without a template, MLflow migrates a new store for seconds. Interrupted in place, it
+    left a half-migrated file that every later run failed on ("table _alembic_tmp_endpoints
+    already exists"); made in a staged file, the store appears whole or not at all."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    store = tmp_path / "stores"
+    store.mkdir()
+    env = {**os.environ, fresh_store.ENV_CACHE: str(blocker / "cache")}
+    code = (
+        "from mnist_tracker.tracking import client; "  # as every command opens its store
+        f"client('sqlite:///{store / 'm.db'}').search_experiments()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    # Interrupted once the migration has written something (the file grows from empty).
+    while not any(p.stat().st_size > 0 for p in store.iterdir() if p.is_file()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the store was never begun"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert b"KeyboardInterrupt" in err, "interrupted while the store was being made"
+    assert list(store.iterdir()) == [], "no half-made store, nothing staged left"

@@ -18,8 +18,13 @@ Contracts:
   store is indistinguishable from one MLflow created.
 - Templates live under ``cache_dir()`` (``$MNIST_TRACKER_CACHE``, else
   ``$XDG_CACHE_HOME/mnist-tracker``, else ``~/.cache/mnist-tracker``), one per MLflow
-  version. Any failure to build or copy one (a read-only cache, a file system without hard
-  links) is no error: MLflow then creates the store as it always does.
+  version. Where no template can be kept (a read-only cache), MLflow migrates the new store
+  in a staged file beside it instead, seconds as without this module.
+- The store appears whole or not at all: it is made under a hidden name and linked into
+  place. A store MLflow migrates in place is left half-made by a Ctrl-C in those seconds, and
+  then every later run against it fails in MLflow's migration. Any other failure (a file
+  system without hard links, a folder that cannot be written) is no error: MLflow then creates
+  the store as it always does.
 """
 
 from __future__ import annotations
@@ -64,12 +69,11 @@ def materialize(uri: str) -> bool:
     if target is None or target.exists():
         return False
     try:
-        template = _template()
         target.parent.mkdir(parents=True, exist_ok=True)
         # A new file (the umask's mode, as MLflow's would have), linked into place only whole.
         staged = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
-            shutil.copyfile(template, staged)
+            _stage(staged)
             os.link(staged, target)  # fails if the file appeared meanwhile: never replace one
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -77,6 +81,17 @@ def materialize(uri: str) -> bool:
     except (OSError, sqlite3.Error, mlflow.exceptions.MlflowException):
         return False
     return True
+
+
+def _stage(staged: Path) -> None:
+    """An empty store at ``staged``: the template's copy, else migrated there by MLflow."""
+    try:
+        template = _template()
+    except (OSError, sqlite3.Error, mlflow.exceptions.MlflowException):
+        with tempfile.TemporaryDirectory(prefix=".artifacts-", dir=staged.parent) as tmp:
+            _build(staged, Path(tmp))
+        return
+    shutil.copyfile(template, staged)
 
 
 def _template() -> Path:
