@@ -117,10 +117,12 @@ def reference(mlflow_server, tmp_path_factory):
 
 
 def test_sigterm_then_resume_gives_the_uninterrupted_run(
-    server_uri, experiment_name, cli_env, reference
+    server_uri, experiment_name, cli_env, reference, tmp_path, monkeypatch
 ):
     """SIGTERM (what schedulers and `docker stop` send); SIGINT takes the same path, and its
-    exit code and KILLED status are checked in test_tracking.py."""
+    exit code and KILLED status are checked in test_tracking.py. The resume is given no data
+    folder, as its hint says: it reads the one the run trained on (not ./data, which would
+    download, or offline fail)."""
     cli = Cli([*RUN, "--tracking-uri", server_uri, "--experiment", experiment_name], cli_env)
     cli.wait_for("epoch 1/3")
     cli.proc.send_signal(signal.SIGTERM)
@@ -142,8 +144,12 @@ def test_sigterm_then_resume_gives_the_uninterrupted_run(
     # it one epoch ahead, and the resume sends that epoch's metrics.
     assert len(steps) <= saved <= len(steps) + 1
 
-    resumed = invoke(["train", "--resume", run_id, "--tracking-uri", server_uri])
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    resumed = invoke(
+        ["train", "--resume", run_id, "--tracking-uri", server_uri], {"MNIST_DATA_DIR": None}
+    )
     assert resumed.exit_code == 0, resumed.output[-3000:]
+    assert f"reading MNIST from {SUBSET.resolve()}, the folder it trained on" in resumed.stderr
     assert f"resuming after epoch {saved} of 3" in resumed.output
     assert f": resuming run {run_id}; tracking to {server_uri}" in resumed.stderr
     run = client.get_run(run_id)

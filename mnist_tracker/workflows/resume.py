@@ -7,6 +7,10 @@ Contracts:
   artifact when that one is newer (the run went on elsewhere) or the local one is damaged
   (truncated, empty); it must cover every epoch the server holds (else ResumeError, and a
   downloaded copy is not kept). Both unreadable: ResumeError naming both.
+- The data is read from ``--data-dir``, else ``$MNIST_DATA_DIR``, else the folder the run
+  trained on (its training dataset's source) when it is on this machine, else ``./data``: a
+  run started with ``--data-dir X`` resumes without repeating it (the resume hints leave it
+  out), where it looked in ``./data`` and, offline, failed.
 - The run's lease is held throughout (a second ``--resume``, or one of a run still training,
   gets RunLocked). A pending outbox of the run is sent first (only checkpoint uploads may
   stay refused: the local checkpoint is what resumes), then the run continues in place:
@@ -15,12 +19,15 @@ Contracts:
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
-from ..errors import ResumeError
+from ..data import ENV_DATA_DIR
+from ..errors import ResumeError, clip
 from ..paths import checkpoint_path, ensure_home, outbox_dir, run_dir
 from ..tracking import artifacts, lease, outbox, store
 from ..training import checkpoint
@@ -55,7 +62,7 @@ def _read(path: Path) -> tuple[dict | None, str]:
     try:
         state = checkpoint.load(path)
     except Exception as exc:  # truncated, empty (EOFError: click's "Aborted."), not a checkpoint
-        return None, f"{path.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+        return None, f"{path.name}: {type(exc).__name__}: {clip(str(exc), 120)}"
     if not isinstance(state, dict) or "epoch" not in state:
         return None, f"{path.name}: not a checkpoint"
     return state, ""
@@ -143,20 +150,39 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
         held.release()
 
 
+def own_data_dir(run: Run) -> str | None:
+    """The folder ``run`` read its training data from, if this machine has it; else None."""
+    for entry in run.inputs.dataset_inputs if run.inputs else []:
+        contexts = {tag.value for tag in entry.tags}
+        if "training" not in contexts or entry.dataset.source_type != "local":
+            continue
+        try:
+            folder = json.loads(entry.dataset.source)["uri"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return folder if os.path.isdir(folder) else None
+    return None
+
+
 def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
     _send_outbox(run_id)
-    check_resumable(run_id)  # the outbox may have ended the run
+    run = check_resumable(run_id)  # the outbox may have ended the run
     state, source = find_checkpoint(run_id)
     config = TrainConfig(**state["config"]).replace()  # validated
-    splits = prepare_data(config, options.data_dir)
     echo = options.echo or (lambda _line: None)
+    data_dir = options.data_dir
+    if not data_dir and not os.environ.get(ENV_DATA_DIR):
+        data_dir = own_data_dir(run)
+        if data_dir:
+            echo(f"run {run_id}: reading MNIST from {data_dir}, the folder it trained on")
+    splits = prepare_data(config, data_dir)
     source = f", {source}" if source else ""
     if state["epoch"] >= config.epochs:
         echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run{source}")
     else:
         echo(f"run {run_id}: resuming after epoch {state['epoch']} of {config.epochs}{source}")
     options = TrainOptions(
-        data_dir=options.data_dir,
+        data_dir=data_dir,
         progress=options.progress,
         echo=options.echo,
         system_metrics=options.system_metrics,
