@@ -19,6 +19,17 @@ USAGE_EXIT = 2
 RUN_FAILED_EXIT = 1
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters: a longer one is cut at a word's end,
+    `` ...`` marking the cut (a reason quoted in an error line; cut mid-word, it read as a
+    different word)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 4]
+    return f"{head.rsplit(' ', 1)[0] if ' ' in head else head} ..."
+
+
 class UserError(ValueError):
     """Bad input; one line naming the problem and the fix; nothing tracked yet.
 

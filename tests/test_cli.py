@@ -322,6 +322,21 @@ def test_the_ui_hint_hides_a_database_password():
     assert "--backend-store-uri sqlite:///m.db  (then open http://127.0.0.1:5000/#/" in plain
 
 
+@pytest.mark.fast
+def test_a_reason_quoted_in_an_error_line_is_cut_at_a_word_s_end():
+    """A damaged checkpoint's reason was cut at 120 characters mid-word (a hostile tester's
+    find, stop 35): "...central direc". Cut now at a word's end, the cut marked."""
+    from mnist_tracker.errors import clip
+
+    reason = "PytorchStreamReader failed reading zip archive: failed finding central directory"
+    assert clip(f"{reason}\n  more", 200) == f"{reason} more"
+    assert clip(reason, 40) == "PytorchStreamReader failed reading ..."
+    long = clip(" ".join([reason] * 3), 120)
+    assert long.endswith(" ...") and len(long) <= 120
+    assert set(long[:-4].split()) <= set(reason.split())  # whole words only
+    assert clip("x" * 50, 20) == "x" * 16 + " ..."  # one word: cut all the same
+
+
 def test_resume_refuses_another_experiment(sqlite_uri):
     """--experiment was silently ignored on resume (the run stays in its own experiment),
     where every other setting is refused."""

@@ -25,7 +25,7 @@ import sqlite3
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ..errors import TrackingUnavailable
+from ..errors import TrackingUnavailable, clip
 from ..uris import SQL_SCHEMES, redact, scrub
 from . import fresh_store
 
@@ -151,7 +151,7 @@ def permission_refusal(exc: BaseException) -> str | None:
 
 def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
     """``exc`` as one line, at most ``limit`` characters, with ``uri``'s password hidden."""
-    return scrub(" ".join(str(exc).split())[:limit], uri)
+    return scrub(clip(str(exc), limit), uri)
 
 
 def check_reachable(uri: str, timeout_s: int = 5) -> None:

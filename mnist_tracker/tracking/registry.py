@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from ..errors import RegistryError
+from ..errors import RegistryError, clip
 from .client import client
 
 
@@ -57,7 +57,7 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
         c.set_registered_model_alias(name, alias, str(version))
     except MlflowException as exc:
         raise RegistryError(
-            f"the registry refused {name}@{alias} ({' '.join(exc.message.split())[:300]})"
+            f"the registry refused {name}@{alias} ({clip(exc.message, 300)})"
         ) from None
     return Promotion(name, str(version), alias, previous)
 

@@ -43,7 +43,7 @@ from ..config import (
     validate_seed,
 )
 from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
-from ..errors import TuneError, behind
+from ..errors import TuneError, behind, clip
 from ..models import get_spec
 from ..uris import redact, scrub
 
@@ -585,7 +585,7 @@ def storage_error(exc: BaseException) -> BaseException | None:
 def storage_lost(url: str | None, exc: BaseException) -> TuneError:
     """The one-line error for a study database gone out of reach mid-search."""
     text = re.sub(r"\(Background on this error at: \S+\)", "", f"{type(exc).__name__}: {exc}")
-    reason = scrub(" ".join(text.split())[:200], url)
+    reason = scrub(clip(text, 200), url)
     return TuneError(
         f"storage {redact(url)} is out of reach ({reason}); the study is kept there: start "
         "this worker again once the database is back"
