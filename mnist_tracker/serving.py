@@ -58,6 +58,18 @@ class InputRefused(mlflow.exceptions.MlflowException, ValueError):
     def __init__(self, message: str):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # The first message is the reason. The scoring server then prefixes its dump of the
+        # whole input ("Failed to predict data '<every pixel>'. Error: ..."): 4 KB for one
+        # digit, megabytes for a batch, the reason at their end. It is not taken.
+        if not hasattr(self, "_reason"):
+            self._reason = value
+
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of the network: see the module's contract.
