@@ -322,6 +322,30 @@ def test_the_ui_hint_hides_a_database_password():
     assert "--backend-store-uri sqlite:///m.db  (then open http://127.0.0.1:5000/#/" in plain
 
 
+def test_a_refusal_under_mlflow_run_says_why_on_the_project_run(sqlite_uri, monkeypatch):
+    """`mlflow run . -P model=nope`: MLflow ends the run it created FAILED, with nothing in it
+    that says why; the refusal's line is now its description (the UI's run page shows it).
+    Here the run `mlflow run` would have created, and its environment; end to end in
+    test_mlproject.py."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri)
+    project_run = client.create_run(client.create_experiment("project")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", project_run)
+    result = invoke("train", "--model", "nope")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().removeprefix("Error: ")
+    assert line.startswith("unknown model 'nope'"), line
+    tags = client.get_run(project_run).data.tags
+    assert tags["mlflow.note.content"] == f"Refused before it started: {line}"
+    assert run_ids_in(sqlite_uri) == [project_run], "no run of its own"
+
+    monkeypatch.delenv("MLFLOW_RUN_ID")  # outside `mlflow run`: nothing to note, no MLflow
+    other = client.create_run(client.get_experiment_by_name("project").experiment_id)
+    assert invoke("train", "--model", "nope").exit_code == 2
+    assert "mlflow.note.content" not in client.get_run(other.info.run_id).data.tags
+
+
 @pytest.mark.fast
 def test_a_reason_quoted_in_an_error_line_is_cut_at_a_word_s_end():
     """A damaged checkpoint's reason was cut at 120 characters mid-word (a hostile tester's

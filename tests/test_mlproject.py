@@ -1,4 +1,5 @@
-"""`mlflow run . --env-manager local` end to end: one complete run, no second one.
+"""`mlflow run . --env-manager local` end to end: one complete run, no second one; a refused
+one says why on its run.
 
 The plumbing (declared and undeclared parameters, the run `mlflow run` creates) is the same
 for every model, so it runs on the cnn: an alexnet run writes a ~230 MB model and a ~650 MB
@@ -83,3 +84,22 @@ def test_mlflow_run_main_entry_point(server_uri, experiment_name, cli_env, tmp_p
     assert run.data.metrics["training_time_s"] > 0
     models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
     assert [m.source_run_id for m in models] == [run.info.run_id]
+
+
+def test_mlflow_run_refused_says_why_on_its_run(server_uri, experiment_name, cli_env, tmp_path):
+    """MLflow ends the run it created FAILED when the command exits 2; the refusal's line is
+    that run's description, so the UI says why (it held only the parameters)."""
+    cli_env["MLFLOW_TRACKING_URI"] = server_uri
+    command = [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
+               "--experiment-name", experiment_name, "-P", "model=nope"]  # fmt: skip
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=600
+    )
+    assert proc.returncode != 0
+    assert "Error: unknown model 'nope'" in proc.stderr, proc.stderr[-3000:]
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
+    assert run.info.status == "FAILED"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("Refused before it started: unknown model 'nope'"), note
+    assert note.removeprefix("Refused before it started: ") in proc.stderr

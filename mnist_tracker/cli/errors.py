@@ -14,6 +14,9 @@
 
 Everything printed has its passwords hidden (``uris.scrub``), the traceback included.
 
+Under ``mlflow run`` an exit 2 also puts its line on the run MLflow created (its description),
+which MLflow then ends FAILED: the UI says why (``tracking.client.note_refusal``).
+
 A command adds what happened to its run with ``hinting(fn)``: ``fn(exc)`` returns the hint
 (the run's state, how to resume). Nothing here catches a bare ValueError.
 """
@@ -21,6 +24,7 @@ A command adds what happened to its run with ``hinting(fn)``: ``fn(exc)`` return
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import traceback
@@ -46,35 +50,40 @@ def _with_hint(text: str, exc: BaseException) -> str:
     return f"{text} {hint}".strip() if hint else text
 
 
-def report(exc: BaseException) -> int:
-    """Print ``exc`` as the table above says (to stderr) and return its exit code."""
+def report(exc: BaseException, on_refusal: Callable[[str], None] | None = None) -> int:
+    """Print ``exc`` as the table above says (to stderr) and return its exit code; a line
+    printed with exit code 2 is also given to ``on_refusal``."""
+    line, code = _render(exc)
+    if line is not None:
+        click.echo(line, err=True)
+        if code == USAGE_EXIT and on_refusal is not None:
+            on_refusal(line.removeprefix("Error: "))
+    return code
+
+
+def _render(exc: BaseException) -> tuple[str | None, int]:
+    """The line ``report`` prints for ``exc`` (None: nothing more to print) and the exit code."""
     if isinstance(exc, click.exceptions.Exit):
-        return exc.exit_code
+        return None, exc.exit_code
     if isinstance(exc, KeyboardInterrupt | click.Abort):
-        click.echo(scrub(_with_hint("Interrupted.", exc)), err=True)
-        return 130
+        return scrub(_with_hint("Interrupted.", exc)), 130
     if isinstance(exc, Interrupted):
-        click.echo(scrub(_with_hint(f"Stopped by signal {exc.signum}.", exc)), err=True)
-        return 128 + exc.signum
+        return scrub(_with_hint(f"Stopped by signal {exc.signum}.", exc)), 128 + exc.signum
     if isinstance(exc, _NO_ARGS_IS_HELP):  # a bare group: its help, as is
         exc.show()
-        return exc.exit_code
+        return None, exc.exit_code
     if isinstance(exc, click.ClickException):
-        click.echo(f"Error: {_one_line(exc.format_message())}{_help_hint(exc)}", err=True)
-        return USAGE_EXIT if isinstance(exc, click.UsageError) else exc.exit_code
+        code = USAGE_EXIT if isinstance(exc, click.UsageError) else exc.exit_code
+        return f"Error: {_one_line(exc.format_message())}{_help_hint(exc)}", code
     if isinstance(exc, UserError):
-        click.echo(f"Error: {_one_line(exc)}", err=True)
-        return exc.exit_code
+        return f"Error: {_one_line(exc)}", exc.exit_code
     if isinstance(exc, RunFailed):
-        click.echo(scrub(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc)), err=True)
-        return exc.exit_code
+        return scrub(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc)), exc.exit_code
     refused = _permission_refusal(exc)
     if refused is not None:
-        click.echo(f"Error: {_one_line(refused)}", err=True)
-        return USAGE_EXIT
+        return f"Error: {_one_line(refused)}", USAGE_EXIT
     # A bug or an outage: the traceback, as Python would print it, passwords hidden.
-    click.echo(scrub("".join(traceback.format_exception(exc))).rstrip(), err=True)
-    return 1
+    return scrub("".join(traceback.format_exception(exc))).rstrip(), 1
 
 
 class FixGiven:
@@ -118,8 +127,17 @@ class OneLineErrors(click.Group):
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 raise
-            sys.exit(report(exc))
+            sys.exit(report(exc, on_refusal=_note_on_project_run))
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _note_on_project_run(line: str) -> None:
+    """``tracking.client.note_refusal``, imported (MLflow: half a second) only under
+    ``mlflow run``."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from ..tracking.client import note_refusal
+
+        note_refusal(line)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ Contracts:
   folders pass.
 - ``env_vars`` scopes environment variables (MLflow reads its HTTP settings at each call).
 - ``delete_run_artifacts`` deletes a folder of a run's artifacts, best effort.
+- ``note_refusal(message)`` puts why a command refused to start on the run ``mlflow run``
+  created for it (its description), best effort and within seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +48,36 @@ def client(uri: str | None = None) -> MlflowClient:
 def attached_run_id() -> str | None:
     """The run ``mlflow run`` created for this process, if any."""
     return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def note_refusal(message: str, timeout_s: int = 3) -> None:
+    """Under ``mlflow run``, ``message`` (why the command refused to start) as the description
+    of the run MLflow created, which its page in the UI shows: MLflow ends that run FAILED,
+    with nothing in it that says why. Best effort: the store itself may be what was refused.
+    The store is the one ``mlflow run`` named (``$MLFLOW_TRACKING_URI``), where that run is,
+    not a ``--tracking-uri`` the command was given."""
+    run_id = attached_run_id()
+    if run_id is None:
+        return
+    store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    database = fresh_store.sqlite_path(store)
+    if database is not None and not database.is_file():  # no run there: make no store either
+        return
+    with env_vars(_quick(timeout_s)), contextlib.suppress(Exception):
+        client(store).set_tag(
+            run_id, "mlflow.note.content", f"Refused before it started: {message}"
+        )
+
+
+def _quick(timeout_s: int) -> dict[str, str]:
+    """MLflow's HTTP settings for a call that must answer within about ``timeout_s`` (plus a
+    second for one retry, so one 503 of a restarting server is not an outage)."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+    }
 
 
 def set_tracking_uri(uri: str | None) -> str:
@@ -164,14 +196,8 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
         return
     if not uri.startswith(("http://", "https://")):
         return
-    quick = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
-    }
     try:
-        with env_vars(quick):
+        with env_vars(_quick(timeout_s)):
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = one_line(exc, uri)
