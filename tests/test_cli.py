@@ -61,6 +61,8 @@ def assert_names_the_corrupt_file(line: str, folder: str) -> None:
 BAD = [
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--model", "cnn", "--epochs", "0"], "epochs must be at least 1"),
+    (["--model", "cnn", "--epochs", "10001"], "epochs 10001 is above the maximum of 10000"),
+    (["--model", "cnn", "--epochs", str(10**20)], "pass --epochs 10000 or less"),
     (["--model", "cnn", "--lr", "0"], "lr must be a positive number"),
     (["--model", "cnn", "--lr", "-0.1"], "lr must be a positive number"),
     (["--model", "cnn", "--batch-size", "0"], "batch size must be at least 1"),
