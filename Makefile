@@ -73,6 +73,7 @@ format: install-test
 # processes, 1.3 GB and 8 s of CPU more (2026-12-07, this 2-core machine), as the tests' and the
 # compose stack's servers already run.
 ui: install
+	@echo "MLflow UI: open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (its Model training view)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port 5000
 

@@ -112,31 +112,63 @@ def test_the_logged_model_carries_the_runs_test_metrics(ui_run):
         assert linked[key] == pytest.approx(run.data.metrics[key]), key
 
 
-def test_the_ui_renders_the_confusion_matrix_offline(ui_run, mlflow_server, tmp_path):
-    """The artifact page of the real server, screenshotted: the PNG's dark-blue diagonal cells
-    (matplotlib's Blues) are on screen, with no request leaving the machine."""
+def _browser() -> str:
+    """Headless Chromium's path; the test fails under CI without it, else is skipped."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         reason = "chromium not installed (apt-get install chromium)"
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
+    return browser
+
+
+def _chromium(browser: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on ``args`` (a ``--screenshot=`` or ``--dump-dom`` and a URL), offline."""
+    return subprocess.run(
+        [
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--proxy-server=127.0.0.1:9",  # offline: only loopback (the server) answers
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
+            "--virtual-time-budget=20000", *args,
+        ],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_the_printed_link_opens_the_model_training_view(ui_run, mlflow_server, tmp_path):
+    """MLflow 3's UI opens in its GenAI view, where the experiment's page lists no runs (its
+    Overview of traces) and a run sits under "Evaluation runs". The "View it" link `train`
+    prints opens the Model training view instead, which the UI keeps while one navigates:
+    the run's page, and its experiment's page listing the run by name."""
+    from mnist_tracker.cli.train import UI_VIEW, ui_hint
+
+    browser = _browser()
+    _, run, _ = ui_run
+    link = ui_hint(mlflow_server, run.info.experiment_id, run.info.run_id).removeprefix("View it: ")
+    assert link.endswith(f"/runs/{run.info.run_id}{UI_VIEW}"), link
+    experiment_page = f"{link.split('/runs/')[0]}{UI_VIEW}"
+    for url, shows in ((link, "Model registry"), (experiment_page, run.info.run_name)):
+        proc = _chromium(browser, tmp_path, "--dump-dom", url)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert shows in proc.stdout and "Evaluation runs" not in proc.stdout, url
+    # Without the parameter, the page the UI opens on does not list the run.
+    plain = _chromium(browser, tmp_path, "--dump-dom", experiment_page.removesuffix(UI_VIEW))
+    assert "Evaluation runs" in plain.stdout and run.info.run_name not in plain.stdout
+
+
+def test_the_ui_renders_the_confusion_matrix_offline(ui_run, mlflow_server, tmp_path):
+    """The artifact page of the real server, screenshotted: the PNG's dark-blue diagonal cells
+    (matplotlib's Blues) are on screen, with no request leaving the machine."""
+    browser = _browser()
     _, run, _ = ui_run
     url = (
         f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         f"/artifacts/{artifacts.CONFUSION_FIGURE}"
     )
     shot = tmp_path / "ui.png"
-    proc = subprocess.run(
-        [
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--proxy-server=127.0.0.1:9",  # offline: only loopback (the server) answers
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
-            "--virtual-time-budget=20000", f"--screenshot={shot}", url,
-        ],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    proc = _chromium(browser, tmp_path, f"--screenshot={shot}", url)
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     pixels = _image(shot.read_bytes()).astype(int)
     dark_blue = (pixels[..., 2] > 90) & (pixels[..., 0] < 60) & (pixels[..., 1] < 90)

@@ -185,15 +185,22 @@ def _stop_hint(exc: BaseException, started: list[str], tracking_uri, uri: str) -
     return message
 
 
+# MLflow's UI (3.x) opens in its GenAI view (traces, evaluations), where an experiment's page
+# shows no runs; this parameter opens its Model training view: the runs, their models, the
+# registry. The UI keeps it while one navigates.
+UI_VIEW = "?workflowType=machine_learning"
+
+
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """Where to see a run: the server's page, or how to start the UI on a local store."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
     if uri.startswith(("http://", "https://")):
-        return f"View it: {redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"View it: {redact(uri).rstrip('/')}/{page}"
     shown = redact(uri)  # a database's password is not printed: the user puts it back
     hidden = "the password hidden: type it for ***; " if shown != uri else ""
     return (
         f"View it: mlflow ui --backend-store-uri {shown}  ({hidden}then open "
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id})"
+        f"http://127.0.0.1:5000/{page})"
     )
 
 
