@@ -7,6 +7,7 @@ headless Chromium with every non-loopback request sent to a dead proxy.
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import os
@@ -72,6 +73,17 @@ def _assert_drawn(pixels: np.ndarray, min_side: int = 300) -> None:
 def test_the_run_has_a_readable_name(ui_run):
     _, run, _ = ui_run
     assert run.info.run_name == f"cnn-lab-{EPOCHS}ep-{run.info.run_id[:6]}"
+
+
+def test_the_run_says_who_made_it_and_from_what(ui_run):
+    """The UI's "Created by" and "Source" read MLflow's context tags, which its fluent API sets
+    and the client API (this package's) did not: both showed empty."""
+    _, run, _ = ui_run
+    tags = run.data.tags
+    assert tags["mlflow.user"] == getpass.getuser()
+    assert (tags["mlflow.source.type"], tags["mlflow.source.name"]) == ("LOCAL", "mnist-tracker")
+    assert tags.get("mlflow.source.git.commit") == tags.get("git_commit")
+    assert tags.get("git_commit") or not IN_CI, "CI runs from a git clone"
 
 
 def test_figures_are_images_the_ui_previews_and_nothing_needs_the_internet(ui_run):

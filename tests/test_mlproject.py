@@ -62,6 +62,7 @@ def test_mlflow_run_main_entry_point(server_uri, experiment_name, cli_env, tmp_p
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.data.tags["mlflow.source.type"] == "PROJECT", "MLflow's own, not overwritten"
     params = run.data.params
     expected = {
         "model": "cnn",

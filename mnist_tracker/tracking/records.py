@@ -6,19 +6,30 @@ Contracts:
   value and goes to the tag ``resolved.<key>``.
 - ``dataset_inputs(splits)`` are the train / test (/ validation) sets as MLflow dataset inputs.
 - ``run_tags(device)``: package, torch and MLflow versions, device and its name, git commit.
+- ``context_tags()``: MLflow's own tags of who and what made a run (user, source, commit),
+  which its UI shows as "Created by" and "Source"; for runs this package creates (``mlflow
+  run`` sets its own on the runs it creates).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
 import subprocess
 import warnings
 from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Param, RunTag, SourceType
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 from .. import __version__
 from ..config import params_equal
@@ -71,6 +82,7 @@ def dataset_inputs(splits) -> list:
     return inputs
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of the mnist_tracker source tree, when it is a git checkout."""
     with contextlib.suppress(Exception):
@@ -99,4 +111,20 @@ def run_tags(device: str) -> dict[str, str]:
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
+    return tags
+
+
+def context_tags() -> dict[str, str]:
+    """``mlflow.user``, ``mlflow.source.name`` / ``.type`` and ``mlflow.source.git.commit``:
+    what MLflow's fluent API sets on a run it starts, and the client API, which this package
+    uses, does not; without them the UI showed "Created by" and "Source" empty."""
+    tags = {
+        MLFLOW_SOURCE_NAME: "mnist-tracker",
+        MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+    }
+    with contextlib.suppress(Exception):  # no user name for this uid (a bare container)
+        tags[MLFLOW_USER] = getpass.getuser()
+    commit = git_commit()
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
     return tags

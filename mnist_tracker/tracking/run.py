@@ -113,7 +113,9 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
     mlflow_client = client(uri)
     run_id = spec.resume_run_id or (attached_run_id() if spec.attach else None)
     if run_id is None:
-        tags = dict(spec.tags) | (lease_mod.live_tags() if live else {})
+        from .records import context_tags
+
+        tags = context_tags() | dict(spec.tags) | (lease_mod.live_tags() if live else {})
         if spec.parent_run_id is not None:
             experiment_id = mlflow_client.get_run(spec.parent_run_id).info.experiment_id
             tags[MLFLOW_PARENT_RUN_ID] = spec.parent_run_id
