@@ -73,6 +73,8 @@ def test_a_failing_model_does_not_stop_the_others(server_uri, experiment_name):
     assert "alexnet-owt-7be5be79.pth" in alexnet_line
     assert f"cnn       finished  run {run.info.run_id}" in lines
     assert f"suite {suite_id}: 1 of 2 model(s) finished, 1 failed" in lines
+    view = f"View it: {server_uri}/#/experiments/{run.info.experiment_id}?workflowType="
+    assert view in result.stderr, result.stderr[-2000:]  # the experiment's runs, in the UI
 
     table = lines[lines.index("") + 1 :]  # the compare table of this suite
     assert table[0].startswith("Model") and len(table) == 3

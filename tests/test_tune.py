@@ -253,8 +253,10 @@ def test_two_workers_share_one_journal_study(server_uri, experiment_name, cli_en
     assert [p.info.run_id for p in parents] == [parent_id]
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["n_complete"] == 6
-    # Both workers ran trials.
+    # Both workers ran trials, and point to the study's parent run in the UI.
     assert all("trial " in err for _, err in outputs)
+    view = f"View it: {server_uri}/#/experiments/{exp.experiment_id}/runs/{parent_id}?workflowType="
+    assert all(view in err for _, err in outputs), outputs[0][1][-2000:]
 
 
 BAD = [

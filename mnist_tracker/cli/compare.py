@@ -6,6 +6,7 @@ error; ``cli.errors`` prints it as one ``Error: ...`` line and exits with code 2
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from .options import (
     tracking_uri_option,
     training_options,
 )
-from .train import echo_err
+from .train import echo_err, ui_hint
 
 if TYPE_CHECKING:
     from ..reporting.compare import Comparison, Query
@@ -259,7 +260,7 @@ def suite_cmd(
     from ..models.transfer import ensure_imagenet_weights
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
-    from ..tracking import attached_run_id
+    from ..tracking import attached_run_id, client
     from ..tracking.run import check_experiment
     from ..training.runtime import resolve_runtime
     from ..workflows import suite as suite_mod
@@ -288,5 +289,8 @@ def suite_cmd(
         )
         click.echo("")
         click.echo(render(run_compare(query).table, "table"))
+    with contextlib.suppress(Exception):  # best effort: the suite is done
+        experiment = client().get_experiment_by_name(result.experiment)
+        echo_err(ui_hint(uri, experiment.experiment_id))
     if result.failed:
         click.get_current_context().exit(1)

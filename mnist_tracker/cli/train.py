@@ -191,9 +191,11 @@ def _stop_hint(exc: BaseException, started: list[str], tracking_uri, uri: str) -
 UI_VIEW = "?workflowType=machine_learning"
 
 
-def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to see a run: the server's page, or how to start the UI on a local store."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}{UI_VIEW}"
+def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where to see a run (or, without ``run_id``, the experiment's runs): the server's page,
+    or how to start the UI on a local store."""
+    run = f"/runs/{run_id}" if run_id else ""
+    page = f"#/experiments/{experiment_id}{run}{UI_VIEW}"
     if uri.startswith(("http://", "https://")):
         return f"View it: {redact(uri).rstrip('/')}/{page}"
     shown = redact(uri)  # a database's password is not printed: the user puts it back

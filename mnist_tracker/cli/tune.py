@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from .. import __version__
@@ -9,7 +11,7 @@ from ..constants import PRUNERS, SAMPLERS
 from ..uris import redact
 from .errors import sigterm_as_interrupt
 from .options import connect, data_dir_option, flag, option, tracking_options, training_options
-from .train import echo_err
+from .train import echo_err, ui_hint
 
 
 @click.command()
@@ -114,3 +116,14 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
     )
     if outcome.final_run_id:
         click.echo(f"final run {outcome.final_run_id} (parent run {outcome.parent_run_id})")
+    _view_hint(uri, outcome.parent_run_id)
+
+
+def _view_hint(uri: str, parent_run_id: str) -> None:
+    """The UI's page of the study's parent run, whose trials nest under it; best effort (the
+    search is done, whatever the server says now)."""
+    from ..tracking import client
+
+    with contextlib.suppress(Exception):
+        experiment_id = client().get_run(parent_run_id).info.experiment_id
+        echo_err(ui_hint(uri, experiment_id, parent_run_id))
