@@ -489,6 +489,38 @@ def test_all_experiments_reads_every_experiment(sqlite_uri):
     assert result.exit_code == 2 and "experiment 'mnist' not found" in result.stderr
 
 
+def test_runs_logged_by_hand_with_odd_values_read_as_empty_or_inf(sqlite_uri):
+    """A run MLflow logged by hand with ``epochs=inf`` or ``train_size=1e20`` stopped compare
+    (and promote) with a traceback for every experiment; an infinite loss showed as a
+    309-digit number (MLflow's SQL stores keep it as the largest float). A hostile test's
+    finds, stop 36."""
+    client = MlflowClient(sqlite_uri)
+    experiment = client.create_experiment("odd")
+    done = {"test_accuracy": 0.5, "test_f1_macro": 0.5, "training_time_s": 1.0}
+    odd = {**vit_params(), "epochs": "inf", "train_size": "1e20", "lr": "nan"}
+    run_id = client.create_run(experiment, run_name="odd").info.run_id
+    params = [Param(k, v) for k, v in odd.items()]
+    metrics = [Metric(k, v, 0, 1) for k, v in {**done, "test_loss": math.inf}.items()]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    client.set_terminated(run_id, "FINISHED")
+
+    result = invoke("--experiment", "odd", "--format", "json", "--metric", "test_loss")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["epochs"], row["train_size"], row["lr"], row["test_loss"]) == (None,) * 4
+    assert row["batch_size"] == int(odd["batch_size"]), "the other params as logged"
+    table = invoke("--experiment", "odd", "--metric", "test_loss").stdout.splitlines()
+    assert table[2].split()[-1] == "inf" and max(len(line) for line in table) < 400
+
+
+def test_markdown_escapes_inline_html():
+    """A run named ``<img src=x onerror=alert(1)>`` went into the Markdown raw: HTML wherever
+    Markdown is rendered with inline HTML (the HTML report escaped it already)."""
+    runs = frame([("cnn", "<img src=x onerror=alert(1)> & co", 0, 0.5, 1.0)])
+    text = render.render(compare.results_table(runs, "test_accuracy"), "markdown")
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; co" in text and "<img" not in text
+
+
 def load_benchmark(monkeypatch):
     """benchmarks/compare_scale.py as a module its worker processes can import too."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))

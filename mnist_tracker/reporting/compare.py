@@ -28,6 +28,7 @@ The store is read through ``tracking.store`` only; rendering is ``render.py``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -159,13 +160,26 @@ def search_filter(query: Query) -> str:
 
 
 def _number(text: str | None, kind: type) -> float | int | None:
-    """A param string as ``kind``; None when absent, empty or not a number."""
+    """A param string as ``kind``; None when absent, empty or not a finite number (and, for
+    an int, one outside int64: a run MLflow logged by hand with ``epochs=inf`` or
+    ``train_size=1e20`` stopped ``compare`` with a traceback)."""
     if text is None or text == "":
         return None
     try:
-        return kind(float(text)) if kind is int else kind(text)
+        value = float(text)
     except ValueError:
         return None
+    if not math.isfinite(value):
+        return None
+    if kind is int:
+        return int(value) if abs(value) < 2**63 else None
+    return value
+
+
+def _metric(value: float) -> float:
+    """A metric as logged, where MLflow's SQL stores keep an infinite value (a diverged loss)
+    as the largest float: infinite again, not a 309-digit number in the table."""
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
 
 
 def _flag(text: str | None) -> bool | None:
@@ -213,7 +227,7 @@ def runs_frame(runs: Sequence[Run], metric: str = DEFAULT_METRIC) -> pd.DataFram
             "device": params.get("device", ""),
         }
         for key in metrics:
-            row[key] = run.data.metrics.get(key, math.nan)
+            row[key] = _metric(run.data.metrics.get(key, math.nan))
         rows.append(row)
     columns = ["model_key", "run_id", "run_name", "status", "start_time", "epochs"]
     columns += ["batch_size", "lr", *DATA_PARAMS, "precision", "device", *metrics]

@@ -9,12 +9,17 @@ For scripts, ``csv`` and ``json``: the column keys as names, ``model`` the regis
 (``deep_cnn``), text as logged, and numbers at full precision without float noise: 12
 significant digits, more than any metric here carries, so 99.42999999999999 (0.9943 x 100 in
 binary) is 99.43 while nothing a run measured is rounded; ``lr`` as logged (the param string
-parsed); ``pretrained`` is true / false; missing values are empty / null.
+parsed); ``pretrained`` is true / false; missing values are empty / null, and so are infinite
+ones (a diverged loss: JSON has no infinity), which the human formats show as ``inf``.
+
+Markdown escapes what a renderer would take as markup: ``|`` (a cell's end) and ``<``, ``>``,
+``&`` (inline HTML: a run named ``<img onerror=...>`` ran as HTML where Markdown is rendered).
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -122,11 +127,12 @@ def render_table(table: pd.DataFrame) -> str:
 
 
 def render_markdown(table: pd.DataFrame) -> str:
-    """A GitHub Markdown table with the lab's header and rounding; ``|`` in text escaped."""
+    """A GitHub Markdown table with the lab's header and rounding; markup in text escaped."""
     headers, rows = human_rows(table)
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        escaped = (html.escape(c, quote=False).replace("|", "\\|") for c in cells)
+        return "| " + " | ".join(escaped) + " |"
 
     numeric = _numeric(table)
     rule = "|" + "|".join("---:" if num else "---" for num in numeric) + "|"
@@ -146,7 +152,7 @@ def _records(table: pd.DataFrame) -> list[dict]:
     for rec in table.to_dict("records"):
         clean = {}
         for key, value in rec.items():
-            if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
                 value = None
             elif hasattr(value, "item"):  # numpy scalar
                 value = value.item()
