@@ -106,6 +106,20 @@ def test_the_cli_opens_a_postgresql_tracking_store_and_refuses_a_wrong_password(
     assert line.startswith("Error: tracking database postgresql") and "mlflow:***@" in line
     assert "password authentication failed" in line and "Wrong-pw" not in refused.output
 
+    # The same database as a study's storage: refused before Optuna writes its tables there.
+    args = ["--model", "cnn", "--val-size", "100", "--tracking-uri", uri, "--storage", uri]
+    tune = CliRunner().invoke(main, ["tune", *args])
+    assert tune.exit_code == 2, tune.output
+    assert "is an MLflow tracking store; give the study a database" in tune.stderr
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert "runs" in tables and "studies" not in tables
+
 
 @pytest.fixture(scope="session")
 def auth_server(postgres, tmp_path_factory):

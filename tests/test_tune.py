@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -284,6 +285,46 @@ def test_bad_tune_input(args, message, sqlite_uri):
     )
     assert result.exit_code == 2, result.output
     assert message in result.stderr.strip().splitlines()[-1]
+    assert_no_runs(sqlite_uri)
+
+
+def test_a_storage_that_cannot_be_a_study_s_is_refused_before_a_file_is_made(sqlite_uri, tmp_path):
+    """The MLflow tracking store as --storage got Optuna's thirteen tables written into it,
+    then a misleading refusal; a folder or /dev/null as a journal left lock files beside it
+    or a traceback; a file that is no database a lock file (a hostile test's finds, stop 36).
+    Each is now one line, exit 2, and nothing is written."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    from .test_cli import assert_no_runs
+
+    tracking = tmp_path / "mlflow.db"
+    assert sqlite_uri.endswith(str(tracking))
+    MlflowClient(sqlite_uri).search_experiments()  # the store exists, with MLflow's tables
+    folder = tmp_path / "journals"
+    folder.mkdir()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database")
+    cases = [
+        (f"sqlite:///{tracking}", "is an MLflow tracking store; give the study a database"),
+        (f"journal:{folder}", f"{folder} is a folder; pass the path of a journal file"),
+        ("journal:/dev/null", "/dev/null is no file"),
+        (f"sqlite:///{text}", f"{text} is not a SQLite database"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for storage, message in cases:
+        args = ["--val-size", "100", "--tracking-uri", sqlite_uri, "--storage", storage]
+        result = CliRunner().invoke(main, ["tune", "--model", "cnn", *args])
+        assert result.exit_code == 2, (storage, result.output)
+        (line,) = result.stderr.strip().splitlines()
+        assert message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no lock files, no journal"
+    with contextlib.closing(sqlite3.connect(tracking)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "studies" not in tables and "runs" in tables
     assert_no_runs(sqlite_uri)
 
 

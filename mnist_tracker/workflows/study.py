@@ -26,6 +26,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import re
+import sqlite3
 import threading
 import time
 import warnings
@@ -264,7 +265,7 @@ def open_storage(settings: TuneSettings) -> optuna.storages.BaseStorage | None:
     except TuneError:
         raise
     except Exception as exc:
-        reason = scrub(" ".join(f"{type(exc).__name__}: {exc}".split())[:300], url)
+        reason = scrub(clip(f"{type(exc).__name__}: {exc}", 300), url)
         raise TuneError(
             f"cannot open storage {shown} ({reason}); check the URL and that the database "
             "is running"
@@ -423,6 +424,65 @@ for _name in _REPEATABLE + _REPEATABLE_UNSENT:
     setattr(PatientStorage, _name, _patient(_name, _name in _REPEATABLE_UNSENT))
 
 
+# Tables of MLflow's tracking schema that Optuna's has not: a storage that holds them is a
+# tracking store, into which Optuna would write its own thirteen tables before refusing it.
+_MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+
+
+def _check_target(storage_url: str) -> None:
+    """TuneError, before a file is made beside it, for a storage that cannot be a study's: a
+    journal path that is a folder or no regular file (``/dev/null``), a journal whose folder is
+    missing, a SQLite file that is not a database or is an MLflow tracking store."""
+    shown = redact(storage_url)
+    journal = journal_path(storage_url)
+    if journal is not None:
+        if not journal.parent.is_dir():
+            raise TuneError(
+                f"storage {shown}: folder {journal.parent} does not exist; create it or pass "
+                "another journal path"
+            )
+        if journal.exists() and not journal.is_file():
+            raise TuneError(
+                f"storage {shown}: {journal} is {'a folder' if journal.is_dir() else 'no file'}; "
+                "pass the path of a journal file (it is made if missing)"
+            )
+        return
+    backend, database = _database(storage_url)
+    if backend != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise TuneError(
+                f"storage {shown}: {path} is not a SQLite database; pass a new file's path "
+                "or the study's database"
+            ) from None
+        return  # locked, or a hot journal: Optuna's own open says what is wrong
+    _refuse_if_mlflow(storage_url, names)
+
+
+def _refuse_mlflow_tables(storage_url: str, connection) -> None:
+    """``_check_target``'s MLflow check, for a database server's storage."""
+    import sqlalchemy
+
+    _refuse_if_mlflow(storage_url, set(sqlalchemy.inspect(connection).get_table_names()))
+
+
+def _refuse_if_mlflow(storage_url: str, tables: set[str]) -> None:
+    if _MLFLOW_TABLES.issubset(tables):
+        raise TuneError(
+            f"storage {redact(storage_url)} is an MLflow tracking store; give the study a "
+            "database of its own (e.g. sqlite:///study.db, or another PostgreSQL database)"
+        )
+
+
 class StudyLock:
     """A lock shared by every worker of one study; ``acquire`` blocks, ``release`` is idempotent.
 
@@ -472,18 +532,20 @@ class StudyLock:
         """A lock for the study, or TuneError (password redacted) if its storage is out of
         reach: within CONNECT_TIMEOUT_S for PostgreSQL."""
         if storage_url:
-            journal = journal_path(storage_url)
-            if journal is not None and not journal.parent.is_dir():
-                raise TuneError(
-                    f"storage {redact(storage_url)}: folder {journal.parent} does not "
-                    "exist; create it or pass another journal path"
-                )
+            _check_target(storage_url)
         try:
-            return cls(storage_url, study_name)
+            lock = cls(storage_url, study_name)
+            if lock._pg is not None:
+                try:
+                    _refuse_mlflow_tables(storage_url, lock._pg)
+                except BaseException:
+                    lock.close()
+                    raise
+            return lock
         except TuneError:
             raise
         except Exception as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            reason = clip(f"{type(exc).__name__}: {exc}", 300)
             raise TuneError(
                 f"cannot open storage {redact(storage_url)} "
                 f"({scrub(reason, storage_url)}); check the URL and that the database "
