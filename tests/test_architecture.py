@@ -16,7 +16,7 @@ BENCH_ONLY = {"lightning", "pytorch_lightning", "torchmetrics"}
 
 # Lowest first: a module may import its own layer and the layers before it, never later ones.
 LAYERS = [
-    {"__init__", "constants", "errors", "uris", "paths", "lazy", "collector"},
+    {"__init__", "constants", "errors", "uris", "paths", "lazy", "collector", "sqlite_file"},
     {"models"},
     {"config"},
     {"data"},

@@ -27,6 +27,7 @@ import sqlite3
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from .. import sqlite_file
 from ..errors import TrackingUnavailable, clip
 from ..uris import SQL_SCHEMES, redact, scrub
 from . import fresh_store
@@ -235,15 +236,9 @@ def _check_database(uri: str, timeout_s: int) -> None:
         if path is None or not path.is_file():  # in memory, or a store still to be made
             return
         try:  # the standard library's sqlite3: a millisecond, where SQLAlchemy takes more
-            with contextlib.closing(
-                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-            ) as db:
-                db.execute("PRAGMA schema_version").fetchone()
+            sqlite_file.table_names(path)
         except sqlite3.DatabaseError as exc:
-            # Only a file that is no database is refused: a locked store, or one a killed
-            # writer left a hot journal beside (read-only, this check cannot roll it back),
-            # MLflow opens and recovers itself.
-            if "not a database" in str(exc):
+            if sqlite_file.is_no_database(exc):  # only that: MLflow recovers the others
                 raise TrackingUnavailable(
                     f"tracking store {shown} cannot be opened as a SQLite database ({exc}); "
                     "pass the --tracking-uri of your store, or a new file's path"

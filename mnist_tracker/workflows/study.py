@@ -36,6 +36,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .. import sqlite_file
 from ..config import (
     TrainConfig,
     fit_to_data,
@@ -454,12 +455,9 @@ def _check_target(storage_url: str) -> None:
     if not path.is_file():
         return
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        ) as db:
-            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        names = sqlite_file.table_names(path)
     except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc):
+        if sqlite_file.is_no_database(exc):
             raise TuneError(
                 f"storage {shown}: {path} is not a SQLite database; pass a new file's path "
                 "or the study's database"

@@ -1,0 +1,24 @@
+"""Reading a SQLite file without changing it: a tracking store's or a study's, checked before
+anything opens it for writing (SQLite and SQLAlchemy create a missing file, and MLflow and
+Optuna write their tables into whatever they open)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+
+def table_names(path: Path) -> set[str]:
+    """The names in the schema of the SQLite file at ``path`` (tables, indexes), read-only:
+    the file is neither created nor changed. Raises ``sqlite3.DatabaseError``; ``is_no_database``
+    tells the one error that means the file is not SQLite at all."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+
+
+def is_no_database(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the file is no SQLite database. Other errors (a locked file, or a
+    hot journal a killed writer left, which a read-only reader cannot roll back) are the
+    owner's to recover: MLflow and Optuna open such a file themselves."""
+    return "not a database" in str(exc)
