@@ -146,18 +146,27 @@ def test_old_checkpoint_uploads_are_skipped_and_all_when_the_run_finished(store,
     assert c.list_artifacts(run_id, "checkpoints") == []
 
 
+BATCH = '{"op": "log_batch", "id": 0, "run_id": "r", "metrics": [], "params": {}, "tags": {}}'
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("ops.jsonl", '{"op": "log_batch", "id": 0}\nnot json\n', "ops.jsonl line 2"),
+        ("ops.jsonl", BATCH + "\nnot json\n", "ops.jsonl line 2"),
         ("ops.jsonl", '["a list"]\n', "ops.jsonl line 1"),
         ("done.txt", "0\nzero\n", "done.txt line 2"),
+        # A hostile test's finds (stop 36): each was a traceback from sync, KeyError or
+        # UnicodeDecodeError, which stopped a plain `sync` before the other runs' outboxes.
+        ("ops.jsonl", BATCH + "\n" + BATCH.replace('"r"', "7") + "\n", "ops.jsonl line 2"),
+        ("ops.jsonl", '{"op": "set_terminated", "id": 0, "run_id": "r"}\n', "ops.jsonl line 1"),
+        ("ops.jsonl", BATCH.encode() + b"\n\xff\xfe\n", "ops.jsonl line 2"),
     ],
 )
 def test_a_damaged_outbox_file_is_one_sync_error_naming_it(tmp_path, name, content, message):
     box = outbox.Outbox(tmp_path / "outbox")
     box.add({"op": "log_batch", "metrics": [], "params": {}, "tags": {}, "run_id": "r"})
-    (box.folder / name).write_text(content)
+    path = box.folder / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     with pytest.raises(SyncError, match=message):
         box.pending()
 
@@ -271,3 +280,37 @@ def test_sync_of_a_damaged_outbox_is_one_line_exit_2(tmp_path, monkeypatch, sqli
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "ops.jsonl line 2" in lines[0]
+
+
+def test_sync_of_an_outbox_whose_meta_is_damaged_needs_only_the_tracking_uri(
+    tmp_path, monkeypatch, sqlite_uri
+):
+    """An empty meta.json (a crash while it was written, before it was written whole) stopped
+    sync with a JSONDecodeError, a missing one with a KeyError. The run is the folder's; the
+    server is asked for in one line, and with it the outbox is sent."""
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from mnist_tracker.cli import main
+
+    client = MlflowClient(sqlite_uri)
+    run_id = client.create_run(client.create_experiment("m")).info.run_id
+    box = outbox.Outbox(tmp_path / "runs" / run_id / "outbox")
+    box.add({"op": "log_batch", "metrics": [], "params": {"p": "1"}, "tags": {}, "run_id": run_id},
+            meta={"run_id": run_id, "tracking_uri": sqlite_uri})  # fmt: skip
+    assert [p.name for p in box.folder.iterdir() if p.name.startswith(".")] == [], "no staged"
+    assert box.meta()["run_id"] == run_id
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    for damage in (b"", b'{"run_id": "', b"\xff", None):
+        if damage is None:
+            box.meta_path.unlink()
+        else:
+            box.meta_path.write_bytes(damage)
+        result = CliRunner().invoke(main, ["sync", str(box.folder.parent)])
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert "meta.json is missing or damaged" in line and "pass --tracking-uri" in line
+    given = ["sync", str(box.folder.parent), "--tracking-uri", sqlite_uri]
+    result = CliRunner().invoke(main, given)
+    assert result.exit_code == 0, result.output
+    assert client.get_run(run_id).data.params == {"p": "1"}

@@ -237,7 +237,10 @@ def sync_cmd(path, tracking_uri) -> None:
     refused = []
     for box in pending:
         meta = box.meta()
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta["tracking_uri"]
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or meta.get("tracking_uri")
+        if not uri:
+            fail(f"{box.meta_path} is missing or damaged, so the tracking server of the run "
+                 f"is unknown; pass --tracking-uri")  # fmt: skip
         if "***" in uri:
             fail(f"the run was logged to {uri}; pass --tracking-uri (credentials from "
                  "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")  # fmt: skip

@@ -41,6 +41,28 @@ from . import model as model_mod
 from .client import answered, delete_run_artifacts, is_unreachable, one_line
 from .client import client as make_client
 
+# What each operation ``apply`` performs reads, besides its ``id``, ``op`` and ``run_id``.
+_FIELDS = {
+    "log_batch": ("metrics", "params", "tags"),
+    "log_inputs": ("datasets",),
+    "log_artifact": ("files", "name", "artifact_path"),
+    "log_image": ("files", "key", "step", "timestamp"),
+    "log_model": ("files",),
+    "set_terminated": ("status", "end_time"),
+}
+
+
+def _is_operation(op) -> bool:
+    """Whether ``op`` is an operation ``apply`` can perform, or one of a kind it does not
+    know (which it refuses, naming it); not a half-edited line that would be a KeyError."""
+    return (
+        isinstance(op, dict)
+        and isinstance(op.get("id"), int)
+        and isinstance(op.get("op"), str)
+        and isinstance(op.get("run_id"), str)
+        and all(key in op for key in _FIELDS.get(op["op"], ()))
+    )
+
 
 class Outbox:
     """The pending tracking operations of one run."""
@@ -56,30 +78,37 @@ class Outbox:
         return self.ops_path.is_file()
 
     def meta(self) -> dict:
-        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        """Which run and tracking URI the outbox is for; {} when the file is missing or
+        unreadable (the run id is then its folder's name, the URI the one sync is given)."""
+        try:
+            meta = json.loads(self.meta_path.read_bytes())
+        except (OSError, ValueError):  # missing, empty, cut short, not UTF-8
+            return {}
+        return meta if isinstance(meta, dict) else {}
 
     def operations(self) -> list[dict]:
         """Every operation kept, in order; SyncError when a complete line is not one."""
         if not self.exists():
             return []
         ops = []
-        with open(self.ops_path) as fh:
+        with open(self.ops_path, "rb") as fh:
             for number, line in enumerate(fh, start=1):
-                if not line.endswith("\n"):
+                if not line.endswith(b"\n"):
                     break  # a write cut short by a crash: that operation was never kept
                 if line.strip():
                     ops.append(self._parse(line, number))
         return ops
 
-    def _parse(self, line: str, number: int) -> dict:
+    def _parse(self, line: bytes, number: int) -> dict:
         try:
-            op = json.loads(line)
-            if isinstance(op, dict) and isinstance(op.get("id"), int) and "op" in op:
+            op = json.loads(line)  # UTF-8 or a ValueError
+            if _is_operation(op):
                 return op
         except ValueError:
             pass
+        shown = line.strip()[:60].decode("utf-8", "backslashreplace")
         raise SyncError(
-            f"{self.ops_path} line {number} is not an outbox operation ({line.strip()[:60]!r}); "
+            f"{self.ops_path} line {number} is not an outbox operation ({shown!r}); "
             "restore the file or remove that line (its operation is then lost)"
         )
 
@@ -108,7 +137,10 @@ class Outbox:
         possible: a checkpoint can be gigabytes)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         if meta is not None and not self.meta_path.is_file():
-            self.meta_path.write_text(json.dumps(meta, indent=2))
+            # Whole or not at all: a crash while writing it left an empty file.
+            staged = self.meta_path.with_name(f".meta.{os.getpid()}.json")
+            staged.write_text(json.dumps(meta, indent=2))
+            os.replace(staged, self.meta_path)
         data = self.ops_path.read_bytes() if self.ops_path.is_file() else b""
         if data and not data.endswith(b"\n"):  # drop a line a crash cut short
             data = data[: data.rfind(b"\n") + 1]
