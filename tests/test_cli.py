@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -448,6 +449,27 @@ def test_predict_from_a_model_folder_needs_no_tracking_store(
     result = invoke("predict", "--model-uri", folder, str(SUBSET / "t10k-images-idx3-ubyte.gz"))
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "mlflow.db").exists()
+    digits = str(SUBSET / "t10k-images-idx3-ubyte.gz")
+    assert invoke("predict", "--model-uri", f"file://{folder}", digits).exit_code == 0
+
+
+def test_predict_refuses_a_folder_that_is_no_model_before_copying_it(tmp_path):
+    """MLflow copied a local folder whole before it looked for MLmodel: `--model-uri /etc`
+    copied 135 MB and ended in two tracebacks (a hostile test's find, stop 36)."""
+    big = tmp_path / "not-a-model"
+    big.mkdir()
+    (big / "data.bin").write_bytes(b"x" * 1024)
+    digits = str(SUBSET / "t10k-images-idx3-ubyte.gz")
+    before = set(Path(tempfile.gettempdir()).glob("mnist-tracker-model-*"))
+    for uri in (str(big), f"file://{big}"):
+        result = invoke("predict", "--model-uri", uri, digits)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line == (
+            f"Error: {uri} is no MLflow model: {big} has no MLmodel file; pass the folder that "
+            "holds it, or runs:/RUN_ID/MODEL or models:/NAME@ALIAS"
+        )
+    assert set(Path(tempfile.gettempdir()).glob("mnist-tracker-model-*")) == before
 
 
 def test_listing_models_needs_no_torch_and_a_new_store_prints_no_mlflow_info(tmp_path):

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import tempfile
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import pandas as pd
 import torch
 
 from ..config import TrainConfig
-from ..errors import ModelError
+from ..errors import ModelError, clip
 from ..models import create_model
 from ..serving import import_mlflow_pytorch
 from . import artifacts
@@ -219,23 +220,46 @@ def log_saved(folder: Path, run_id: str, register: str | None, step: int = 0) ->
     log_model(model, example, run_id, config.model, register=register, step=step)
 
 
+MLMODEL = "MLmodel"  # the file that makes a folder an MLflow model
+
+
+def _local_folder(model_uri: str) -> Path | None:
+    """The folder of a model URI that names one on this machine (a path, ``file:``); else
+    None (``runs:/``, ``models:/``, a remote store's)."""
+    parsed = urllib.parse.urlparse(model_uri)
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(model_uri)
+    return None
+
+
 def load_served(model_uri: str):
     """The pyfunc model at ``model_uri`` (``runs:/RUN/cnn``, ``models:/NAME@champion``), or
     ModelError saying the URI could not be loaded and why. Leaves no files behind: the loaded
     model holds its network in memory."""
+    folder = _local_folder(model_uri)
+    if folder is not None and not (folder / MLMODEL).is_file():
+        # MLflow copies a local folder whole before it looks for the file: all of /etc.
+        raise ModelError(
+            f"{model_uri} is no MLflow model: {folder} has no {MLMODEL} file; pass the folder "
+            "that holds it, or runs:/RUN_ID/MODEL or models:/NAME@ALIAS"
+        )
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     # MLflow downloads a model into a folder of its own under the temporary directory and
     # never removes it (230 MB for an alexnet, per call): here it goes into one that is removed.
     with (
         env_vars(quiet),
         warnings.catch_warnings(),
-        tempfile.TemporaryDirectory(prefix="mnist-tracker-model-") as download,
+        tempfile.TemporaryDirectory(
+            prefix="mnist-tracker-model-", ignore_cleanup_errors=True
+        ) as download,
     ):
         warnings.simplefilter("ignore", UserWarning)
         try:
             return mlflow.pyfunc.load_model(model_uri, dst_path=download)
         except Exception as exc:  # a bad URI, an unknown alias, an unreachable store
-            reason = " ".join(str(exc).split())[:300]
+            reason = clip(str(exc), 300)
             raise ModelError(
                 f"cannot load the model {model_uri} ({reason}); pass runs:/RUN_ID/MODEL or "
                 "models:/NAME@ALIAS from this tracking store"
