@@ -1045,6 +1045,37 @@ def test_promote_refuses_before_registering_and_names_only_its_own_options(
     assert MlflowClient(one_finished_run).search_registered_models() == []
 
 
+def test_a_refused_promotion_leaves_no_empty_registered_model(one_finished_run, tmp_path):
+    """The best run's logged model is gone (a run logged by hand, or its model deleted):
+    MLflow created the registered model, then refused its version, and the empty model
+    stayed in the registry (a hostile test's find, stop 36). It is removed again, and the
+    line says what to do."""
+    import shutil
+
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from mnist_tracker.tracking import artifacts
+
+    store = tmp_path / "copy.db"
+    shutil.copyfile(one_finished_run.removeprefix("sqlite:///"), store)
+    uri = f"sqlite:///{store}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist").experiment_id
+    spoof = client.create_run(experiment).info.run_id
+    client.log_batch(
+        spoof,
+        metrics=[Metric("test_f1_macro", 0.999, 0, 1), Metric("test_accuracy", 0.999, 0, 1)],
+        params=[Param("model", "cnn")],
+        tags=[RunTag(artifacts.MODEL_URI_TAG, "models:/m-doesnotexist")],
+    )
+    client.set_terminated(spoof, "FINISHED")
+    result = invoke("promote", "--tracking-uri", uri)
+    line = one_error_line(result, f"the registry refused mnist@champion for run {spoof}")
+    assert "m-doesnotexist" in line and line.endswith("so that the next best is picked")
+    assert client.search_registered_models() == []
+
+
 @pytest.mark.fast
 @pytest.mark.parametrize(
     "args",

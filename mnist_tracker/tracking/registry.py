@@ -5,6 +5,8 @@ Aliases (``models:/NAME@champion``) are MLflow's replacement for the deprecated 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 import mlflow
@@ -38,28 +40,46 @@ def check_names(name: str | None = None, alias: str | None = None, *, option: st
         try:
             getattr(validation, check)(value)
         except MlflowException as exc:
-            reason = " ".join(exc.message.split())[:300].rstrip(".")
+            reason = clip(exc.message, 300).rstrip(".")
             raise RegistryError(f"{reason}; pass another {option}") from None
 
 
 def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
     """Register ``model_uri`` (a run's logged model) as a new version of ``name`` and point
     ``alias`` at it. A version of ``name`` already made from ``run_id`` is reused, so
-    promoting the same run twice registers it once."""
+    promoting the same run twice registers it once. A refused promotion leaves no registered
+    model it created: one without versions (the run's logged model gone) stayed behind."""
     c = client()
+    created = False
     try:
         previous = _alias_version(name, alias)
         existing = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         if existing:
             version = existing[0].version
         else:  # creates the registered model the first time; resolves models:/ URIs
-            version = mlflow.register_model(model_uri, name).version
+            created = not _exists(name)
+            # MLflow prints "Successfully registered model" before it tries the version, which
+            # may still be refused; the command says what happened itself.
+            with contextlib.redirect_stderr(io.StringIO()):
+                version = mlflow.register_model(model_uri, name).version
         c.set_registered_model_alias(name, alias, str(version))
     except MlflowException as exc:
+        if created and not c.search_model_versions(f"name = '{name}'"):
+            with contextlib.suppress(MlflowException):
+                c.delete_registered_model(name)
         raise RegistryError(
-            f"the registry refused {name}@{alias} ({clip(exc.message, 300)})"
+            f"the registry refused {name}@{alias} for run {run_id} ({clip(exc.message, 300)}); "
+            "train again, or delete that run so that the next best is picked"
         ) from None
     return Promotion(name, str(version), alias, previous)
+
+
+def _exists(name: str) -> bool:
+    try:
+        client().get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
 
 
 def _alias_version(name: str, alias: str) -> str | None:
