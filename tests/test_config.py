@@ -168,3 +168,16 @@ def test_a_batch_larger_than_the_training_set_is_refused(limit, hint):
         fit_to_data(config, train_size=64, test_size=None)
     assert hint in str(err.value)
     assert ("--limit-train" in str(err.value)) == bool(limit)
+
+
+@pytest.mark.fast
+def test_the_epoch_limit_is_a_new_run_s_and_a_resumed_run_keeps_its_own():
+    """A new run of more than MAX_EPOCHS is refused; a run begun before the limit existed
+    resumes from its checkpoint's config (the review of stop 36: it was stuck, refused both
+    with its own epochs and with --epochs, which a resume does not take)."""
+    from mnist_tracker.config import MAX_EPOCHS, ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=f"pass --epochs {MAX_EPOCHS} or less"):
+        resolve_config("cnn", epochs=MAX_EPOCHS + 1)
+    saved = resolve_config("cnn").to_dict() | {"epochs": 2 * MAX_EPOCHS}
+    assert TrainConfig(**saved).replace().epochs == 2 * MAX_EPOCHS  # as resume rebuilds it
