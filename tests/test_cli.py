@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -325,26 +326,44 @@ def test_the_ui_hint_hides_a_database_password():
     assert "--backend-store-uri sqlite:///m.db  (then open http://127.0.0.1:5000/#/" in plain
 
 
-def test_a_refusal_under_mlflow_run_says_why_on_the_project_run(sqlite_uri, monkeypatch):
+def test_a_refusal_under_mlflow_run_says_why_on_the_project_run(sqlite_uri, monkeypatch, tmp_path):
     """`mlflow run . -P model=nope`: MLflow ends the run it created FAILED, with nothing in it
     that says why; the refusal's line is now its description (the UI's run page shows it).
     Here the run `mlflow run` would have created, and its environment; end to end in
-    test_mlproject.py."""
+    test_mlproject.py. After a review (stop 36): the note goes to the store `mlflow run`
+    named even when the command was given another --tracking-uri (MLflow's set_tracking_uri
+    rewrites the variable), keeps a description the run has, and an unreachable database
+    costs seconds (MLflow retried it for 100 s)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sqlite_uri)
-    project_run = client.create_run(client.create_experiment("project")).info.run_id
+    experiment = client.create_experiment("project")
+    project_run = client.create_run(experiment).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", project_run)
-    result = invoke("train", "--model", "nope")
+    other_store = f"sqlite:///{tmp_path / 'other.db'}"
+    result = invoke("train", "--model", "cnn", "--data-dir", str(tmp_path / "no"),
+                    "--tracking-uri", other_store)  # fmt: skip
     assert result.exit_code == 2, result.output
     line = result.output.strip().removeprefix("Error: ")
-    assert line.startswith("unknown model 'nope'"), line
+    assert line.startswith(f"data dir {tmp_path / 'no'} does not exist"), line
     tags = client.get_run(project_run).data.tags
-    assert tags["mlflow.note.content"] == f"Refused before it started: {line}"
+    assert tags["mlflow.note.content"] == f"Stopped with exit code 2: {line}"
     assert run_ids_in(sqlite_uri) == [project_run], "no run of its own"
+    assert not (tmp_path / "other.db").exists()
 
+    assert invoke("train", "--model", "nope").exit_code == 2  # a second stop: the first kept
+    assert (
+        client.get_run(project_run).data.tags["mlflow.note.content"] == tags["mlflow.note.content"]
+    )
+
+    started = time.monotonic()  # a project store that does not answer: given up at once
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:pw@127.0.0.1:9/mlflow")
+    assert invoke("train", "--model", "nope").exit_code == 2
+    assert time.monotonic() - started < 15
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID")  # outside `mlflow run`: nothing to note, no MLflow
-    other = client.create_run(client.get_experiment_by_name("project").experiment_id)
+    other = client.create_run(experiment)
     assert invoke("train", "--model", "nope").exit_code == 2
     assert "mlflow.note.content" not in client.get_run(other.info.run_id).data.tags
 

@@ -102,5 +102,5 @@ def test_mlflow_run_refused_says_why_on_its_run(server_uri, experiment_name, cli
     (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     assert run.info.status == "FAILED"
     note = run.data.tags["mlflow.note.content"]
-    assert note.startswith("Refused before it started: unknown model 'nope'"), note
-    assert note.removeprefix("Refused before it started: ") in proc.stderr
+    assert note.startswith("Stopped with exit code 2: unknown model 'nope'"), note
+    assert note.removeprefix("Stopped with exit code 2: ") in proc.stderr

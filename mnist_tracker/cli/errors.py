@@ -14,8 +14,9 @@
 
 Everything printed has its passwords hidden (``uris.scrub``), the traceback included.
 
-Under ``mlflow run`` an exit 2 also puts its line on the run MLflow created (its description),
-which MLflow then ends FAILED: the UI says why (``tracking.client.note_refusal``).
+Under ``mlflow run`` an exit 2 also puts its line on the run MLflow created (its description,
+unless it has one), which MLflow then ends FAILED: the UI says why
+(``tracking.client.note_refusal``).
 
 A command adds what happened to its run with ``hinting(fn)``: ``fn(exc)`` returns the hint
 (the run's state, how to resume). Nothing here catches a bare ValueError.
@@ -122,22 +123,24 @@ class OneLineErrors(click.Group):
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
+        # Read first: MLflow's set_tracking_uri rewrites $MLFLOW_TRACKING_URI to --tracking-uri.
+        project = os.environ.get("MLFLOW_RUN_ID"), os.environ.get("MLFLOW_TRACKING_URI")
         try:
             rv = super().main(*args, **kwargs)
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 raise
-            sys.exit(report(exc, on_refusal=_note_on_project_run))
+            sys.exit(report(exc, on_refusal=lambda line: _note_on_project_run(line, *project)))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _note_on_project_run(line: str) -> None:
+def _note_on_project_run(line: str, run_id: str | None, store: str | None) -> None:
     """``tracking.client.note_refusal``, imported (MLflow: half a second) only under
     ``mlflow run``."""
-    if os.environ.get("MLFLOW_RUN_ID"):
+    if run_id:
         from ..tracking.client import note_refusal
 
-        note_refusal(line)
+        note_refusal(line, run_id, store)
 
 
 @contextlib.contextmanager

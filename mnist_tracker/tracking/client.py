@@ -13,8 +13,8 @@ Contracts:
   folders pass.
 - ``env_vars`` scopes environment variables (MLflow reads its HTTP settings at each call).
 - ``delete_run_artifacts`` deletes a folder of a run's artifacts, best effort.
-- ``note_refusal(message)`` puts why a command refused to start on the run ``mlflow run``
-  created for it (its description), best effort and within seconds.
+- ``note_refusal(message, run_id, store)`` puts why a command stopped with exit 2 on the run
+  ``mlflow run`` created for it (its description), best effort and within seconds.
 """
 
 from __future__ import annotations
@@ -51,30 +51,44 @@ def attached_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
-def note_refusal(message: str, timeout_s: int = 3) -> None:
-    """Under ``mlflow run``, ``message`` (why the command refused to start) as the description
-    of the run MLflow created, which its page in the UI shows: MLflow ends that run FAILED,
-    with nothing in it that says why. Best effort: the store itself may be what was refused.
-    The store is the one ``mlflow run`` named (``$MLFLOW_TRACKING_URI``), where that run is,
-    not a ``--tracking-uri`` the command was given."""
-    run_id = attached_run_id()
-    if run_id is None:
+def note_refusal(message: str, run_id: str, store: str | None, timeout_s: int = 3) -> None:
+    """``message`` (the line an exit 2 printed) as the description of run ``run_id``, the one
+    ``mlflow run`` created in ``store`` (its ``$MLFLOW_TRACKING_URI``, read before the command
+    ran: MLflow's ``set_tracking_uri`` rewrites the variable). MLflow ends that run FAILED,
+    and its page in the UI said nothing of why. Best effort, within about ``timeout_s``: the
+    store may be what was refused, so a database is asked once with a connect timeout (MLflow
+    retried an unreachable one for 100 s), a SQLite file or folder not there is not made, and
+    a description the run already has is kept."""
+    if not store:
         return
-    store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    database = fresh_store.sqlite_path(store)
-    if database is not None and not database.is_file():  # no run there: make no store either
+    scheme = store.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("http", "https"):
+        pass
+    elif scheme == "sqlite":
+        database = fresh_store.sqlite_path(store)
+        if database is None or not database.is_file():
+            return
+    elif scheme in SQL_SCHEMES:
+        try:
+            _check_database(store, timeout_s)
+        except TrackingUnavailable:
+            return
+    else:  # a folder of MLflow's file store: never made here
         return
-    with env_vars(_quick(timeout_s)), contextlib.suppress(Exception):
-        client(store).set_tag(
-            run_id, "mlflow.note.content", f"Refused before it started: {message}"
-        )
+    with env_vars(_quick(timeout_s, retries=0)), contextlib.suppress(Exception):
+        c = client(store)
+        if NOTE_TAG not in c.get_run(run_id).data.tags:
+            c.set_tag(run_id, NOTE_TAG, f"Stopped with exit code 2: {message}")
 
 
-def _quick(timeout_s: int) -> dict[str, str]:
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
+
+
+def _quick(timeout_s: int, retries: int = 1) -> dict[str, str]:
     """MLflow's HTTP settings for a call that must answer within about ``timeout_s`` (plus a
     second for one retry, so one 503 of a restarting server is not an outage)."""
     return {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
