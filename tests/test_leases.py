@@ -717,3 +717,35 @@ def test_a_reaped_trial_run_says_its_trial_failed(sqlite_uri, experiment_name):
     assert len(ended) == 2, ended
     assert client.get_run(trial).data.tags["optuna.state"] == "FAIL"
     assert "optuna.state" not in client.get_run(plain).data.tags
+
+
+def test_a_resume_reads_the_run_s_own_data_folder_only_while_it_holds_mnist(tmp_path):
+    """`own_data_dir`: the training dataset's folder, if it is here with the IDX files in it;
+    a folder the files were moved out of was chosen over ./data, then failed to download (a
+    review's find, stop 36); the test and validation sets' folders are never taken."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Run, RunData, RunInfo, RunInputs
+
+    from mnist_tracker.workflows.resume import own_data_dir
+
+    from .conftest import copy_subset
+
+    def run_on(folders: dict[str, Path]) -> Run:
+        inputs = [
+            DatasetInput(
+                Dataset(f"mnist-{context}", "d", "local", json.dumps({"uri": str(folder)})),
+                tags=[InputTag("mlflow.data.context", context)],
+            )
+            for context, folder in folders.items()
+        ]
+        info = RunInfo("r", "0", "u", "KILLED", 0, None, "active")
+        return Run(info, RunData(), RunInputs(dataset_inputs=inputs))
+
+    full = copy_subset(tmp_path / "full")
+    emptied = tmp_path / "emptied"
+    emptied.mkdir()
+    assert own_data_dir(run_on({"testing": emptied, "training": full})) == str(full)
+    assert own_data_dir(run_on({"training": emptied, "testing": full})) is None
+    assert own_data_dir(run_on({"training": tmp_path / "gone"})) is None
+    assert own_data_dir(run_on({"testing": full})) is None

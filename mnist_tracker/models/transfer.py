@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..errors import ModelError
+from ..errors import ModelError, clip
 from .specs import BuildConfig
 
 DOWNLOAD_TIMEOUT_S = 30
@@ -116,8 +116,7 @@ def _with_weights(name: str, state: dict[str, torch.Tensor]) -> nn.Module:
     try:
         net.load_state_dict(state, assign=True)
     except RuntimeError as exc:  # missing, unexpected or misshapen tensors
-        reason = " ".join(str(exc).split())
-        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        reason = clip(str(exc), 200)
         raise ModelError(
             f"{weights_cache_path(name)} does not hold {name}'s ImageNet weights ({reason}); "
             "delete it to download them again, or train from scratch with --no-pretrained"

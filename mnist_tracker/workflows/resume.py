@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
-from ..data import ENV_DATA_DIR
+from ..data import ENV_DATA_DIR, FILES, locate
 from ..errors import ResumeError, clip
 from ..paths import checkpoint_path, ensure_home, outbox_dir, run_dir
 from ..tracking import artifacts, lease, outbox, store
@@ -151,7 +151,8 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
 
 
 def own_data_dir(run: Run) -> str | None:
-    """The folder ``run`` read its training data from, if this machine has it; else None."""
+    """The folder ``run`` read its training data from, if this machine has it with the MNIST
+    files in it; else None."""
     for entry in run.inputs.dataset_inputs if run.inputs else []:
         contexts = {tag.value for tag in entry.tags}
         if "training" not in contexts or entry.dataset.source_type != "local":
@@ -160,7 +161,9 @@ def own_data_dir(run: Run) -> str | None:
             folder = json.loads(entry.dataset.source)["uri"]
         except (ValueError, KeyError, TypeError):
             return None
-        return folder if os.path.isdir(folder) else None
+        # The files too: a folder they were moved out of would be chosen over ./data.
+        has_files = all(locate(Path(folder), spec) for spec in FILES.values())
+        return folder if has_files else None
     return None
 
 
