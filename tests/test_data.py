@@ -6,6 +6,7 @@ import functools
 import gzip
 import http.server
 import json
+import re
 import shutil
 import threading
 
@@ -237,6 +238,28 @@ def test_digits_from_a_photo_look_like_mnist(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(data.DataError, match=r"notes\.txt: not an image"):
         read_digits(tmp_path / "notes.txt")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("count", "pixels", "message"),
+    [
+        (5, 100, "says 5 images, 3920 bytes of pixels, but it holds 100; the file is truncated"),
+        (2**31 - 1, 0, "but it holds 0; the file is truncated"),
+        (-1, 0, "of -1 x 28 x 28, expected N x 28 x 28"),
+    ],
+)
+def test_an_idx_file_cut_short_is_named_as_such(tmp_path, count, pixels, message):
+    """It said "an IDX images file of 5 x 28 x 28, expected N x 28 x 28" (a hostile test's
+    find, stop 36): true of its header, and silent on what was wrong."""
+    import struct
+
+    from mnist_tracker.data.images import read_digits
+
+    path = tmp_path / "cut.idx"
+    path.write_bytes(struct.pack(">iiii", 2051, count, 28, 28) + bytes(pixels))
+    with pytest.raises(data.DataError, match=re.escape(message)):
+        read_digits(path)
 
 
 def _files(**entries) -> str:

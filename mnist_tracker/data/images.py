@@ -32,10 +32,18 @@ def read_digits(path: str | Path) -> np.ndarray:
 
 
 def _idx_images(path: Path, raw: bytes) -> np.ndarray:
+    if len(raw) < 16:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX images header; corrupt")
     n, rows, cols = struct.unpack(">iii", raw[4:16])
-    if (rows, cols) != (28, 28) or len(raw) != 16 + n * 784:
+    if (rows, cols) != (28, 28) or n < 0:
         raise DataError(
-            f"{path}: an IDX images file of {n} x {rows} x {cols}, expected N x 28 x 28"
+            f"{path}: an IDX images file of {n} x {rows} x {cols}, expected N x 28 x 28; "
+            "pass MNIST-sized digits"
+        )
+    if len(raw) != 16 + n * 784:
+        raise DataError(
+            f"{path}: its header says {n} images, {n * 784} bytes of pixels, but it holds "
+            f"{len(raw) - 16}; the file is truncated or corrupt"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 28, 28).copy()
 
