@@ -246,6 +246,7 @@ def test_two_workers_share_one_journal_study(server_uri, experiment_name, cli_en
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert sorted(t.number for t in trials) == list(range(6))
     parent_id = study.user_attrs["mlflow_parent_run_id"]
+    assert study.user_attrs["mlflow_tracking_uri"] == server_uri, "where the parent is"
     children = _children(parent_id)
     numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in children)
     assert numbers == list(range(6)), "one child run per trial, no duplicates"
@@ -606,10 +607,27 @@ def test_a_study_whose_parent_run_was_deleted_is_refused(deleted_for_good, sqlit
     line = _refused(sqlite_uri, "--storage", storage, "--study-name", "s")
     assert f"its parent run {parent}" in line
     if deleted_for_good:
-        assert "no longer exists in MLflow; pass a new --study-name" in line
+        assert f"is not in tracking store {sqlite_uri} (deleted for good, or in another" in line
+        assert line.endswith("pass the --tracking-uri of its first worker, or a new --study-name")
     else:
         assert f"is in MLflow's trash; restore it (mlflow runs restore --run-id {parent})" in line
     assert optuna.load_study(study_name="s", storage=storage).trials == []
+
+
+def test_a_worker_on_another_tracking_store_is_told_the_study_s(sqlite_uri, tmp_path):
+    """A worker given another --tracking-uri than the study's first was told that the parent
+    run "no longer exists in MLflow" (a hostile test's find, stop 36): it names the store."""
+    from mnist_tracker.workflows.study import PARENT_ATTR, STORE_ATTR
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    MlflowClient(sqlite_uri).search_experiments()  # this worker's store exists, as theirs does
+    study.set_user_attr(PARENT_ATTR, "0" * 32)
+    study.set_user_attr(STORE_ATTR, first)
+    line = _refused(sqlite_uri, "--storage", storage, "--study-name", "s")
+    assert f"is in tracking store {first}, not in {sqlite_uri}" in line
+    assert line.endswith(f"pass --tracking-uri {first}, or a new --study-name")
 
 
 def test_a_sqlite_url_with_a_driver_gets_the_study_lock(tmp_path):

@@ -50,6 +50,7 @@ from ..models import get_spec
 from ..uris import redact, scrub
 
 PARENT_ATTR = "mlflow_parent_run_id"
+STORE_ATTR = "mlflow_tracking_uri"  # where the parent run is (password hidden)
 MODEL_ATTR = "model"  # the registry name of the model the study searches
 CONNECT_TIMEOUT_S = 5  # a storage that cannot be reached fails well within 10 s
 # How often a trial whose worker died is retried: one that kills its worker each time (out of

@@ -55,6 +55,7 @@ from .liveness import WorkerFiles
 from .study import (
     MODEL_ATTR,
     PARENT_ATTR,
+    STORE_ATTR,
     StudyLock,
     StudyState,
     TuneSettings,
@@ -113,6 +114,7 @@ def _ensure_parent(study: optuna.Study, settings: TuneSettings, base: TrainConfi
     run = open_run(RunSpec(settings.experiment, name, tags))
     run.sink.log_params(params)
     study.set_user_attr(PARENT_ATTR, run.run_id)
+    study.set_user_attr(STORE_ATTR, redact(set_tracking_uri(None)))
     return run.run_id
 
 
@@ -162,7 +164,17 @@ def _check_parent(study: optuna.Study, run_id: str, params: dict[str, str]) -> N
             if run is not None
             else "pass a new --study-name"
         )
-        gone = "is in MLflow's trash" if run is not None else "no longer exists in MLflow"
+        here = redact(set_tracking_uri(None))
+        if run is None:  # deleted for good, or in another store: which the study says
+            logged_to = study.user_attrs.get(STORE_ATTR)
+            if logged_to and logged_to != here:
+                gone = f"is in tracking store {logged_to}, not in {here}"
+                fix = f"pass --tracking-uri {logged_to}, or a new --study-name"
+            else:
+                gone = f"is not in tracking store {here} (deleted for good, or in another store)"
+                fix = "pass the --tracking-uri of its first worker, or a new --study-name"
+        else:
+            gone = "is in MLflow's trash"
         raise TuneError(f"study {study.study_name!r}: its parent run {run_id} {gone}; {fix}")
     logged = run.data.params
     differ = [k for k in SHARED if k in logged and logged[k] != params[k]]
