@@ -314,6 +314,7 @@ def test_a_storage_that_cannot_be_a_study_s_is_refused_before_a_file_is_made(sql
         (f"journal:{folder}", f"{folder} is a folder; pass the path of a journal file"),
         ("journal:/dev/null", "/dev/null is no file"),
         (f"sqlite:///{text}", f"{text} is not a SQLite database"),
+        (f"journal:{text}", f"{text} is no Optuna journal"),  # the review of stop 36
     ]
     before = sorted(p.name for p in tmp_path.iterdir())
     for storage, message in cases:
@@ -327,6 +328,17 @@ def test_a_storage_that_cannot_be_a_study_s_is_refused_before_a_file_is_made(sql
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert "studies" not in tables and "runs" in tables
     assert_no_runs(sqlite_uri)
+
+    # The tracking store not made yet, named the same by both (the review of stop 36: Optuna
+    # made its tables first, and every later run failed in MLflow's migration).
+    from mnist_tracker import errors
+    from mnist_tracker.workflows.study import StudyLock
+
+    fresh = tmp_path / "sub" / ".." / "fresh.db"
+    with pytest.raises(errors.TuneError, match="is an MLflow tracking store"):
+        StudyLock.open(f"sqlite:///{fresh}", "s", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert not (tmp_path / "fresh.db").exists() and not (tmp_path / "fresh.db.lock").exists()
+    StudyLock.open(f"sqlite:///{tmp_path / 'own.db'}", "s", sqlite_uri).close()  # its own: fine
 
 
 def test_unreachable_storage_fails_fast_without_the_password(sqlite_uri):
@@ -1287,3 +1299,21 @@ def test_a_trial_that_failed_on_its_own_counts_even_if_a_signal_follows(
         tune(settings, data_dir=SUBSET, epoch_hook=broken)
     trials = optuna.load_study(study_name="f", storage=_journal(tmp_path / "j.log")).trials
     assert [t.state for t in trials] == [TrialState.FAIL]
+
+
+def test_the_closing_link_gives_up_at_once_on_a_server_gone(monkeypatch, capsys):
+    """tune's "View it" line asks the server for the parent's experiment: with MLflow's own
+    retries, a server gone at the end held the exit for 4 minutes (the review of stop 36)."""
+    import mlflow
+
+    from mnist_tracker.cli.tune import _view_hint
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    try:
+        started = time.monotonic()
+        _view_hint("http://127.0.0.1:9", "0" * 32)
+        assert time.monotonic() - started < 20
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert "View it" not in capsys.readouterr().err

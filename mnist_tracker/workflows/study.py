@@ -426,15 +426,16 @@ for _name in _REPEATABLE + _REPEATABLE_UNSENT:
     setattr(PatientStorage, _name, _patient(_name, _name in _REPEATABLE_UNSENT))
 
 
-# Tables of MLflow's tracking schema that Optuna's has not: a storage that holds them is a
-# tracking store, into which Optuna would write its own thirteen tables before refusing it.
-_MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+# Tables only MLflow's tracking schema has: a storage that holds them is a tracking store, into
+# which Optuna would write its own thirteen tables before refusing it.
+_MLFLOW_TABLES = {"experiments", "runs", "latest_metrics", "experiment_tags"}
 
 
-def _check_target(storage_url: str) -> None:
-    """TuneError, before a file is made beside it, for a storage that cannot be a study's: a
-    journal path that is a folder or no regular file (``/dev/null``), a journal whose folder is
-    missing, a SQLite file that is not a database or is an MLflow tracking store."""
+def _check_target(storage_url: str, tracking_uri: str | None = None) -> None:
+    """TuneError, before a file is made beside it, for a storage that cannot be a study's: the
+    tracking store's database (``tracking_uri``'s, made yet or not), a journal path that is a
+    folder, no regular file (``/dev/null``) or no journal, a journal whose folder is missing,
+    a SQLite file that is not a database or is an MLflow tracking store."""
     shown = redact(storage_url)
     journal = journal_path(storage_url)
     if journal is not None:
@@ -448,7 +449,14 @@ def _check_target(storage_url: str) -> None:
                 f"storage {shown}: {journal} is {'a folder' if journal.is_dir() else 'no file'}; "
                 "pass the path of a journal file (it is made if missing)"
             )
+        if journal.is_file() and not _journal_like(journal):
+            raise TuneError(
+                f"storage {shown}: {journal} is no Optuna journal; pass a new file's path or "
+                "the study's journal"
+            )
         return
+    if tracking_uri and _same_database(storage_url, tracking_uri):
+        _refuse_if_mlflow(storage_url, _MLFLOW_TABLES)
     backend, database = _database(storage_url)
     if backend != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
         return
@@ -465,6 +473,32 @@ def _check_target(storage_url: str) -> None:
             ) from None
         return  # locked, or a hot journal: Optuna's own open says what is wrong
     _refuse_if_mlflow(storage_url, names)
+
+
+def _journal_like(path: Path) -> bool:
+    """Whether ``path`` is empty or starts as an Optuna journal does: a JSON object a line."""
+    with open(path, "rb") as fh:
+        head = fh.read(1)
+    return head in (b"", b"{")
+
+
+def _same_database(a: str, b: str) -> bool:
+    """Whether SQLAlchemy URLs ``a`` and ``b`` name one database: one SQLite file (the
+    same path, resolved), or one database on one server."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url_a, url_b = make_url(a), make_url(b)
+    except ArgumentError:
+        return False
+    if url_a.get_backend_name() != url_b.get_backend_name() or not url_a.database:
+        return False
+    if url_a.get_backend_name() == "sqlite":
+        if ":memory:" in (url_a.database, url_b.database) or not url_b.database:
+            return False
+        return Path(url_a.database).resolve() == Path(url_b.database).resolve()
+    return (url_a.host, url_a.port, url_a.database) == (url_b.host, url_b.port, url_b.database)
 
 
 def _refuse_mlflow_tables(storage_url: str, connection) -> None:
@@ -527,11 +561,14 @@ class StudyLock:
             self._file = open(path, "a+")  # noqa: SIM115 - held for the worker's lifetime
 
     @classmethod
-    def open(cls, storage_url: str | None, study_name: str) -> StudyLock:
+    def open(
+        cls, storage_url: str | None, study_name: str, tracking_uri: str | None = None
+    ) -> StudyLock:
         """A lock for the study, or TuneError (password redacted) if its storage is out of
-        reach: within CONNECT_TIMEOUT_S for PostgreSQL."""
+        reach (within CONNECT_TIMEOUT_S for PostgreSQL) or cannot be a study's: the tracking
+        store ``tracking_uri`` among them (``_check_target``)."""
         if storage_url:
-            _check_target(storage_url)
+            _check_target(storage_url, tracking_uri)
         try:
             lock = cls(storage_url, study_name)
             if lock._pg is not None:

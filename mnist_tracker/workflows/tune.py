@@ -255,7 +255,8 @@ def tune(
     resolve_runtime(base)  # a device this machine lacks: refused before the study's runs
     say = echo or (lambda _line: None)
     study_name = settings.resolved_study_name()
-    lock = StudyLock.open(settings.storage, study_name)  # also proves the database answers
+    # Also proves the database answers, and is not the tracking store's.
+    lock = StudyLock.open(settings.storage, study_name, set_tracking_uri(None))
     workers = None
     try:
         workers = WorkerFiles.open(settings.storage)  # a journal's: who runs which trial
