@@ -289,7 +289,10 @@ def suite_cmd(
         )
         click.echo("")
         click.echo(render(run_compare(query).table, "table"))
-    with contextlib.suppress(Exception):  # best effort: the suite is done
+    from ..tracking.client import env_vars, quick
+
+    # Best effort, one try within seconds: the suite is done, the server may be gone.
+    with env_vars(quick(5, retries=0)), contextlib.suppress(Exception):
         experiment = client().get_experiment_by_name(result.experiment)
         echo_err(ui_hint(uri, experiment.experiment_id))
     if result.failed:

@@ -123,7 +123,9 @@ def _view_hint(uri: str, parent_run_id: str) -> None:
     """The UI's page of the study's parent run, whose trials nest under it; best effort (the
     search is done, whatever the server says now)."""
     from ..tracking import client
+    from ..tracking.client import env_vars, quick
 
-    with contextlib.suppress(Exception):
+    # One try within seconds: a server gone at the end would hold the exit for minutes.
+    with env_vars(quick(5, retries=0)), contextlib.suppress(Exception):
         experiment_id = client().get_run(parent_run_id).info.experiment_id
         echo_err(ui_hint(uri, experiment_id, parent_run_id))
