@@ -314,3 +314,34 @@ def test_sync_of_an_outbox_whose_meta_is_damaged_needs_only_the_tracking_uri(
     result = CliRunner().invoke(main, given)
     assert result.exit_code == 0, result.output
     assert client.get_run(run_id).data.params == {"p": "1"}
+
+
+def test_a_damaged_outbox_does_not_keep_the_others_from_being_sent(
+    tmp_path, monkeypatch, sqlite_uri
+):
+    """A plain `sync` read every outbox before it sent any: one damaged outbox stopped them
+    all, with a traceback before stop 36 and with its one line after (the review of stop 36).
+    The others are sent, then the damaged one is named."""
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from mnist_tracker.cli import main
+
+    monkeypatch.setenv("MNIST_TRACKER_HOME", str(tmp_path / "home"))
+    client = MlflowClient(sqlite_uri)
+    experiment = client.create_experiment("m")
+    good = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for run_id in good:
+        box = outbox.Outbox(tmp_path / "home" / "runs" / run_id / "outbox")
+        op = {"op": "log_batch", "metrics": [], "params": {"p": "1"}, "tags": {}, "run_id": run_id}
+        box.add(op, meta={"run_id": run_id, "tracking_uri": sqlite_uri})
+    bad = outbox.Outbox(tmp_path / "home" / "runs" / "0badbad" / "outbox")
+    bad.folder.mkdir(parents=True)
+    bad.ops_path.write_text('{"id": 0, "op": "set_terminated", "run_id": "0badbad"}\n')
+    result = CliRunner().invoke(main, ["sync"])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"{bad.ops_path} line 1 is not an outbox operation" in line
+    assert line.endswith("; the other outboxes were sent")
+    for run_id in good:
+        assert client.get_run(run_id).data.params == {"p": "1"}

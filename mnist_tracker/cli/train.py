@@ -230,8 +230,14 @@ def sync_cmd(path, tracking_uri) -> None:
     sent_and_removed = path and Path(path).resolve().parent == (home() / "runs").resolve()
     if path and not boxes and not Path(path).is_dir() and not sent_and_removed:
         fail(f"no outbox under {path}; pass the folder `train` printed, or no PATH for all runs")
-    pending = [box for box in boxes if box.pending()]
-    if not pending:
+    pending, damaged = [], []
+    for box in boxes:  # a damaged one is reported after the others are sent, not instead
+        try:
+            if box.pending():
+                pending.append(box)
+        except SyncError as exc:
+            damaged.append(str(exc))
+    if not pending and not damaged:
         click.echo(f"nothing to send: {len(boxes)} outbox(es), all sent")
         return
     refused = []
@@ -252,6 +258,10 @@ def sync_cmd(path, tracking_uri) -> None:
             f"{refused[0]}; the rest was sent and the run stays RUNNING; run sync again once "
             f"that is fixed" + (f" ({len(refused)} runs refused)" if len(refused) > 1 else "")
         )
+    if damaged:
+        others = f" ({len(damaged)} outboxes damaged)" if len(damaged) > 1 else ""
+        sent = "; the other outboxes were sent" if pending else ""
+        raise SyncError(f"{damaged[0]}{others}{sent}")
 
 
 def _sync_one(box, run_id: str, uri: str) -> list[str]:
