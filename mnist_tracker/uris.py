@@ -129,7 +129,7 @@ def validate_tracking_uri(uri: str, source: str = "--tracking-uri") -> None:
     elif base == "sqlite":
         _check_sqlite(uri, shown)
     elif scheme in ("", "file"):
-        folder = Path(url2pathname(parts.path) if scheme else uri)
+        folder = local_path(uri)
         if folder.is_file():
             raise ConfigError(f"{shown}: {folder} is a file, not a folder; pass a folder path")
         check_folder(folder, shown)
@@ -140,6 +140,16 @@ def validate_tracking_uri(uri: str, source: str = "--tracking-uri") -> None:
             )
     elif base not in _DATABASES and scheme not in _plugins():
         raise ConfigError(f"{shown}: unsupported scheme {scheme}://; pass {SUPPORTED_STORES}")
+
+
+def local_path(uri: str) -> Path | None:
+    """The path a ``file:`` URI or a plain path names on this machine (a file store's folder,
+    a model's folder); None for a URI with another scheme (``runs:/``, ``http://``, ...)."""
+    parts = urlsplit(uri)
+    scheme = "" if len(parts.scheme) == 1 else parts.scheme.lower()  # C:\runs: a folder
+    if scheme == "file":
+        return Path(url2pathname(parts.path))
+    return Path(uri) if scheme == "" else None
 
 
 def _plugins() -> set[str]:

@@ -361,6 +361,19 @@ def test_a_refusal_under_mlflow_run_says_why_on_the_project_run(sqlite_uri, monk
     assert invoke("train", "--model", "nope").exit_code == 2
     assert time.monotonic() - started < 15
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's file store, which exists
+    files = f"file://{tmp_path / 'files'}"
+    file_client = MlflowClient(files)
+    in_files = file_client.create_run(file_client.create_experiment("p")).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", files)
+    monkeypatch.setenv("MLFLOW_RUN_ID", in_files)
+    assert invoke("train", "--model", "nope").exit_code == 2
+    note = file_client.get_run(in_files).data.tags["mlflow.note.content"]
+    assert note.startswith("Stopped with exit code 2: unknown model 'nope'")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'no-store'}")  # never made
+    assert invoke("train", "--model", "nope").exit_code == 2
+    assert not (tmp_path / "no-store").exists()
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID")  # outside `mlflow run`: nothing to note, no MLflow
     other = client.create_run(experiment)

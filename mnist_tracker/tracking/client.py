@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from .. import sqlite_file
 from ..errors import TrackingUnavailable, clip
-from ..uris import SQL_SCHEMES, redact, scrub
+from ..uris import SQL_SCHEMES, local_path, redact, scrub
 from . import fresh_store
 
 
@@ -73,9 +73,9 @@ def note_refusal(message: str, run_id: str, store: str | None, timeout_s: int = 
             _check_database(store, timeout_s)
         except TrackingUnavailable:
             return
-    else:  # a folder of MLflow's file store: never made here
-        return
-    with env_vars(_quick(timeout_s, retries=0)), contextlib.suppress(Exception):
+    elif (folder := local_path(store)) is None or not folder.is_dir():
+        return  # MLflow's file store is used, never made here; other stores are not known
+    with env_vars(quick(timeout_s, retries=0)), contextlib.suppress(Exception):
         c = client(store)
         if NOTE_TAG not in c.get_run(run_id).data.tags:
             c.set_tag(run_id, NOTE_TAG, f"Stopped with exit code 2: {message}")
@@ -84,7 +84,7 @@ def note_refusal(message: str, run_id: str, store: str | None, timeout_s: int = 
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 
 
-def _quick(timeout_s: int, retries: int = 1) -> dict[str, str]:
+def quick(timeout_s: int, retries: int = 1) -> dict[str, str]:
     """MLflow's HTTP settings for a call that must answer within about ``timeout_s`` (plus a
     second for one retry, so one 503 of a restarting server is not an outage)."""
     return {
@@ -212,7 +212,7 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with env_vars(_quick(timeout_s)):
+        with env_vars(quick(timeout_s)):
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = one_line(exc, uri)

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import json
 import tempfile
-import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ..config import TrainConfig
 from ..errors import ModelError, clip
 from ..models import create_model
 from ..serving import import_mlflow_pytorch
+from ..uris import local_path
 from . import artifacts
 from .client import client, env_vars
 
@@ -223,22 +223,11 @@ def log_saved(folder: Path, run_id: str, register: str | None, step: int = 0) ->
 MLMODEL = "MLmodel"  # the file that makes a folder an MLflow model
 
 
-def _local_folder(model_uri: str) -> Path | None:
-    """The folder of a model URI that names one on this machine (a path, ``file:``); else
-    None (``runs:/``, ``models:/``, a remote store's)."""
-    parsed = urllib.parse.urlparse(model_uri)
-    if parsed.scheme == "file":
-        return Path(urllib.parse.unquote(parsed.path))
-    if parsed.scheme == "":
-        return Path(model_uri)
-    return None
-
-
 def load_served(model_uri: str):
     """The pyfunc model at ``model_uri`` (``runs:/RUN/cnn``, ``models:/NAME@champion``), or
     ModelError saying the URI could not be loaded and why. Leaves no files behind: the loaded
     model holds its network in memory."""
-    folder = _local_folder(model_uri)
+    folder = local_path(model_uri)
     if folder is not None and not (folder / MLMODEL).is_file():
         # MLflow copies a local folder whole before it looks for the file: all of /etc.
         raise ModelError(

@@ -50,26 +50,31 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
     promoting the same run twice registers it once. A refused promotion leaves no registered
     model it created: one without versions (the run's logged model gone) stayed behind."""
     c = client()
-    created = False
+    created = registering = False
     try:
         previous = _alias_version(name, alias)
         existing = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         if existing:
             version = existing[0].version
         else:  # creates the registered model the first time; resolves models:/ URIs
-            created = not _exists(name)
+            created, registering = not _exists(name), True
             # MLflow prints "Successfully registered model" before it tries the version, which
             # may still be refused; the command says what happened itself.
             with contextlib.redirect_stderr(io.StringIO()):
                 version = mlflow.register_model(model_uri, name).version
+            registering = False
         c.set_registered_model_alias(name, alias, str(version))
     except MlflowException as exc:
         if created and not c.search_model_versions(f"name = '{name}'"):
             with contextlib.suppress(MlflowException):
                 c.delete_registered_model(name)
+        fix = (  # the run's model could not be registered: most likely it is gone
+            "; train again, or delete that run so that the next best is picked"
+            if registering
+            else ""
+        )
         raise RegistryError(
-            f"the registry refused {name}@{alias} for run {run_id} ({clip(exc.message, 300)}); "
-            "train again, or delete that run so that the next best is picked"
+            f"the registry refused {name}@{alias} for run {run_id} ({clip(exc.message, 300)}){fix}"
         ) from None
     return Promotion(name, str(version), alias, previous)
 
