@@ -261,6 +261,7 @@ def suite_cmd(
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
     from ..tracking import attached_run_id, client
+    from ..tracking.client import env_vars, quick
     from ..tracking.run import check_experiment
     from ..training.runtime import resolve_runtime
     from ..workflows import suite as suite_mod
@@ -289,8 +290,6 @@ def suite_cmd(
         )
         click.echo("")
         click.echo(render(run_compare(query).table, "table"))
-    from ..tracking.client import env_vars, quick
-
     # Best effort, one try within seconds: the suite is done, the server may be gone.
     with env_vars(quick(5, retries=0)), contextlib.suppress(Exception):
         experiment = client().get_experiment_by_name(result.experiment)

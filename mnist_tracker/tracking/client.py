@@ -85,8 +85,9 @@ NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 
 
 def quick(timeout_s: int, retries: int = 1) -> dict[str, str]:
-    """MLflow's HTTP settings for a call that must answer within about ``timeout_s`` (plus a
-    second for one retry, so one 503 of a restarting server is not an outage)."""
+    """MLflow's HTTP settings for a call that must answer within about ``timeout_s`` each try,
+    tried ``retries`` more times a second apart (one by default, so that one 503 of a
+    restarting server is not an outage)."""
     return {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

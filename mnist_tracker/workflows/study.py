@@ -456,7 +456,7 @@ def _check_target(storage_url: str, tracking_uri: str | None = None) -> None:
             )
         return
     if tracking_uri and _same_database(storage_url, tracking_uri):
-        _refuse_if_mlflow(storage_url, _MLFLOW_TABLES)
+        raise _tracking_store(storage_url)
     backend, database = _database(storage_url)
     if backend != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
         return
@@ -510,10 +510,14 @@ def _refuse_mlflow_tables(storage_url: str, connection) -> None:
 
 def _refuse_if_mlflow(storage_url: str, tables: set[str]) -> None:
     if _MLFLOW_TABLES.issubset(tables):
-        raise TuneError(
-            f"storage {redact(storage_url)} is an MLflow tracking store; give the study a "
-            "database of its own (e.g. sqlite:///study.db, or another PostgreSQL database)"
-        )
+        raise _tracking_store(storage_url)
+
+
+def _tracking_store(storage_url: str) -> TuneError:
+    return TuneError(
+        f"storage {redact(storage_url)} is an MLflow tracking store; give the study a "
+        "database of its own (e.g. sqlite:///study.db, or another PostgreSQL database)"
+    )
 
 
 class StudyLock:
