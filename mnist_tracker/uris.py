@@ -142,6 +142,12 @@ def validate_tracking_uri(uri: str, source: str = "--tracking-uri") -> None:
         raise ConfigError(f"{shown}: unsupported scheme {scheme}://; pass {SUPPORTED_STORES}")
 
 
+def store_scheme(uri: str) -> str:
+    """A store URI's scheme without its driver, lowercase: ``sqlite+pysqlite:///m.db`` ->
+    ``sqlite``, ``postgresql+psycopg://...`` -> ``postgresql``, ``http://...`` -> ``http``."""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower()
+
+
 def local_path(uri: str) -> Path | None:
     """The path a ``file:`` URI or a plain path names on this machine (a file store's folder,
     a model's folder); None for a URI with another scheme (``runs:/``, ``http://``, ...)."""

@@ -6,7 +6,6 @@ error; ``cli.errors`` prints it as one ``Error: ...`` line and exits with code 2
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from .options import (
     tracking_uri_option,
     training_options,
 )
-from .train import echo_err, ui_hint
+from .train import echo_err, echo_view_hint
 
 if TYPE_CHECKING:
     from ..reporting.compare import Comparison, Query
@@ -261,7 +260,6 @@ def suite_cmd(
     from ..reporting import compare as compare_mod
     from ..reporting.render import render
     from ..tracking import attached_run_id, client
-    from ..tracking.client import env_vars, quick
     from ..tracking.run import check_experiment
     from ..training.runtime import resolve_runtime
     from ..workflows import suite as suite_mod
@@ -290,9 +288,7 @@ def suite_cmd(
         )
         click.echo("")
         click.echo(render(run_compare(query).table, "table"))
-    # Best effort, one try within seconds: the suite is done, the server may be gone.
-    with env_vars(quick(5, retries=0)), contextlib.suppress(Exception):
-        experiment = client().get_experiment_by_name(result.experiment)
-        echo_err(ui_hint(uri, experiment.experiment_id))
+    name = result.experiment
+    echo_view_hint(uri, lambda: (client().get_experiment_by_name(name).experiment_id, None))
     if result.failed:
         click.get_current_context().exit(1)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -204,6 +206,16 @@ def ui_hint(uri: str, experiment_id: str, run_id: str | None = None) -> str:
         f"View it: mlflow ui --backend-store-uri {shown}  ({hidden}then open "
         f"http://127.0.0.1:5000/{page})"
     )
+
+
+def echo_view_hint(uri: str, locate: Callable[[], tuple[str, str | None]]) -> None:
+    """``ui_hint`` for what ``locate()`` asks the server for (the experiment id, and a run id
+    or None), printed when it answers at once: the work is done and the server may be gone,
+    and with MLflow's own retries it held the exit for about 4 minutes."""
+    from ..tracking.client import env_vars, quick
+
+    with env_vars(quick(5, retries=0)), contextlib.suppress(Exception):
+        echo_err(ui_hint(uri, *locate()))
 
 
 @click.command("sync")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import click
 
 from .. import __version__
@@ -11,7 +9,7 @@ from ..constants import PRUNERS, SAMPLERS
 from ..uris import redact
 from .errors import sigterm_as_interrupt
 from .options import connect, data_dir_option, flag, option, tracking_options, training_options
-from .train import echo_err, ui_hint
+from .train import echo_err, echo_view_hint
 
 
 @click.command()
@@ -120,12 +118,10 @@ def tune(model_name, data_dir, tracking_uri, **settings) -> None:
 
 
 def _view_hint(uri: str, parent_run_id: str) -> None:
-    """The UI's page of the study's parent run, whose trials nest under it; best effort (the
-    search is done, whatever the server says now)."""
+    """The UI's page of the study's parent run, whose trials nest under it."""
     from ..tracking import client
-    from ..tracking.client import env_vars, quick
 
-    # One try within seconds: a server gone at the end would hold the exit for minutes.
-    with env_vars(quick(5, retries=0)), contextlib.suppress(Exception):
-        experiment_id = client().get_run(parent_run_id).info.experiment_id
-        echo_err(ui_hint(uri, experiment_id, parent_run_id))
+    def locate() -> tuple[str, str]:
+        return client().get_run(parent_run_id).info.experiment_id, parent_run_id
+
+    echo_view_hint(uri, locate)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..uris import SQL_SCHEMES
+from ..uris import SQL_SCHEMES, store_scheme
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ class RunRow:
 
 def is_sql_store(uri: str) -> bool:
     """Whether ``uri`` names a database MLflow reads with SQLAlchemy."""
-    return uri.split(":", 1)[0].split("+", 1)[0].lower() in SQL_SCHEMES
+    return store_scheme(uri) in SQL_SCHEMES
 
 
 def read_runs(

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from .. import sqlite_file
 from ..errors import TrackingUnavailable, clip
-from ..uris import SQL_SCHEMES, local_path, redact, scrub
+from ..uris import SQL_SCHEMES, local_path, redact, scrub, store_scheme
 from . import fresh_store
 
 
@@ -61,9 +61,9 @@ def note_refusal(message: str, run_id: str, store: str | None, timeout_s: int = 
     a description the run already has is kept."""
     if not store:
         return
-    scheme = store.split(":", 1)[0].split("+", 1)[0].lower()
+    scheme = store_scheme(store)
     if scheme in ("http", "https"):
-        pass
+        pass  # a server: asked once below, within the timeout
     elif scheme == "sqlite":
         database = fresh_store.sqlite_path(store)
         if database is None or not database.is_file():
@@ -207,7 +207,7 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
     one 503 of a restarting server is not an outage) when an HTTP tracking server
     does not answer, answers only with server errors, or refuses the credentials; or when a
     database store cannot be opened (``_check_database``). Folders always pass."""
-    if uri.split(":", 1)[0].split("+", 1)[0].lower() in SQL_SCHEMES:
+    if store_scheme(uri) in SQL_SCHEMES:
         _check_database(uri, timeout_s)
         return
     if not uri.startswith(("http://", "https://")):

@@ -113,7 +113,7 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
     mlflow_client = client(uri)
     run_id = spec.resume_run_id or (attached_run_id() if spec.attach else None)
     if run_id is None:
-        from .records import context_tags
+        from .records import context_tags  # torch's module: loaded by a run that trains anyway
 
         tags = context_tags() | dict(spec.tags) | (lease_mod.live_tags() if live else {})
         if spec.parent_run_id is not None:
