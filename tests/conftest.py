@@ -180,6 +180,16 @@ def _session_tmp(tmp_path_factory):
         os.environ["TMPDIR"] = saved[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cwd(tmp_path_factory):
+    """The session's working folder, outside the checkout. Module fixtures (a finished run to
+    promote, the UI's run, a resume's reference run) are set up before each test's own
+    folder: MLflow puts a new store's artifacts under ./mlruns, which was the checkout's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path, _session_cache):
     """No test reads the developer's MLflow store, MNIST folder, torch hub cache, run folders
