@@ -150,6 +150,40 @@ def test_one_503_on_the_start_probe_is_not_an_outage(proxy):
         check_reachable(proxy.url)
 
 
+ERROR_WORDINGS = [
+    # MLflow up to 3.17: urllib3 gives up on the status after MLflow's retries.
+    ("API request to http://h:1/api/2.0/mlflow/runs/create failed with exception "
+     "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /x (Caused by "
+     "ResponseError('too many 503 error responses'))", 503),
+    # MLflow 3.18: the answer itself, after the retries (or at once, for a write).
+    ("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 500 != 200. "
+     "Response body: 'fault proxy: the answer was lost'", 500),
+    ({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}, 503),  # MLflow's own JSON
+    ("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != 200. "
+     "Response body: 'Permission denied'", 403),
+    ({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}, 400),
+    ("API request to http://h:1/x failed with exception HTTPConnectionPool(host='h', port=1): "
+     "Max retries exceeded with url: /x (Caused by NewConnectionError('Failed to establish a "
+     "new connection: [Errno 111] Connection refused'))", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("error", "status"), ERROR_WORDINGS, ids=lambda v: str(v)[:40])
+def test_an_error_status_reads_the_same_in_every_mlflow_wording(error, status):
+    """MLflow 3.18 changed how an answer with an HTTP error status reaches the caller, and a
+    lost runs/create answer or a 503 at the start were then taken for refusals (CI, stop 36).
+    Each wording gives its status; a transient one (500, 503) is an outage that answered, a
+    refusal (403, 400) no outage; no answer at all is an outage that did not answer."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    from mnist_tracker.tracking.client import answered, error_status, is_unreachable
+
+    exc = RestException(error) if isinstance(error, dict) else MlflowException(error)
+    assert error_status(exc) == status
+    assert answered(exc) == (status in (500, 503))
+    assert is_unreachable(exc) == (status in (500, 503, None))
+
+
 def test_passwords_are_never_printed_or_tagged(mlflow_server, experiment_name, cli_env, tmp_path):
     """Case 8: a tracking URI with a password (and MLflow told to print its run URL line):
     neither the output nor a FAILED run's error tag holds the password."""

@@ -6,7 +6,8 @@ Contracts:
   created there, from ``fresh_store``'s template.
 - ``set_tracking_uri(uri)`` points the process at ``uri`` (else ``$MLFLOW_TRACKING_URI``, else
   MLflow's default) and returns the URI in force.
-- ``is_unreachable(exc)`` tells an outage (no answer) from a refusal (an answer that says no).
+- ``is_unreachable(exc)`` tells an outage (no answer, or only transient errors such as 503)
+  from a refusal (an answer that says no); ``answered(exc)`` tells the second kind of outage.
 - ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
   does not answer or refuses the credentials, or a database store cannot be opened (no
   answer, no driver, a file that is not SQLite); a SQLite file still to be made and local
@@ -151,8 +152,34 @@ _UNREACHABLE = (
 )
 
 
+# What MLflow retries as passing trouble (its default retry codes): still such an answer after
+# the retries (or at once, for a write MLflow will not send twice) means the server or a proxy
+# in front of it is there but cannot serve now: an outage that answers.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+# How MLflow words an answer with an HTTP error status after its retries: up to 3.17, urllib3's
+# "Max retries exceeded ... (Caused by ResponseError('too many 503 error responses'))"; from
+# 3.18 on, the answer itself ("... failed with error code 503 != 200. Response body: ...").
+_STATUS_IN_MESSAGE = re.compile(r"too many (\d{3}) error responses|failed with error code (\d{3})")
+
+
+def error_status(exc: BaseException) -> int | None:
+    """The HTTP status of the error answer behind ``exc``, after MLflow's retries; None when
+    ``exc`` is not an answer with an error status (no answer at all, or not MLflow's). A JSON
+    answer (MLflow's own server) gives the status its error code stands for."""
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    found = _STATUS_IN_MESSAGE.search(str(exc))
+    if found:
+        return int(found.group(1) or found.group(2))
+    if isinstance(exc, mlflow.exceptions.RestException):
+        return exc.get_http_status_code()
+    return None
+
+
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the server could not be reached (not that it refused a call)."""
+    """Whether ``exc`` means the server could not be reached or served nothing (no answer, or
+    only transient errors such as 503 after MLflow's retries), not that it refused a call."""
     import requests
 
     transport = (
@@ -162,9 +189,9 @@ def is_unreachable(exc: BaseException) -> bool:
     )
     if isinstance(exc, transport):
         return True
-    return isinstance(exc, mlflow.exceptions.MlflowException) and any(
-        marker in str(exc) for marker in _UNREACHABLE
-    )
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return False
+    return answered(exc) or any(marker in str(exc) for marker in _UNREACHABLE)
 
 
 def is_mlflow_error(exc: BaseException) -> bool:
@@ -173,9 +200,9 @@ def is_mlflow_error(exc: BaseException) -> bool:
 
 
 def answered(exc: BaseException) -> bool:
-    """Whether ``exc`` is the server answering with errors (urllib3's "too many 500 error
-    responses" after MLflow's retries): it is there, but refuses this call."""
-    return "error responses" in str(exc)
+    """Whether ``exc`` is the server answering with transient errors (``TRANSIENT_STATUSES``,
+    e.g. a 500 or 503) after MLflow's retries: it is there, but does not serve this call."""
+    return error_status(exc) in TRANSIENT_STATUSES
 
 
 def permission_refusal(exc: BaseException) -> str | None:
@@ -217,7 +244,7 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = one_line(exc, uri)
-        if "too many 5" in str(exc):  # urllib3: "too many 503 error responses"
+        if (error_status(exc) or 0) >= 500:
             raise TrackingUnavailable(
                 f"tracking server {redact(uri)} answers only with server errors ({reason}); "
                 "check its log, or wait until it has started"
