@@ -24,21 +24,39 @@ class Promotion:
     previous: str | None  # the version the alias pointed at before, if any
 
 
+# MLflow's own checks of a registered model's name and an alias, by the names they have had:
+# private functions that MLflow 3.18 renamed (``_validate_model_alias_name`` became
+# ``_validate_alias_name``). A test holds that each check is found in the MLflow installed.
+NAME_CHECKS = {
+    "name": ("_validate_model_name",),
+    "alias": ("_validate_alias_name", "_validate_model_alias_name"),
+    "reserved alias": ("_validate_alias_name_reserved", "_validate_model_alias_name_reserved"),
+}
+
+
+def mlflow_check(kind: str):
+    """MLflow's check for ``kind`` (a key of ``NAME_CHECKS``), or None where this MLflow has
+    none under a name known here (the registry then refuses, only later)."""
+    from mlflow.utils import validation
+
+    for name in NAME_CHECKS[kind]:
+        if hasattr(validation, name):
+            return getattr(validation, name)
+    return None
+
+
 def check_names(name: str | None = None, alias: str | None = None, *, option: str) -> None:
     """RegistryError, before anything is trained or registered, for a registered-model
     ``name`` or an ``alias`` the registry would refuse, by MLflow's own rules (names without
     ``/`` or ``:``; aliases of letters, digits, ``_`` and ``-``, not ``latest`` or ``v<N>``).
-    ``option`` names where the value came from, for the fix. Where a later MLflow moves
-    these private checks, the registry still refuses, only later."""
-    from mlflow.utils import validation
-
-    checks = [(name, "_validate_model_name"), (alias, "_validate_model_alias_name"),
-              (alias, "_validate_model_alias_name_reserved")]  # fmt: skip
-    for value, check in checks:
-        if value is None or not hasattr(validation, check):
+    ``option`` names where the value came from, for the fix."""
+    checks = [(name, "name"), (alias, "alias"), (alias, "reserved alias")]
+    for value, kind in checks:
+        check = mlflow_check(kind)
+        if value is None or check is None:
             continue
         try:
-            getattr(validation, check)(value)
+            check(value)
         except MlflowException as exc:
             reason = clip(exc.message, 300).rstrip(".")
             raise RegistryError(f"{reason}; pass another {option}") from None
