@@ -1,6 +1,6 @@
 # The tracking server only: MLflow, the PostgreSQL driver and the S3 client.
 FROM python:3.11-slim
-RUN pip install --no-cache-dir "mlflow[auth]==3.17.2" "psycopg[binary]>=3.1" "boto3>=1.34"
+RUN pip install --no-cache-dir "mlflow[auth]==3.18.0" "psycopg[binary]>=3.1" "boto3>=1.34"
 WORKDIR /app
 COPY deploy/mlflow-server.sh /app/deploy/mlflow-server.sh
 COPY deploy/refuse-example-secrets.sh /app/deploy/refuse-example-secrets.sh
