@@ -749,3 +749,40 @@ def test_a_resume_reads_the_run_s_own_data_folder_only_while_it_holds_mnist(tmp_
     assert own_data_dir(run_on({"training": emptied, "testing": full})) is None
     assert own_data_dir(run_on({"training": tmp_path / "gone"})) is None
     assert own_data_dir(run_on({"testing": full})) is None
+
+
+def test_a_resume_on_other_data_is_refused_before_the_run_is_touched(
+    sqlite_uri, experiment_name, tmp_path
+):
+    """The same files with the training images in another order (another subset, another
+    source): the resumed epochs would have trained on other images under the same run. The
+    dataset digest the run logged tells; the run keeps its epoch and its status."""
+    import gzip
+    import json
+
+    import numpy as np
+
+    from mnist_tracker import data
+    from mnist_tracker.data.idx import write_idx
+
+    from .conftest import copy_subset
+
+    run_id = stopped_run(experiment_name)
+    other = copy_subset(tmp_path / "other")
+    manifest = json.loads((other / data.MANIFEST_NAME).read_text())
+    for key in ("train_images", "train_labels"):
+        path = other / f"{data.FILES[key].name}.gz"
+        with gzip.open(path) as fh:
+            raw = fh.read()
+        header = 16 if key == "train_images" else 8
+        items = np.frombuffer(raw, np.uint8, offset=header).reshape(1000, -1)[::-1]
+        array = items.reshape(1000, 28, 28) if key == "train_images" else items.reshape(1000)
+        manifest["files"][key]["sha256"] = write_idx(path, array)
+    (other / data.MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    result = invoke("train", "--resume", run_id, "--no-system-metrics", "--data-dir", str(other))
+    one_error_line(result, f"run {run_id}", "training data with digest", f"{other} holds other",
+                   f"pass --data-dir {SUBSET.resolve()}", alone=False)  # fmt: skip
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    assert steps(run_id) == [1]
+    resume_ok(run_id, 3)  # its own data (MNIST_DATA_DIR, the subset) resumes it

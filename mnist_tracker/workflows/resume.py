@@ -10,7 +10,9 @@ Contracts:
 - The data is read from ``--data-dir``, else ``$MNIST_DATA_DIR``, else the folder the run
   trained on (its training dataset's source) when it is on this machine, else ``./data``: a
   run started with ``--data-dir X`` resumes without repeating it (the resume hints leave it
-  out), where it looked in ``./data`` and, offline, failed.
+  out), where it looked in ``./data`` and, offline, failed. Data other than the run's (a
+  dataset's digest differs from the one the run logged for that context) is refused
+  (ResumeError) before the run is touched: the resumed epochs would train on other images.
 - The run's lease is held throughout (a second ``--resume``, or one of a run still training,
   gets RunLocked). A pending outbox of the run is sent first (only checkpoint uploads may
   stay refused: the local checkpoint is what resumes), then the run continues in place:
@@ -29,7 +31,7 @@ from ..config import TrainConfig
 from ..data import ENV_DATA_DIR, FILES, locate
 from ..errors import ResumeError, clip
 from ..paths import checkpoint_path, ensure_home, outbox_dir, run_dir
-from ..tracking import artifacts, lease, outbox, store
+from ..tracking import artifacts, lease, outbox, records, store
 from ..training import checkpoint
 from .data import prepare_data
 from .train import Resume, TrainOptions, TrainOutcome, train
@@ -167,6 +169,29 @@ def own_data_dir(run: Run) -> str | None:
     return None
 
 
+def check_same_data(run: Run, splits) -> None:
+    """ResumeError when ``splits`` are not the data ``run`` logged (its dataset inputs'
+    digests, per context: training, testing, validation); contexts it did not log pass."""
+    logged = {}
+    for entry in run.inputs.dataset_inputs if run.inputs else []:
+        for tag in entry.tags:
+            logged.setdefault(tag.value, entry.dataset)
+    for entry in records.dataset_inputs(splits):
+        context = entry.tags[0].value
+        before = logged.get(context)
+        if before is None or before.digest == entry.dataset.digest:
+            continue
+        try:
+            folder = json.loads(before.source)["uri"]
+        except (ValueError, KeyError, TypeError):
+            folder = "the folder it trained on"
+        raise ResumeError(
+            f"run {run.info.run_id} trained on {context} data with digest {before.digest}, "
+            f"but {splits.source} holds other data (digest {entry.dataset.digest}); pass "
+            f"--data-dir {folder}"
+        )
+
+
 def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
     _send_outbox(run_id)
     run = check_resumable(run_id)  # the outbox may have ended the run
@@ -179,6 +204,7 @@ def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
         if data_dir:
             echo(f"run {run_id}: reading MNIST from {data_dir}, the folder it trained on")
     splits = prepare_data(config, data_dir)
+    check_same_data(run, splits)
     source = f", {source}" if source else ""
     if state["epoch"] >= config.epochs:
         echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run{source}")
