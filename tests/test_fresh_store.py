@@ -118,3 +118,25 @@ def test_a_ctrl_c_while_a_store_is_made_leaves_no_half_made_store(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert b"KeyboardInterrupt" in err, "interrupted while the store was being made"
     assert list(store.iterdir()) == [], "no half-made store, nothing staged left"
+
+
+def test_a_staged_file_a_kill_left_is_removed_by_the_next_creation(tmp_path):
+    """SIGKILL while a store is staged leaves ``.m.db.PID.HEX`` beside it (the store itself
+    is fine). The next creation removes it once it is old and its process gone; a young one
+    (being staged now) or a live process's is kept, and so is another file."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = time.time() - fresh_store.STALE_STAGED_S - 60
+    left = {
+        "killed": tmp_path / f".m.db.{dead.pid}.0123abcd",
+        "young": tmp_path / f".m.db.{dead.pid}.89abcdef",
+        "live": tmp_path / f".m.db.{os.getpid()}.00ff00ff",
+        "other": tmp_path / ".m.db.notes",
+    }
+    for name, path in left.items():
+        path.write_bytes(b"half")
+        if name != "young":
+            os.utime(path, (old, old))
+    assert fresh_store.materialize(f"sqlite:///{tmp_path / 'm.db'}")
+    kept = {name for name, path in left.items() if path.exists()}
+    assert kept == {"young", "live", "other"}

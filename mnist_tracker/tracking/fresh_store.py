@@ -24,17 +24,22 @@ Contracts:
   place. A store MLflow migrates in place is left half-made by a Ctrl-C in those seconds, and
   then every later run against it fails in MLflow's migration. Any other failure (a file
   system without hard links, a folder that cannot be written) is no error: MLflow then creates
-  the store as it always does.
+  the store as it always does. A staged file a killed process left (SIGKILL in those
+  seconds) is removed by the next creation of that store once it is ``STALE_STAGED_S`` old
+  and its process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import secrets
 import shutil
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -42,6 +47,8 @@ import mlflow
 from ..uris import sqlite_database
 
 ENV_CACHE = "MNIST_TRACKER_CACHE"
+# Staging takes seconds; a staged file this old whose process is gone was left by a kill.
+STALE_STAGED_S = 600
 
 
 def cache_dir() -> Path:
@@ -70,6 +77,7 @@ def materialize(uri: str) -> bool:
         return False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staged(target)
         # A new file (the umask's mode, as MLflow's would have), linked into place only whole.
         staged = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
@@ -80,6 +88,29 @@ def materialize(uri: str) -> bool:
                 os.unlink(staged)
     except (OSError, sqlite3.Error, mlflow.exceptions.MlflowException):
         return False
+    return True
+
+
+def _remove_stale_staged(target: Path) -> None:
+    """Remove the staged files of ``target`` (``.NAME.PID.HEX``) that killed processes left:
+    older than ``STALE_STAGED_S`` and of a process not alive on this machine."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]{{8}}")
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        found = pattern.fullmatch(path.name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime > STALE_STAGED_S:
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
     return True
 
 
