@@ -172,13 +172,16 @@ def own_data_dir(run: Run) -> str | None:
 def check_same_data(run: Run, splits) -> None:
     """ResumeError when ``splits`` are not the data ``run`` logged (its dataset inputs'
     digests, per context: training, testing, validation); contexts it did not log pass."""
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    def context(entry) -> str | None:
+        return next((t.value for t in entry.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
+
     logged = {}
     for entry in run.inputs.dataset_inputs if run.inputs else []:
-        for tag in entry.tags:
-            logged.setdefault(tag.value, entry.dataset)
+        logged.setdefault(context(entry), entry.dataset)
     for entry in records.dataset_inputs(splits):
-        context = entry.tags[0].value
-        before = logged.get(context)
+        before = logged.get(context(entry))
         if before is None or before.digest == entry.dataset.digest:
             continue
         try:
@@ -186,9 +189,9 @@ def check_same_data(run: Run, splits) -> None:
         except (ValueError, KeyError, TypeError):
             folder = "the folder it trained on"
         raise ResumeError(
-            f"run {run.info.run_id} trained on {context} data with digest {before.digest}, "
-            f"but {splits.source} holds other data (digest {entry.dataset.digest}); pass "
-            f"--data-dir {folder}"
+            f"run {run.info.run_id} trained on {context(entry)} data with digest "
+            f"{before.digest}, but {splits.source} holds other data (digest "
+            f"{entry.dataset.digest}); pass --data-dir {folder}"
         )
 
 
