@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,12 @@ FULL_DATA_DIR = os.environ.get("MNIST_DATA_DIR")
 # usage telemetry (the machine is offline), as deploy/mlflow-server.sh and the CLI do too.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A suite started in the background of a script (`bash .ci/run &`, no job control) inherits
+# SIGINT ignored, and so does every process it starts: Python then never raises
+# KeyboardInterrupt, and the tests that press Ctrl-C on a command (tune, a store being made)
+# failed as if it ignored Ctrl-C. A handler here is reset to the default in each child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The machine's temporary directory, for what must live outside the session's (see _session_tmp).
 SYSTEM_TMP = tempfile.gettempdir()
