@@ -4,7 +4,8 @@ Contracts:
 - ``log_params`` never tries to change a param MLflow already holds (``mlflow run`` logs the
   entry point's parameters first): equal values are skipped, a different one keeps MLflow's
   value and goes to the tag ``resolved.<key>``.
-- ``dataset_inputs(splits)`` are the train / test (/ validation) sets as MLflow dataset inputs.
+- ``dataset_inputs(splits)`` are the train / test (/ validation) sets as MLflow dataset inputs;
+  ``logged_datasets(run)`` the datasets a run logged, by context (``training``, ...).
 - ``run_tags(device)``: package, torch and MLflow versions, device and its name, git commit.
 - ``context_tags()``: MLflow's own tags of who and what made a run (user, source, commit),
   which its UI shows as "Created by" and "Source"; for runs this package creates (``mlflow
@@ -80,6 +81,21 @@ def dataset_inputs(splits) -> list:
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
     return inputs
+
+
+def dataset_context(entry) -> str | None:
+    """The context (``training``, ``testing``, ``validation``) a ``DatasetInput`` was for."""
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return next((t.value for t in entry.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
+
+
+def logged_datasets(run) -> dict[str | None, object]:
+    """The ``Dataset``s ``run`` logged, by context (the first of each)."""
+    logged: dict[str | None, object] = {}
+    for entry in run.inputs.dataset_inputs if run.inputs else []:
+        logged.setdefault(dataset_context(entry), entry.dataset)
+    return logged
 
 
 @functools.cache

@@ -155,43 +155,37 @@ def resume(run_id: str, options: TrainOptions | None = None) -> TrainOutcome:
 def own_data_dir(run: Run) -> str | None:
     """The folder ``run`` read its training data from, if this machine has it with the MNIST
     files in it; else None."""
-    for entry in run.inputs.dataset_inputs if run.inputs else []:
-        contexts = {tag.value for tag in entry.tags}
-        if "training" not in contexts or entry.dataset.source_type != "local":
-            continue
-        try:
-            folder = json.loads(entry.dataset.source)["uri"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        # The files too: a folder they were moved out of would be chosen over ./data.
-        has_files = all(locate(Path(folder), spec) for spec in FILES.values())
-        return folder if has_files else None
+    folder = _local_folder(records.logged_datasets(run).get("training"))
+    # The files too: a folder they were moved out of would be chosen over ./data.
+    if folder and all(locate(Path(folder), spec) for spec in FILES.values()):
+        return folder
     return None
+
+
+def _local_folder(dataset) -> str | None:
+    """The folder of a dataset read from local files, else None."""
+    if dataset is None or dataset.source_type != "local":
+        return None
+    try:
+        return json.loads(dataset.source)["uri"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def check_same_data(run: Run, splits) -> None:
     """ResumeError when ``splits`` are not the data ``run`` logged (its dataset inputs'
     digests, per context: training, testing, validation); contexts it did not log pass."""
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    def context(entry) -> str | None:
-        return next((t.value for t in entry.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
-
-    logged = {}
-    for entry in run.inputs.dataset_inputs if run.inputs else []:
-        logged.setdefault(context(entry), entry.dataset)
+    logged = records.logged_datasets(run)
     for entry in records.dataset_inputs(splits):
-        before = logged.get(context(entry))
+        context = records.dataset_context(entry)
+        before = logged.get(context)
         if before is None or before.digest == entry.dataset.digest:
             continue
-        try:
-            folder = json.loads(before.source)["uri"]
-        except (ValueError, KeyError, TypeError):
-            folder = "the folder it trained on"
+        folder = _local_folder(before) or "the folder it trained on"
         raise ResumeError(
-            f"run {run.info.run_id} trained on {context(entry)} data with digest "
-            f"{before.digest}, but {splits.source} holds other data (digest "
-            f"{entry.dataset.digest}); pass --data-dir {folder}"
+            f"run {run.info.run_id} trained on {context} data with digest {before.digest}, "
+            f"but {splits.source} holds other data (digest {entry.dataset.digest}); pass "
+            f"--data-dir {folder}"
         )
 
 
