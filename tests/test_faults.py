@@ -162,6 +162,10 @@ ERROR_WORDINGS = [
     ("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != 200. "
      "Response body: 'Permission denied'", 403),
     ({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}, 400),
+    # A gateway's JSON without an MLflow code: MLflow calls it INTERNAL_ERROR (a 500), but it
+    # may be a 401; no status is known, so no outage that answered.
+    ({"message": "Unauthorized"}, None),
+    ({"error_code": "503", "message": "upstream restarting"}, 503),
     ("API request to http://h:1/x failed with exception HTTPConnectionPool(host='h', port=1): "
      "Max retries exceeded with url: /x (Caused by NewConnectionError('Failed to establish a "
      "new connection: [Errno 111] Connection refused'))", None),
@@ -173,7 +177,8 @@ def test_an_error_status_reads_the_same_in_every_mlflow_wording(error, status):
     """MLflow 3.18 changed how an answer with an HTTP error status reaches the caller, and a
     lost runs/create answer or a 503 at the start were then taken for refusals (CI, stop 36).
     Each wording gives its status; a transient one (500, 503) is an outage that answered, a
-    refusal (403, 400) no outage; no answer at all is an outage that did not answer."""
+    refusal (403, 400, a gateway's JSON 401) no outage; no answer at all is an outage that
+    did not answer."""
     from mlflow.exceptions import MlflowException, RestException
 
     from mnist_tracker.tracking.client import answered, error_status, is_unreachable
@@ -181,7 +186,8 @@ def test_an_error_status_reads_the_same_in_every_mlflow_wording(error, status):
     exc = RestException(error) if isinstance(error, dict) else MlflowException(error)
     assert error_status(exc) == status
     assert answered(exc) == (status in (500, 503))
-    assert is_unreachable(exc) == (status in (500, 503, None))
+    no_answer = status is None and not isinstance(error, dict)
+    assert is_unreachable(exc) == (status in (500, 503) or no_answer)
 
 
 def test_passwords_are_never_printed_or_tagged(mlflow_server, experiment_name, cli_env, tmp_path):

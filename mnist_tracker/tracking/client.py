@@ -26,6 +26,7 @@ import re
 import sqlite3
 
 import mlflow
+from mlflow.protos.databricks_pb2 import ErrorCode
 from mlflow.tracking import MlflowClient
 
 from .. import sqlite_file
@@ -156,25 +157,30 @@ _UNREACHABLE = (
 # the retries (or at once, for a write MLflow will not send twice) means the server or a proxy
 # in front of it is there but cannot serve now: an outage that answers.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+SERVER_ERRORS = frozenset({500, 502, 503, 504})
 
 # How MLflow words an answer with an HTTP error status after its retries: up to 3.17, urllib3's
 # "Max retries exceeded ... (Caused by ResponseError('too many 503 error responses'))"; from
 # 3.18 on, the answer itself ("... failed with error code 503 != 200. Response body: ...").
 _STATUS_IN_MESSAGE = re.compile(r"too many (\d{3}) error responses|failed with error code (\d{3})")
+_ERROR_CODES = frozenset(ErrorCode.keys())
 
 
 def error_status(exc: BaseException) -> int | None:
     """The HTTP status of the error answer behind ``exc``, after MLflow's retries; None when
-    ``exc`` is not an answer with an error status (no answer at all, or not MLflow's). A JSON
-    answer (MLflow's own server) gives the status its error code stands for."""
+    ``exc`` is not an answer with an error status known here (no answer at all, not MLflow's,
+    or a JSON answer without an MLflow error code: MLflow keeps no status for it, and calls
+    a gateway's ``{"message": "Unauthorized"}`` an internal error). A JSON answer with one
+    (MLflow's own server) gives the status that code stands for."""
+    if isinstance(exc, mlflow.exceptions.RestException):
+        code = str(exc.json.get("error_code", "")) if isinstance(exc.json, dict) else ""
+        if code.isdigit():  # a proxy's JSON with the HTTP status as its code
+            return int(code)
+        return exc.get_http_status_code() if code in _ERROR_CODES else None
     if not isinstance(exc, mlflow.exceptions.MlflowException):
         return None
     found = _STATUS_IN_MESSAGE.search(str(exc))
-    if found:
-        return int(found.group(1) or found.group(2))
-    if isinstance(exc, mlflow.exceptions.RestException):
-        return exc.get_http_status_code()
-    return None
+    return int(found.group(1) or found.group(2)) if found else None
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -244,7 +250,7 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = one_line(exc, uri)
-        if (error_status(exc) or 0) >= 500:
+        if error_status(exc) in SERVER_ERRORS:
             raise TrackingUnavailable(
                 f"tracking server {redact(uri)} answers only with server errors ({reason}); "
                 "check its log, or wait until it has started"
