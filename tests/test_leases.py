@@ -751,12 +751,14 @@ def test_a_resume_reads_the_run_s_own_data_folder_only_while_it_holds_mnist(tmp_
     assert own_data_dir(run_on({"testing": full})) is None
 
 
-def test_a_resume_on_other_data_is_refused_before_the_run_is_touched(
-    sqlite_uri, experiment_name, tmp_path
+def test_a_resume_on_other_data_is_refused_before_the_run_trains_again(
+    sqlite_uri, experiment_name, tmp_path, monkeypatch
 ):
     """The same files with the training images in another order (another subset, another
     source): the resumed epochs would have trained on other images under the same run. The
-    dataset digest the run logged tells; the run keeps its epoch and its status."""
+    dataset digest the run logged tells; the run keeps its epoch and its status, and a
+    checkpoint downloaded for the resume is not kept. The run's own folder with its files
+    changed in place is told as such (not "pass --data-dir" the same folder)."""
     import gzip
     import json
 
@@ -767,6 +769,8 @@ def test_a_resume_on_other_data_is_refused_before_the_run_is_touched(
 
     from .conftest import copy_subset
 
+    own = copy_subset(tmp_path / "own")
+    monkeypatch.setenv("MNIST_DATA_DIR", str(own))
     run_id = stopped_run(experiment_name)
     other = copy_subset(tmp_path / "other")
     manifest = json.loads((other / data.MANIFEST_NAME).read_text())
@@ -780,9 +784,19 @@ def test_a_resume_on_other_data_is_refused_before_the_run_is_touched(
         manifest["files"][key]["sha256"] = write_idx(path, array)
     (other / data.MANIFEST_NAME).write_text(json.dumps(manifest))
 
-    result = invoke("train", "--resume", run_id, "--no-system-metrics", "--data-dir", str(other))
-    one_error_line(result, f"run {run_id}", "training data with digest", f"{other} holds other",
-                   f"pass --data-dir {SUBSET.resolve()}", alone=False)  # fmt: skip
-    assert MlflowClient().get_run(run_id).info.status == "KILLED"
-    assert steps(run_id) == [1]
-    resume_ok(run_id, 3)  # its own data (MNIST_DATA_DIR, the subset) resumes it
+    def refused(*args: str, parts: tuple[str, ...]) -> None:
+        result = invoke("train", "--resume", run_id, "--no-system-metrics", *args)
+        one_error_line(result, f"run {run_id}", "trained on training data with digest",
+                       *parts, alone=False)  # fmt: skip
+        assert MlflowClient().get_run(run_id).info.status == "KILLED"
+        assert steps(run_id) == [1]
+
+    # On another machine (no run folder): the checkpoint artifact is not kept either.
+    shutil.rmtree(run_dir(run_id))
+    refused("--data-dir", str(other), parts=(f"{other} holds other", f"--data-dir {own}"))
+    assert not run_dir(run_id).exists()
+
+    shutil.copytree(other, own, dirs_exist_ok=True)  # its own folder, other files in it
+    refused(parts=(f"{own} holds other", "its files changed since the run read them"))
+    copy_subset(own)
+    resume_ok(run_id, 3)  # its own data again: it resumes

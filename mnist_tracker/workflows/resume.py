@@ -11,8 +11,9 @@ Contracts:
   trained on (its training dataset's source) when it is on this machine, else ``./data``: a
   run started with ``--data-dir X`` resumes without repeating it (the resume hints leave it
   out), where it looked in ``./data`` and, offline, failed. Data other than the run's (a
-  dataset's digest differs from the one the run logged for that context) is refused
-  (ResumeError) before the run is touched: the resumed epochs would train on other images.
+  dataset's digest differs from the one the run logged for that context: see
+  ``check_same_data``) is refused (ResumeError) before the run trains again, and before a
+  downloaded checkpoint is kept: the resumed epochs would train on other images.
 - The run's lease is held throughout (a second ``--resume``, or one of a run still training,
   gets RunLocked). A pending outbox of the run is sent first (only checkpoint uploads may
   stay refused: the local checkpoint is what resumes), then the run continues in place:
@@ -83,7 +84,8 @@ def _remote_checkpoint(run_id: str) -> tuple[dict | None, str]:
 def find_checkpoint(run_id: str) -> tuple[dict, str]:
     """The newest checkpoint of ``run_id`` (see the module's contract), and "" when it is the
     local copy, else why the run's uploaded one was taken (for the user: the local copy may be
-    damaged). ResumeError when there is none readable, or none recent enough."""
+    damaged). ResumeError when there is none readable, or none recent enough. A downloaded
+    checkpoint is not saved here: the caller keeps it once the resume goes ahead."""
     logged = max(store.logged_steps(run_id, "train_loss"), default=0)
     local = checkpoint_path(run_id)
     state, local_problem = _read(local) if local.is_file() else (None, "")
@@ -114,8 +116,6 @@ def find_checkpoint(run_id: str) -> tuple[dict, str]:
             f"run {run_id} logged {logged} epochs but its newest checkpoint is from epoch "
             f"{state['epoch']}; resume it on the machine that ran it last"
         )
-    if downloaded:  # kept locally while the run lives again; a refused one is not kept
-        checkpoint.save(state, local)
     return state, downloaded
 
 
@@ -173,20 +173,29 @@ def _local_folder(dataset) -> str | None:
 
 
 def check_same_data(run: Run, splits) -> None:
-    """ResumeError when ``splits`` are not the data ``run`` logged (its dataset inputs'
-    digests, per context: training, testing, validation); contexts it did not log pass."""
+    """ResumeError when ``splits`` are not the data ``run`` logged, by MLflow's dataset digest
+    per context (training, testing, validation). That digest covers the shapes and the first
+    10,000 values of the images and of the labels: another subset, order or split differs
+    there; a change after the first dozen images does not show. Contexts the run did not log
+    (its outbox never sent) pass."""
     logged = records.logged_datasets(run)
     for entry in records.dataset_inputs(splits):
         context = records.dataset_context(entry)
         before = logged.get(context)
         if before is None or before.digest == entry.dataset.digest:
             continue
-        folder = _local_folder(before) or "the folder it trained on"
-        raise ResumeError(
-            f"run {run.info.run_id} trained on {context} data with digest {before.digest}, "
-            f"but {splits.source} holds other data (digest {entry.dataset.digest}); pass "
-            f"--data-dir {folder}"
+        folder = _local_folder(before)
+        used = "trained" if context == "training" else "evaluated"
+        what = (
+            f"run {run.info.run_id} {used} on {context} data with digest {before.digest}, "
+            f"but {splits.source} holds other data (digest {entry.dataset.digest})"
         )
+        if folder and Path(folder).resolve() == Path(splits.source).resolve():
+            raise ResumeError(
+                f"{what}: its files changed since the run read them; put the run's files "
+                "back, or start a new run"
+            )
+        raise ResumeError(f"{what}; pass --data-dir {folder or 'the folder it trained on'}")
 
 
 def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
@@ -202,6 +211,8 @@ def _resume_held(run_id: str, options: TrainOptions) -> TrainOutcome:
             echo(f"run {run_id}: reading MNIST from {data_dir}, the folder it trained on")
     splits = prepare_data(config, data_dir)
     check_same_data(run, splits)
+    if source:  # downloaded: kept locally while the run lives again; a refused one is not kept
+        checkpoint.save(state, checkpoint_path(run_id))
     source = f", {source}" if source else ""
     if state["epoch"] >= config.epochs:
         echo(f"run {run_id}: all {config.epochs} epochs were done; finishing the run{source}")
