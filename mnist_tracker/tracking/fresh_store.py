@@ -77,7 +77,8 @@ def materialize(uri: str) -> bool:
         return False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staged(target)
+        with contextlib.suppress(Exception):  # housekeeping: never in the way of the store
+            _remove_stale_staged(target)
         # A new file (the umask's mode, as MLflow's would have), linked into place only whole.
         staged = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
@@ -94,7 +95,7 @@ def materialize(uri: str) -> bool:
 def _remove_stale_staged(target: Path) -> None:
     """Remove the staged files of ``target`` (``.NAME.PID.HEX``) that killed processes left:
     older than ``STALE_STAGED_S`` and of a process not alive on this machine."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]{{8}}")
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d{{1,9}})\.[0-9a-f]{{8}}")
     for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
         found = pattern.fullmatch(path.name)
         if found is None or _alive(int(found.group(1))):
