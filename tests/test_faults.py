@@ -215,3 +215,17 @@ def test_passwords_are_never_printed_or_tagged(mlflow_server, experiment_name, c
         raise RuntimeError(f"upload to {uri}/api/2.0/x failed; db postgresql://u:{secret}@db/m")
     tag = client(mlflow_server).get_run(run.run_id).data.tags["error"]
     assert secret not in tag and "alice:***@" in tag and "u:***@db" in tag
+
+
+@pytest.mark.parametrize("fault", ["pre503", "post500"])
+def test_one_error_answer_to_experiments_create_costs_nothing(proxy, experiment_name, fault):
+    """MLflow 3.18 no longer sends a write such as experiments/create again after a 5xx (3.17
+    did): one 503 before the server saw it, or a 500 after it made the experiment, ended the
+    run's start. The experiment is made once and the run finishes in it."""
+    proxy.add("POST", f"{API}/experiments/create$", fault, times=1)
+    outcome = _train(experiment_name, epochs=1)
+    assert proxy.hit(fault, "experiments/create") == 1
+    c = client()
+    experiments = [e for e in c.search_experiments() if e.name == experiment_name]
+    assert [e.experiment_id for e in experiments] == [outcome.experiment_id]
+    assert c.get_run(outcome.run_id).info.status == "FINISHED"

@@ -74,20 +74,32 @@ class TrackedRun:
         self.status, self.end_tags = status, dict(tags or {})
 
 
-def experiment_id_for(name: str) -> str:
+def experiment_id_for(name: str, tries: int = 4) -> str:
     """The id of experiment ``name``, created if absent; the process's own (``mlflow run``'s
     ``$MLFLOW_EXPERIMENT_ID``) is not switched globally. ExperimentDeleted when ``name`` is in
-    MLflow's trash (MLflow would refuse the run with a traceback; the name stays taken)."""
+    MLflow's trash (MLflow would refuse the run with a traceback; the name stays taken).
+    Created once, whatever answers are lost, and tried ``tries`` times while the server is
+    away or answers with transient errors."""
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
     _refuse_deleted(name, experiment)
     if experiment is not None:
         return experiment.experiment_id
-    try:
-        return mlflow_client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:
-        # Another worker created it between the two calls.
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+    for attempt in range(tries):
+        try:
+            return mlflow_client.create_experiment(name)
+        except mlflow.exceptions.MlflowException as exc:
+            # Another worker created it between the two calls, or the server did and its
+            # answer was lost: the name is unique, so a look-up tells.
+            experiment = mlflow_client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            # Not made: a transient error (MLflow 3.18 does not send this write again after
+            # a 5xx) is tried again; a refusal is the caller's to report.
+            if not is_unreachable(exc) or attempt == tries - 1:
+                raise
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def check_experiment(name: str) -> None:
