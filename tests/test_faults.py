@@ -229,3 +229,22 @@ def test_one_error_answer_to_experiments_create_costs_nothing(proxy, experiment_
     experiments = [e for e in c.search_experiments() if e.name == experiment_name]
     assert [e.experiment_id for e in experiments] == [outcome.experiment_id]
     assert c.get_run(outcome.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("path", ["registered-models/create$", "model-versions/create$"])
+def test_a_promote_the_server_did_not_complete_says_to_run_it_again(proxy, experiment_name, path):
+    """One 503 while a run is registered (MLflow 3.18 does not send these writes again): the
+    line said the registry "refused" it and to train again. It says to run the same promote
+    again, and that second promote registers the run once."""
+    from mnist_tracker.errors import RegistryError
+    from mnist_tracker.tracking.registry import promote
+
+    outcome = _train(experiment_name, epochs=1)
+    uri = client().get_run(outcome.run_id).data.tags[artifacts.MODEL_URI_TAG]
+    name = f"{experiment_name}-model"
+    proxy.add("POST", f"{API}/{path}", "pre503", times=1)
+    with pytest.raises(RegistryError, match="run the same promote again") as refused:
+        promote(uri, name, "champion", outcome.run_id)
+    assert "refused" not in str(refused.value) and "train again" not in str(refused.value)
+    assert promote(uri, name, "champion", outcome.run_id).version == "1"
+    assert len(client().search_model_versions(f"name = '{name}'")) == 1

@@ -13,7 +13,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from ..errors import RegistryError, clip
-from .client import client
+from ..uris import redact
+from .client import client, is_unreachable
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
         if created and not c.search_model_versions(f"name = '{name}'"):
             with contextlib.suppress(MlflowException):
                 c.delete_registered_model(name)
+        if is_unreachable(exc):  # away, or a transient error (MLflow 3.18 does not resend)
+            server = redact(mlflow.get_tracking_uri())
+            raise RegistryError(
+                f"the tracking server {server} did not complete {name}@{alias} for run "
+                f"{run_id} ({clip(exc.message, 300)}); run the same promote again (a run is "
+                "registered once)"
+            ) from None
         fix = (  # the run's model could not be registered: most likely it is gone
             "; train again, or delete that run so that the next best is picked"
             if registering
