@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from ..errors import ExperimentDeleted, Interrupted
@@ -34,6 +34,8 @@ from . import lease as lease_mod
 from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT, REAPED_TAG
 from .client import attached_run_id, client, env_vars, is_unreachable, set_tracking_uri
 from .sink import SINK_HTTP, RunSink
+
+T = TypeVar("T")
 
 ERROR_TAG_MAX = 5000
 
@@ -78,28 +80,18 @@ def experiment_id_for(name: str, tries: int = 4) -> str:
     """The id of experiment ``name``, created if absent; the process's own (``mlflow run``'s
     ``$MLFLOW_EXPERIMENT_ID``) is not switched globally. ExperimentDeleted when ``name`` is in
     MLflow's trash (MLflow would refuse the run with a traceback; the name stays taken).
-    Created once, whatever answers are lost, and tried ``tries`` times while the server is
-    away or answers with transient errors."""
+    Created once (``made_once``: the name is unique, so a look-up tells whether a failed
+    create made it, or another worker did)."""
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
     _refuse_deleted(name, experiment)
     if experiment is not None:
         return experiment.experiment_id
-    for attempt in range(tries):
-        try:
-            return mlflow_client.create_experiment(name)
-        except mlflow.exceptions.MlflowException as exc:
-            # Another worker created it between the two calls, or the server did and its
-            # answer was lost: the name is unique, so a look-up tells.
-            experiment = mlflow_client.get_experiment_by_name(name)
-            if experiment is not None:
-                return experiment.experiment_id
-            # Not made: a transient error (MLflow 3.18 does not send this write again after
-            # a 5xx) is tried again; a refusal is the caller's to report.
-            if not is_unreachable(exc) or attempt == tries - 1:
-                raise
-        time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")  # the loop returns or raises
+    return made_once(
+        lambda: mlflow_client.create_experiment(name),
+        lambda: getattr(mlflow_client.get_experiment_by_name(name), "experiment_id", None),
+        tries,
+    )
 
 
 def check_experiment(name: str) -> None:
@@ -161,25 +153,46 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
 
 
 def create_run_once(experiment_id: str, run_name: str | None, tags: dict[str, str], tries=4):
-    """``create_run`` exactly once (see the module's contract); MLflow's own retries are off
-    for it, as a retry after a lost answer is what makes the orphan."""
+    """``create_run`` exactly once (see the module's contract), found again by its
+    ``CREATE_KEY_TAG``; MLflow's own retries are off for it, as a retry after a lost answer
+    is what makes the orphan."""
     mlflow_client = client()
     key = uuid.uuid4().hex
     tags = tags | {CREATE_KEY_TAG: key}
+
+    def create():
+        with env_vars({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}):
+            return mlflow_client.create_run(experiment_id, run_name=run_name, tags=tags)
+
+    def find():
+        found = mlflow_client.search_runs(
+            [experiment_id], filter_string=f"tags.`{CREATE_KEY_TAG}` = '{key}'"
+        )
+        return found[0] if found else None
+
+    return made_once(create, find, tries)
+
+
+def made_once(create: Callable[[], T], find: Callable[[], T | None], tries: int = 4) -> T:
+    """What ``create()`` makes, made once though an answer may be lost: after a failed try,
+    ``find()`` (None: not there) tells whether the store made it anyway (a 500 after the
+    write, a dropped connection) or another process did. Not made, a transient failure (the
+    server away, or a 5xx: MLflow 3.18 does not send such a write again) is tried again, with
+    a pause, ``tries`` times in all; any other failure is raised."""
     for attempt in range(tries):
         try:
-            with env_vars({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}):
-                return mlflow_client.create_run(experiment_id, run_name=run_name, tags=tags)
+            return create()
         except Exception as exc:
-            if not is_unreachable(exc) or attempt == tries - 1:
+            transient = is_unreachable(exc)
+            if transient:
+                time.sleep(0.5 * 2**attempt)
+            found = None
+            with contextlib.suppress(Exception):  # still away: asked again on the next try
+                found = find()
+            if found is not None:
+                return found
+            if not transient or attempt == tries - 1:
                 raise
-        time.sleep(0.5 * 2**attempt)
-        with contextlib.suppress(Exception):  # still away: ask again below
-            found = mlflow_client.search_runs(
-                [experiment_id], filter_string=f"tags.`{CREATE_KEY_TAG}` = '{key}'"
-            )
-            if found:
-                return found[0]
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
