@@ -26,6 +26,7 @@ import torch
 from mlflow.entities import Param, RunTag, SourceType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
     MLFLOW_GIT_COMMIT,
     MLFLOW_SOURCE_NAME,
     MLFLOW_SOURCE_TYPE,
@@ -58,7 +59,6 @@ def dataset_inputs(splits) -> list:
     """The train / test / validation data of ``splits`` as MLflow ``DatasetInput``s."""
     from mlflow.data import from_numpy
     from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     contexts = [
         ("training", splits.train_x, splits.train_y),
@@ -85,8 +85,6 @@ def dataset_inputs(splits) -> list:
 
 def dataset_context(entry) -> str | None:
     """The context (``training``, ``testing``, ``validation``) a ``DatasetInput`` was for."""
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
     return next((t.value for t in entry.tags if t.key == MLFLOW_DATASET_CONTEXT), None)
 
 
