@@ -8,7 +8,9 @@
 - ``drop``: close the connection without an answer, not forwarded;
 - ``truncate``: forward, then send the headers and half the body, and close;
 - ``slow``: wait ``delay_s``, then forward;
-- ``refuse``: answer ``status`` (e.g. 507 Insufficient Storage) every time, not forwarded.
+- ``refuse``: answer ``status`` (e.g. 507 Insufficient Storage) every time, not forwarded;
+  its body ``json`` when given (e.g. MLflow's ``{"error_code": "UNAUTHENTICATED", ...}``),
+  else a line of text.
 
 A rule applies ``times`` times (None: always). ``hits`` records (method, path, fault) of each
 faulted request, so a test can check that its fault was met.
@@ -17,6 +19,7 @@ faulted request, so a test can check that its fault was met.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import threading
 import time
@@ -35,6 +38,7 @@ class Rule:
     times: int | None = 1
     delay_s: float = 0.0
     status: int = 500
+    json: dict | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -149,6 +153,9 @@ class FaultProxy:
                 fault = rule.fault if rule else None
                 if fault == "pre503":
                     return self._plain(503, "fault proxy: unavailable")
+                if fault == "refuse" and rule.json is not None:
+                    header = [("Content-Type", "application/json")]
+                    return self._answer(rule.status, header, json.dumps(rule.json).encode())
                 if fault == "refuse":
                     return self._plain(rule.status, "fault proxy: refused")
                 if fault == "drop":

@@ -248,3 +248,117 @@ def test_a_promote_the_server_did_not_complete_says_to_run_it_again(proxy, exper
     assert "refused" not in str(refused.value) and "train again" not in str(refused.value)
     assert promote(uri, name, "champion", outcome.run_id).version == "1"
     assert len(client().search_model_versions(f"name = '{name}'")) == 1
+
+
+# MLflow's own answer to a login its auth does not know (or no longer accepts).
+UNAUTHENTICATED = {"error_code": "UNAUTHENTICATED", "message": "the login has expired"}
+TRAIN = ["train", "--model", "cnn", "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+         "--device", "cpu", "--data-dir", str(SUBSET), "--no-system-metrics"]  # fmt: skip
+
+
+def _cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+def _error_line(result) -> str:
+    assert result.exit_code == 2, result.output[-3000:]
+    assert "Traceback" not in result.output, result.output[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_server_failing_after_the_start_check_gets_one_line_and_no_run(proxy, experiment_name):
+    """The start-up check asks for experiments; a server that answers it and then only 503
+    ended `train` with MLflow's 70-line traceback and exit 1. It gets the check's own line
+    (what, and the fix), exit 2, and no experiment or run is made."""
+    for method, path in (("GET", "experiments/get-by-name"), ("POST", "experiments/create")):
+        proxy.add(method, path, "refuse", status=503, times=None)
+    line = _error_line(_cli([*TRAIN, "--experiment", experiment_name]))
+    assert proxy.hit("refuse", "experiments/get-by-name") >= 1
+    assert line.startswith(f"Error: tracking server {proxy.url} answers only with server errors")
+    assert "run the same command again" in line
+    proxy.clear()
+    assert client().get_experiment_by_name(experiment_name) is None
+
+
+def test_a_login_refused_mid_run_gets_one_line_and_the_run_ends_failed(proxy, experiment_name):
+    """A 401 once the run is going (the login expired, an auth proxy in front): a traceback,
+    exit 1. It gets one line naming the login as the problem, exit 2; the run ends FAILED."""
+    proxy.add("POST", f"{API}/runs/log-batch$", "refuse", status=401, json=UNAUTHENTICATED,
+              times=None)  # fmt: skip
+    line = _error_line(_cli([*TRAIN, "--experiment", experiment_name]))
+    assert proxy.hit("refuse", "runs/log-batch") >= 1
+    assert line.startswith(f"Error: tracking server {proxy.url} refused the login")
+    assert "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD" in line
+    proxy.clear()
+    c = client()
+    (run,) = c.search_runs([c.get_experiment_by_name(experiment_name).experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def _killed_run(experiment_name: str) -> str:
+    c = client()
+    run = c.create_run(c.create_experiment(experiment_name))
+    c.set_terminated(run.info.run_id, "KILLED")
+    return run.info.run_id
+
+
+def test_a_resume_the_store_cannot_answer_is_not_told_the_run_is_missing(proxy, experiment_name):
+    """`train --resume` when the server refuses the look-up (401) said the run "is not in this
+    tracking store; pass the --tracking-uri it was logged to": the wrong fix. Only the store's
+    "no such run" says that now."""
+    from mnist_tracker.errors import ResumeError, StoreError
+    from mnist_tracker.workflows.resume import check_resumable
+
+    run_id = _killed_run(experiment_name)
+    proxy.add("GET", "runs/get", "refuse", status=401, json=UNAUTHENTICATED, times=None)
+    with pytest.raises(StoreError, match="cannot query the tracking store") as failed:
+        check_resumable(run_id)
+    assert "is not in this tracking store" not in str(failed.value)
+    proxy.clear()
+    assert check_resumable(run_id).info.run_id == run_id
+    with pytest.raises(ResumeError, match="is not in this tracking store"):
+        check_resumable("0" * 32)
+
+
+def test_a_resume_that_cannot_start_leaves_the_run_as_it_was(proxy, experiment_name):
+    """A resume reopens its run (RUNNING) and then sets its tags; a refusal there left a KILLED
+    run RUNNING for good. It is KILLED again, so it can still be resumed or reaped."""
+    from mnist_tracker.tracking.run import RunSpec, open_run
+
+    run_id = _killed_run(experiment_name)
+    proxy.add("POST", f"{API}/runs/log-batch$", "refuse", status=401, json=UNAUTHENTICATED,
+              times=None)  # fmt: skip
+    with pytest.raises(mlflow.exceptions.MlflowException, match="UNAUTHENTICATED"):
+        open_run(RunSpec(experiment=experiment_name, run_name="again", resume_run_id=run_id))
+    assert proxy.hit("refuse", "runs/log-batch") >= 1
+    proxy.clear()
+    assert client().get_run(run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(401, UNAUTHENTICATED), (403, {"error_code": "PERMISSION_DENIED", "message": "denied"})],
+    ids=["401", "403"],
+)
+def test_a_promote_refused_to_the_login_says_so(proxy, experiment_name, answer):
+    """A registration the server's auth refused said "the registry refused ...; train again",
+    which cannot help. It names the login and how to get the permission; nothing is left."""
+    from mnist_tracker.errors import RegistryError
+    from mnist_tracker.tracking.registry import promote
+
+    outcome = _train(experiment_name, epochs=1)
+    uri = client().get_run(outcome.run_id).data.tags[artifacts.MODEL_URI_TAG]
+    name = f"{experiment_name}-model"
+    status, body = answer
+    proxy.add("POST", f"{API}/model-versions/create$", "refuse", status=status, json=body,
+              times=None)  # fmt: skip
+    with pytest.raises(RegistryError, match="to this login") as refused:
+        promote(uri, name, "champion", outcome.run_id)
+    assert "train again" not in str(refused.value)
+    assert "MLFLOW_TRACKING_USERNAME" in str(refused.value)
+    proxy.clear()
+    assert client().search_model_versions(f"name = '{name}'") == []

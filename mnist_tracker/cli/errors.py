@@ -9,8 +9,9 @@
 | ``RunFailed`` (Diverged, ...)     | ``Error: <one line>. <hint>``                 | 1       |
 | Ctrl-C (KeyboardInterrupt, Abort) | ``Interrupted. <hint>``                       | 130     |
 | ``Interrupted`` (SIGTERM, SIGHUP) | ``Stopped by signal N. <hint>``               | 128 + N |
-| a write the server's auth refused | ``Error: <one line: login, fix>``             | 2       |
-| anything else                     | the traceback (a bug, or an outage)           | 1       |
+| the store's auth refused a call,  | ``Error: <one line: the store, fix>. <hint>`` | 2       |
+| it answers only 5xx, or nothing   |                                               |         |
+| anything else                     | the traceback (a bug)                         | 1       |
 
 Everything printed has its passwords hidden (``uris.scrub``), the traceback included.
 
@@ -80,9 +81,9 @@ def _render(exc: BaseException) -> tuple[str | None, int]:
         return f"Error: {_one_line(exc)}", exc.exit_code
     if isinstance(exc, RunFailed):
         return scrub(_with_hint(f"Error: {_one_line(exc).rstrip('.')}.", exc)), exc.exit_code
-    refused = _permission_refusal(exc)
-    if refused is not None:
-        return f"Error: {_one_line(refused)}", USAGE_EXIT
+    failed = _tracking_failure(exc)
+    if failed is not None:
+        return scrub(_with_hint(f"Error: {_one_line(failed)}.", exc)), USAGE_EXIT
     # A bug or an outage: the traceback, as Python would print it, passwords hidden.
     return scrub("".join(traceback.format_exception(exc))).rstrip(), 1
 
@@ -108,14 +109,14 @@ def _help_hint(exc: click.ClickException) -> str:
     return f" See `{ctx.command_path} --help`."
 
 
-def _permission_refusal(exc: BaseException) -> str | None:
-    """``tracking.client.permission_refusal``, asked only when MLflow is loaded (a command
+def _tracking_failure(exc: BaseException) -> str | None:
+    """``tracking.client.tracking_failure``, asked only when MLflow is loaded (a command
     that never imported it raised nothing of MLflow's)."""
     if "mlflow" not in sys.modules:
         return None
-    from ..tracking.client import permission_refusal
+    from ..tracking.client import tracking_failure
 
-    return permission_refusal(exc)
+    return tracking_failure(exc)
 
 
 class OneLineErrors(click.Group):

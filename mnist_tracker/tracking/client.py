@@ -8,6 +8,8 @@ Contracts:
   MLflow's default) and returns the URI in force.
 - ``is_unreachable(exc)`` tells an outage (no answer, or only transient errors such as 503)
   from a refusal (an answer that says no); ``answered(exc)`` tells the second kind of outage.
+- ``tracking_failure(exc)`` is the one line (with its fix) for an MLflow error that says the
+  store cannot serve the command now (auth refused, only server errors, no answer), or None.
 - ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
   does not answer or refuses the credentials, or a database store cannot be opened (no
   answer, no driver, a file that is not SQLite); a SQLite file still to be made and local
@@ -228,6 +230,45 @@ def permission_refusal(exc: BaseException) -> str | None:
         "others READ; ask its admin for EDIT on it (the auth API's "
         "create_experiment_permission), or pass an --experiment of your own"
     )
+
+
+def is_auth_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server's auth refusing this login (401) or this call (403)."""
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return False
+    codes = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+    return exc.error_code in codes or error_status(exc) in (401, 403)
+
+
+def tracking_failure(exc: BaseException) -> str | None:
+    """The one-line message for an MLflow error that says the tracking store cannot serve this
+    command now, with its fix: a write refused to this login (``permission_refusal``), the
+    login refused (401), only server errors after MLflow's retries, or no answer at all. None
+    for anything else (a bug of ours or MLflow's keeps its traceback). ``check_reachable``
+    says the same before a command starts; this is for a store that fails it later."""
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    refused = permission_refusal(exc)
+    if refused is not None:
+        return refused
+    uri = mlflow.get_tracking_uri()
+    shown, reason = redact(uri), one_line(exc, uri)
+    if is_auth_refusal(exc):
+        return (
+            f"tracking server {shown} refused the login ({reason}); check "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        )
+    if error_status(exc) in SERVER_ERRORS:
+        return (
+            f"tracking server {shown} answers only with server errors ({reason}); check its "
+            "log, or wait until it serves again, then run the same command again"
+        )
+    if is_unreachable(exc):
+        return (
+            f"tracking store {shown} is not reachable ({reason}); start it, or pass another "
+            "--tracking-uri, then run the same command again"
+        )
+    return None
 
 
 def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:

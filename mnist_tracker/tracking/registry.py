@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import RegistryError, clip
 from ..uris import redact
-from .client import client, is_unreachable
+from .client import client, is_auth_refusal, is_unreachable
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,15 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
         if created and not c.search_model_versions(f"name = '{name}'"):
             with contextlib.suppress(MlflowException):
                 c.delete_registered_model(name)
+        server = redact(mlflow.get_tracking_uri())
+        if is_auth_refusal(exc):  # the login, not the run: training again would not help
+            raise RegistryError(
+                f"the tracking server {server} refused {name}@{alias} to this login "
+                f"({clip(exc.message, 300)}); check MLFLOW_TRACKING_USERNAME / "
+                f"MLFLOW_TRACKING_PASSWORD, or ask its admin for EDIT on the registered model "
+                f"{name}"
+            ) from None
         if is_unreachable(exc):  # away, or a transient error (MLflow 3.18 does not resend)
-            server = redact(mlflow.get_tracking_uri())
             raise RegistryError(
                 f"the tracking server {server} did not complete {name}@{alias} for run "
                 f"{run_id} ({clip(exc.message, 300)}); run the same promote again (a run is "

@@ -133,18 +133,23 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
         return TrackedRun(run_id, experiment_id, run.info.run_name, sink, lease=lease)
     run = mlflow_client.get_run(run_id)
     lease = lease_mod.hold(run_id, run) if live else None
+    reopened = False
     try:
         sink = RunSink(run_id, uri)
         if spec.resume_run_id is not None:
             sink.outbox.supersede_end()  # it trains again: an old queued end must not land
             if run.info.status != "RUNNING":
                 mlflow_client.update_run(run_id, status="RUNNING")
+                reopened = True
             if REAPED_TAG in run.data.tags:  # taken for dead by `runs reap`: alive again
                 mlflow_client.delete_tag(run_id, REAPED_TAG)
         tags = dict(spec.tags) | ({MLFLOW_RUN_NAME: spec.run_name} if spec.run_name else {})
         if tags:
             sink.set_tags(tags)
     except BaseException:
+        if reopened:  # not resumed after all: as it was (KILLED, FAILED), not RUNNING forever
+            with contextlib.suppress(Exception):
+                mlflow_client.update_run(run_id, status=run.info.status)
         if lease is not None:
             lease.release()
         raise

@@ -67,7 +67,7 @@ def promote(settings: PromoteSettings) -> PromoteOutcome:
             f"no finished {runs} in experiment {where}; train one with `mnist-tracker train "
             f"--model {settings.model or 'cnn'}`, or pass the --experiment they were logged to"
         ) from None
-    run = store.get_run(best["run_id"])
+    run = store.existing_run(best["run_id"])  # StoreError when the store cannot say
     model_uri = run.data.tags.get(artifacts.MODEL_URI_TAG) if run is not None else None
     if not model_uri:
         raise CompareError(

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 def check_resumable(run_id: str) -> Run:
     """The run ``run_id`` if it can be resumed; else ResumeError saying why and what to do."""
-    run = store.get_run(run_id)
+    run = store.existing_run(run_id)  # StoreError when the store cannot say: not "no run"
     if run is None:
         raise ResumeError(
             f"run {run_id} is not in this tracking store; pass the --tracking-uri it was logged to"
