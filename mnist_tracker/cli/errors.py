@@ -84,7 +84,7 @@ def _render(exc: BaseException) -> tuple[str | None, int]:
     failed = _tracking_failure(exc)
     if failed is not None:
         return scrub(_with_hint(f"Error: {_one_line(failed)}.", exc)), USAGE_EXIT
-    # A bug or an outage: the traceback, as Python would print it, passwords hidden.
+    # A bug: the traceback, as Python would print it, passwords hidden.
     return scrub("".join(traceback.format_exception(exc))).rstrip(), 1
 
 
