@@ -362,3 +362,27 @@ def test_a_promote_refused_to_the_login_says_so(proxy, experiment_name, answer):
     assert "MLFLOW_TRACKING_USERNAME" in str(refused.value)
     proxy.clear()
     assert client().search_model_versions(f"name = '{name}'") == []
+
+
+def test_compare_says_when_the_registry_could_not_be_read(proxy, experiment_name):
+    """`compare` with the registry refused to the login (403) printed the table with an empty
+    Registry column and exit 0, as if no run held an alias. The table still comes, with a note
+    on stderr that says why that column is empty; with the registry readable, no note."""
+    from mnist_tracker.tracking.registry import promote
+
+    outcome = _train(experiment_name, epochs=1)
+    uri = client().get_run(outcome.run_id).data.tags[artifacts.MODEL_URI_TAG]
+    promote(uri, f"{experiment_name}-model", "champion", outcome.run_id)
+    shown = _cli(["compare", "--experiment", experiment_name])
+    assert shown.exit_code == 0 and "note:" not in shown.stderr, shown.output[-3000:]
+    assert f"{experiment_name}-model@champion (v1)" in shown.stdout
+    denied = {"error_code": "PERMISSION_DENIED", "message": "Permission denied"}
+    proxy.add("GET", "registered-models/search", "refuse", status=403, json=denied, times=None)
+    refused = _cli(["compare", "--experiment", experiment_name])
+    assert refused.exit_code == 0, refused.output[-3000:]
+    assert proxy.hit("refuse", "registered-models/search") >= 1
+    assert "@champion" not in refused.stdout and outcome.run_id[:8] in refused.stdout
+    assert "note: the Registry column is empty because the model registry could not be read" in (
+        refused.stderr
+    )
+    assert "PERMISSION_DENIED" in refused.stderr

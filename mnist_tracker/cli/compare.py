@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..constants import DEFAULT_EXPERIMENT, FORMATS, RUN_MODES
-from ..uris import check_folder, redact
+from ..uris import check_folder, redact, scrub
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
@@ -87,7 +87,13 @@ def run_compare(query: Query) -> Comparison:
     from ..reporting import compare as compare_mod
     from ..tracking import client
 
-    return compare_mod.compare(client(), query)
+    comparison = compare_mod.compare(client(), query)
+    if comparison.registry_unread:  # the table stands; its empty column must not mislead
+        echo_err(
+            "note: the Registry column is empty because the model registry could not be read "
+            f"({scrub(comparison.registry_unread)})"
+        )
+    return comparison
 
 
 @click.command("compare")

@@ -99,6 +99,7 @@ class Comparison:
     query: Query
     experiment_names: list[str]
     n_runs: int  # training runs considered before selection
+    registry_unread: str | None = None  # why the Registry column is empty, when it was not read
 
 
 def display_name(model: str) -> str:
@@ -329,9 +330,9 @@ def compare(client: MlflowClient, query: Query) -> Comparison:
         raise NoRuns(query, names)
     selected = select_rows(frame, query.mode, query.metric)
     table = results_table(selected, query.metric)
-    holders = registry.alias_holders(client)
+    holders, unread = registry.alias_holders(client)
     table["registry"] = [", ".join(holders.get(run_id, [])) for run_id in table["run_id"]]
-    return Comparison(table, query, names, len(frame))
+    return Comparison(table, query, names, len(frame), registry_unread=unread)
 
 
 def _read_runs(client: MlflowClient, experiment_ids: list[str], query: Query) -> Sequence:

@@ -127,9 +127,11 @@ def _alias_version(name: str, alias: str) -> str | None:
         return None
 
 
-def alias_holders(mlflow_client=None) -> dict[str, list[str]]:
+def alias_holders(mlflow_client=None) -> tuple[dict[str, list[str]], str | None]:
     """``{run_id: ["NAME@alias (vN)", ...]}`` for every alias in the registry (one search,
-    then one look-up per alias; registries hold few). Empty when the store has no registry."""
+    then one look-up per alias; registries hold few), and None; or ``{}`` and why the registry
+    could not be read (one line, e.g. the server's auth refused this login the registry), for
+    the caller to say: a table without its aliases must not look like one without any."""
     c = mlflow_client or client()
     holders: dict[str, list[str]] = {}
     try:
@@ -138,6 +140,6 @@ def alias_holders(mlflow_client=None) -> dict[str, list[str]]:
             for alias, version in sorted((model.aliases or {}).items()):
                 run_id = c.get_model_version(model.name, version).run_id
                 holders.setdefault(run_id, []).append(f"{model.name}@{alias} (v{version})")
-    except MlflowException:
-        return {}
-    return holders
+    except MlflowException as exc:
+        return {}, clip(" ".join(str(exc).split()), 200)
+    return holders, None
