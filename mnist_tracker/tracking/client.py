@@ -253,12 +253,23 @@ def tracking_failure(exc: BaseException) -> str | None:
         return refused
     uri = mlflow.get_tracking_uri()
     shown, reason = redact(uri), one_line(exc, uri)
-    if is_auth_refusal(exc):
+    status = error_status(exc)
+    if exc.error_code == "UNAUTHENTICATED" or status == 401:
         return (
             f"tracking server {shown} refused the login ({reason}); check "
-            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
         )
-    if error_status(exc) in SERVER_ERRORS:
+    if is_auth_refusal(exc):  # a 403 other than MLflow auth's "Permission denied" (a gateway)
+        return (
+            f"tracking server {shown} refused this call to this login ({reason}); ask its "
+            "admin for access, or pass another --tracking-uri"
+        )
+    if status in (408, 429) or exc.error_code == "REQUEST_LIMIT_EXCEEDED":
+        return (
+            f"tracking server {shown} is too busy to answer ({reason}); wait a while, then run "
+            "the same command again"
+        )
+    if status in SERVER_ERRORS:
         return (
             f"tracking server {shown} answers only with server errors ({reason}); check its "
             "log, or wait until it serves again, then run the same command again"

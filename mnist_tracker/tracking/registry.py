@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import RegistryError, clip
 from ..uris import redact
-from .client import client, is_auth_refusal, is_unreachable
+from .client import client, error_status, is_auth_refusal, is_unreachable
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,14 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
                 c.delete_registered_model(name)
         server = redact(mlflow.get_tracking_uri())
         if is_auth_refusal(exc):  # the login, not the run: training again would not help
+            fix = (
+                "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+                if exc.error_code == "UNAUTHENTICATED" or error_status(exc) == 401
+                else f"ask its admin for EDIT on the registered model {name}"
+            )
             raise RegistryError(
                 f"the tracking server {server} refused {name}@{alias} to this login "
-                f"({clip(exc.message, 300)}); check MLFLOW_TRACKING_USERNAME / "
-                f"MLFLOW_TRACKING_PASSWORD, or ask its admin for EDIT on the registered model "
-                f"{name}"
+                f"({clip(exc.message, 300)}); {fix}"
             ) from None
         if is_unreachable(exc):  # away, or a transient error (MLflow 3.18 does not resend)
             raise RegistryError(

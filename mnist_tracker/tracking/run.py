@@ -137,15 +137,18 @@ def open_run(spec: RunSpec, live: bool = False) -> TrackedRun:
     try:
         sink = RunSink(run_id, uri)
         if spec.resume_run_id is not None:
-            sink.outbox.supersede_end()  # it trains again: an old queued end must not land
             if run.info.status != "RUNNING":
+                reopened = True  # before the call: its answer may be lost after it landed
                 mlflow_client.update_run(run_id, status="RUNNING")
-                reopened = True
             if REAPED_TAG in run.data.tags:  # taken for dead by `runs reap`: alive again
                 mlflow_client.delete_tag(run_id, REAPED_TAG)
         tags = dict(spec.tags) | ({MLFLOW_RUN_NAME: spec.run_name} if spec.run_name else {})
         if tags:
             sink.set_tags(tags)
+        if spec.resume_run_id is not None:
+            # It trains again: an old queued end must not land. Only now, so that a resume
+            # refused above leaves that end to `sync`, which still ends the run with it.
+            sink.outbox.supersede_end()
     except BaseException:
         if reopened:  # not resumed after all: as it was (KILLED, FAILED), not RUNNING forever
             with contextlib.suppress(Exception):

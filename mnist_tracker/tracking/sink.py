@@ -113,12 +113,16 @@ class RunSink:
         """Send the outbox now; offline again if the server stops answering meanwhile."""
         try:
             with env_vars(SINK_HTTP, override=False):
-                outbox_mod.replay(self.outbox, self.client)
+                result = outbox_mod.replay(self.outbox, self.client)
         except Exception as exc:
             if not is_unreachable(exc):
                 raise
             self.offline_reason = one_line(exc, self.uri)
             self._last_probe = time.monotonic()
+            return
+        # Calls answered with errors again (a server whose reads pass while its writes get
+        # 503): they stay in the outbox, and the run says why, as for the files it refused.
+        self.refused.extend(failure.reason for failure in result.failed)
 
     def _try_reconnect(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_probe < RECONNECT_EVERY_S:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ..errors import InvalidQuery, StoreError
 from ..uris import redact
 from .client import client as make_client
-from .client import env_vars
+from .client import env_vars, is_auth_refusal
 
 PAGE_SIZE = 5000  # runs per search request; MLflow accepts up to 50,000
 
@@ -64,6 +64,13 @@ def existing_run(run_id: str, mlflow_client: MlflowClient | None = None) -> Run 
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
+        if is_auth_refusal(exc):  # MLflow's auth answers 403 for a run it will not show, too
+            raise StoreError(
+                f"the tracking store at {redact(c.tracking_uri)} refused this login the run "
+                f"{run_id} ({' '.join(exc.message.split())}): the run is not there, or this "
+                "login may not read it; check MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD, or pass the --tracking-uri it was logged to"
+            ) from None
         with _querying(c):
             raise
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
 from ..data import ENV_DATA_DIR, FILES, locate
-from ..errors import ResumeError, clip
+from ..errors import InvalidQuery, ResumeError, clip
 from ..paths import checkpoint_path, ensure_home, outbox_dir, run_dir
 from ..tracking import artifacts, lease, outbox, records, store
 from ..training import checkpoint
@@ -43,7 +43,13 @@ if TYPE_CHECKING:
 
 def check_resumable(run_id: str) -> Run:
     """The run ``run_id`` if it can be resumed; else ResumeError saying why and what to do."""
-    run = store.existing_run(run_id)  # StoreError when the store cannot say: not "no run"
+    try:
+        run = store.existing_run(run_id)  # StoreError when the store cannot say: not "no run"
+    except InvalidQuery as exc:  # MLflow checks an id's form before it asks the store
+        raise ResumeError(
+            f"{run_id!r} is not a run id ({exc}); copy it from the line `train` printed or "
+            "from the run's page in the MLflow UI"
+        ) from None
     if run is None:
         raise ResumeError(
             f"run {run_id} is not in this tracking store; pass the --tracking-uri it was logged to"

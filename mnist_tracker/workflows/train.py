@@ -196,7 +196,8 @@ def _train(
             if keeper is not None:
                 keeper.discard()
     if run.sink.unsent:  # the server went away, or refused files: the run waits for sync
-        reason = run.sink.offline_reason or f"it refused: {run.sink.refused[-1]}"
+        refused = run.sink.refused[-1] if run.sink.refused else "calls kept in the outbox"
+        reason = run.sink.offline_reason or f"it refused: {refused}"
         outcome.offline_reason, outcome.outbox = reason, run.sink.outbox.folder
     return outcome
 

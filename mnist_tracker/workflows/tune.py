@@ -311,7 +311,9 @@ def _logged_model(study: optuna.Study) -> str | None:
     recorded it (None when there is no such run, or it says none)."""
     if MODEL_ATTR in study.user_attrs or PARENT_ATTR not in study.user_attrs:
         return None
-    parent = store.get_run(study.user_attrs[PARENT_ATTR])
+    # existing_run: a store that cannot answer raises (StoreError) rather than read as "no
+    # run", which would let the caller record --model on a study that searched another one.
+    parent = store.existing_run(study.user_attrs[PARENT_ATTR])
     return None if parent is None else parent.data.params.get("model")
 
 
