@@ -232,12 +232,41 @@ def permission_refusal(exc: BaseException) -> str | None:
     )
 
 
+def is_login_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server's auth refusing this login (401)."""
+    return isinstance(exc, mlflow.exceptions.MlflowException) and (
+        exc.error_code == "UNAUTHENTICATED" or error_status(exc) == 401
+    )
+
+
 def is_auth_refusal(exc: BaseException) -> bool:
     """Whether ``exc`` is the server's auth refusing this login (401) or this call (403)."""
-    if not isinstance(exc, mlflow.exceptions.MlflowException):
-        return False
-    codes = ("UNAUTHENTICATED", "PERMISSION_DENIED")
-    return exc.error_code in codes or error_status(exc) in (401, 403)
+    return is_login_refusal(exc) or (
+        isinstance(exc, mlflow.exceptions.MlflowException)
+        and (exc.error_code == "PERMISSION_DENIED" or error_status(exc) == 403)
+    )
+
+
+def _outage_line(exc: BaseException, uri: str) -> str | None:
+    """The line for a server that is there but cannot serve (5xx or busy after MLflow's
+    retries) or does not answer, with the fix; None for anything else. One wording for the
+    start-up check and for a store that fails later."""
+    shown, reason = redact(uri), one_line(exc, uri)
+    status = error_status(exc)
+    again = "then run the same command again"
+    if status in (408, 429) or getattr(exc, "error_code", None) == "REQUEST_LIMIT_EXCEEDED":
+        return f"tracking server {shown} is too busy to answer ({reason}); wait a while, {again}"
+    if status in SERVER_ERRORS:
+        return (
+            f"tracking server {shown} answers only with server errors ({reason}); check its "
+            f"log, or wait until it serves again, {again}"
+        )
+    if is_unreachable(exc):
+        return (
+            f"tracking server {shown} is not reachable ({reason}); start it, or pass another "
+            f"--tracking-uri, {again}"
+        )
+    return None
 
 
 def tracking_failure(exc: BaseException) -> str | None:
@@ -253,8 +282,7 @@ def tracking_failure(exc: BaseException) -> str | None:
         return refused
     uri = mlflow.get_tracking_uri()
     shown, reason = redact(uri), one_line(exc, uri)
-    status = error_status(exc)
-    if exc.error_code == "UNAUTHENTICATED" or status == 401:
+    if is_login_refusal(exc):
         return (
             f"tracking server {shown} refused the login ({reason}); check "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
@@ -264,22 +292,7 @@ def tracking_failure(exc: BaseException) -> str | None:
             f"tracking server {shown} refused this call to this login ({reason}); ask its "
             "admin for access, or pass another --tracking-uri"
         )
-    if status in (408, 429) or exc.error_code == "REQUEST_LIMIT_EXCEEDED":
-        return (
-            f"tracking server {shown} is too busy to answer ({reason}); wait a while, then run "
-            "the same command again"
-        )
-    if status in SERVER_ERRORS:
-        return (
-            f"tracking server {shown} answers only with server errors ({reason}); check its "
-            "log, or wait until it serves again, then run the same command again"
-        )
-    if is_unreachable(exc):
-        return (
-            f"tracking store {shown} is not reachable ({reason}); start it, or pass another "
-            "--tracking-uri, then run the same command again"
-        )
-    return None
+    return _outage_line(exc, uri)
 
 
 def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
@@ -301,19 +314,11 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
         with env_vars(quick(timeout_s)):
             client(uri).search_experiments(max_results=1)
     except Exception as exc:
-        reason = one_line(exc, uri)
-        if error_status(exc) in SERVER_ERRORS:
-            raise TrackingUnavailable(
-                f"tracking server {redact(uri)} answers only with server errors ({reason}); "
-                "check its log, or wait until it has started"
-            ) from exc
-        if is_unreachable(exc):
-            raise TrackingUnavailable(
-                f"tracking server {redact(uri)} is not reachable ({reason}); start it, or pass "
-                "another --tracking-uri"
-            ) from exc
+        outage = _outage_line(exc, uri)
+        if outage is not None:
+            raise TrackingUnavailable(outage) from exc
         raise TrackingUnavailable(
-            f"tracking server {redact(uri)} refused the request ({reason}); check "
+            f"tracking server {redact(uri)} refused the request ({one_line(exc, uri)}); check "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
         ) from exc
 

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import RegistryError, clip
 from ..uris import redact
-from .client import client, error_status, is_auth_refusal, is_unreachable
+from .client import client, is_auth_refusal, is_login_refusal, is_unreachable
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
         if is_auth_refusal(exc):  # the login, not the run: training again would not help
             fix = (
                 "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
-                if exc.error_code == "UNAUTHENTICATED" or error_status(exc) == 401
+                if is_login_refusal(exc)
                 else f"ask its admin for EDIT on the registered model {name}"
             )
             raise RegistryError(
