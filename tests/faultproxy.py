@@ -23,6 +23,7 @@ import json
 import re
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -48,6 +49,20 @@ class Rule:
         )
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A server whose request threads' errors are kept, not printed: socketserver prints
+    them to ``sys.stderr``, which is the command's own output while ``CliRunner`` runs it
+    (a dropped connection's handler failing on its closed socket read as the command's
+    traceback)."""
+
+    def __init__(self, address, handler, errors: list[str]):
+        super().__init__(address, handler)
+        self.errors = errors
+
+    def handle_error(self, request, client_address) -> None:
+        self.errors.append(traceback.format_exc())
+
+
 class FaultProxy:
     """See the module's docstring. Use as a context manager; ``url`` is where to point MLflow."""
 
@@ -59,7 +74,8 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.hits: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.errors: list[str] = []  # what its request threads raised (a drop's own socket)
+        self._server = _QuietServer(("127.0.0.1", port), self._handler(), self.errors)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
