@@ -9,11 +9,13 @@ import sqlite3
 from pathlib import Path
 
 
-def table_names(path: Path) -> set[str]:
+def table_names(path: Path, timeout_s: float = 5.0) -> set[str]:
     """The names in the schema of the SQLite file at ``path`` (tables, indexes), read-only:
-    the file is neither created nor changed. Raises ``sqlite3.DatabaseError``; ``is_no_database``
-    tells the one error that means the file is not SQLite at all."""
-    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+    the file is neither created nor changed. Raises ``sqlite3.DatabaseError`` (a file locked
+    for longer than ``timeout_s`` too); ``is_no_database`` tells the one error that means the
+    file is not SQLite at all."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=timeout_s)) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
 
 
@@ -22,3 +24,21 @@ def is_no_database(exc: sqlite3.DatabaseError) -> bool:
     hot journal a killed writer left, which a read-only reader cannot roll back) are the
     owner's to recover: MLflow and Optuna open such a file themselves."""
     return "not a database" in str(exc)
+
+
+def write_lock_free(path: Path, timeout_s: float) -> bool:
+    """Whether a writer could take the SQLite file at ``path``'s write lock within
+    ``timeout_s`` seconds (another process may hold it: a long transaction, a writer that
+    hangs). Takes the lock and gives it back at once, writing nothing; the file must exist."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s)
+    db.isolation_level = None  # explicit transactions: BEGIN IMMEDIATE is the lock alone
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    finally:
+        db.close()

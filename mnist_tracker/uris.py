@@ -148,6 +148,12 @@ def store_scheme(uri: str) -> str:
     return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
+def store_noun(uri: str) -> str:
+    """What a message calls the store at ``uri``: "tracking server" for an HTTP one, else
+    "tracking store" (a SQLite file, a database, a folder)."""
+    return "tracking server" if store_scheme(uri) in _SERVERS else "tracking store"
+
+
 def local_path(uri: str) -> Path | None:
     """The path a ``file:`` URI or a plain path names on this machine (a file store's folder,
     a model's folder); None for a URI with another scheme (``runs:/``, ``http://``, ...)."""

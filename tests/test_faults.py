@@ -6,6 +6,12 @@ Each test names the case of the fault matrix (docs/FAULTS.md) it checks.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+
 import mlflow
 import pytest
 from mlflow.entities import LoggedModelStatus
@@ -16,7 +22,7 @@ from mnist_tracker.tracking import artifacts, client, outbox
 from mnist_tracker.tracking.client import check_reachable
 from mnist_tracker.workflows.train import TrainOptions, train
 
-from .conftest import BIN, SUBSET
+from .conftest import BIN, REPO, SUBSET, SYSTEM_TMP, _needs_service, free_port
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -318,7 +324,7 @@ def test_a_resume_the_store_cannot_answer_is_not_told_the_run_is_missing(proxy, 
 
     run_id = _killed_run(experiment_name)
     proxy.add("GET", "runs/get", "refuse", status=503, times=None)
-    with pytest.raises(StoreError, match="cannot query the tracking store") as failed:
+    with pytest.raises(StoreError, match="answers only with server errors") as failed:
         check_resumable(run_id)
     assert "is not in this tracking store" not in str(failed.value)
     proxy.clear()
@@ -414,3 +420,136 @@ def test_writes_answered_503_mid_run_wait_in_the_outbox_without_a_crash(proxy, e
     result = outbox.replay(outbox.Outbox(outcome.outbox), c)
     assert result.complete and result.ended == "FINISHED"
     assert _steps(c, outcome.run_id) == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A SQLite store (the default one) whose write lock another process holds: several trainers or
+# tune workers on one file, a long `compare`, `mlflow gc`, a database browser left open.
+
+
+def _assert_no_traceback(capfd) -> None:
+    """Nothing printed with a traceback: MLflow's database store logs each failed call with
+    SQLAlchemy's (60-100 lines) before it raises."""
+    printed = capfd.readouterr().err
+    assert "Traceback" not in printed and "SQLAlchemy" not in printed, printed[-3000:]
+
+
+def _assert_synced_whole(c, outcome) -> None:
+    """The 2-epoch run RUNNING without its epochs until its outbox is replayed (what `sync`
+    runs), then FINISHED with both."""
+    assert c.get_run(outcome.run_id).info.status == "RUNNING"
+    assert _steps(c, outcome.run_id) == []
+    result = outbox.replay(outbox.Outbox(outcome.outbox), c)
+    assert result.complete and result.ended == "FINISHED"
+    assert _steps(c, outcome.run_id) == [1, 2]
+
+
+def _lock(db) -> sqlite3.Connection:
+    """A connection ready to hold ``db``'s write lock (``BEGIN EXCLUSIVE``), from any thread."""
+    return sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
+
+
+def test_a_sqlite_store_locked_mid_run_keeps_the_run_in_its_outbox(sqlite_uri, tmp_path, capfd):
+    """Locked past MLflow's 20 s wait once the run exists: the epoch's metrics raised MLflow's
+    error, `train` printed MLflow's 100-line log of it and a traceback, exit 1, the run lost
+    its epochs. Training finishes, the calls wait in the outbox (the database's words say
+    why, not MLflow's quote of the SQL), nothing is printed with a traceback; once the lock
+    is gone, sync ends the run FINISHED with every epoch."""
+    holder = _lock(tmp_path / "mlflow.db")
+    config = resolve_config("cnn", epochs=2, limit_train=64, limit_test=64, device="cpu")
+    options = TrainOptions(
+        data_dir=SUBSET,
+        system_metrics=False,
+        on_run_start=lambda run_id: holder.execute("BEGIN EXCLUSIVE"),
+    )
+    try:
+        outcome = train(config, options)
+        assert outcome.offline_reason == "database is locked", outcome.offline_reason
+        _assert_no_traceback(capfd)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _assert_synced_whole(client(sqlite_uri), outcome)
+
+
+def test_a_run_s_probe_sees_a_sqlite_store_still_locked(sqlite_uri, tmp_path):
+    """The probe a run that lost its store makes every 30 s: a lock still held fails it
+    within its timeout (else each probe passed and the replay sat through MLflow's 20 s
+    wait); a command's start-up check lets MLflow wait out a lock held for a moment."""
+    client(sqlite_uri)  # the store, made
+    holder = _lock(tmp_path / "mlflow.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TrackingUnavailable, match="locked by another process"):
+            check_reachable(sqlite_uri, timeout_s=1, writes=True)
+        check_reachable(sqlite_uri, timeout_s=1)
+    finally:
+        holder.execute("ROLLBACK")
+    check_reachable(sqlite_uri, timeout_s=1, writes=True)
+    holder.execute("BEGIN")  # a reader's shared lock does not stop a writer
+    holder.execute("SELECT count(*) FROM runs").fetchall()
+    check_reachable(sqlite_uri, timeout_s=1, writes=True)
+    holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_a_command_on_a_locked_sqlite_store_gets_one_line(sqlite_uri, tmp_path):
+    """`compare` (a fresh process) on a store another process keeps locked: SQLAlchemy's
+    traceback, exit 1, from MLflow opening the store. One line naming the lock and what to
+    do, exit 2."""
+    client(sqlite_uri)
+    holder = _lock(tmp_path / "mlflow.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        done = subprocess.run([BIN / "mnist-tracker", "compare", "--tracking-uri", sqlite_uri],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert done.returncode == 2, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"Error: tracking store {sqlite_uri} stayed locked by another process")
+    assert "(database is locked)" in line and "run the same command again" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# A PostgreSQL tracking store (a --tracking-uri postgresql://...) that goes away mid-run: a
+# PostgreSQL of this test's own, stopped and started again (the suite's shared one must stay).
+
+
+def _postgres(action: str, data: str, port: int | None = None) -> None:
+    script = str(REPO / "deploy" / "local-postgres.sh")
+    env = dict(os.environ, MLFLOW_DB_PASSWORD="mlflow-fault-pw", OPTUNA_DB_PASSWORD="optuna-f-pw")
+    args = ["sh", script, action, data, *([str(port)] if port else [])]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        _needs_service(f"PostgreSQL could not {action}: {done.stderr.strip()[-300:]}")
+
+
+def test_a_postgresql_store_gone_mid_run_keeps_the_run_in_its_outbox(monkeypatch, capfd):
+    """The database stopped once the run exists: training finishes, the calls wait in the
+    outbox with the driver's words, nothing is printed with a traceback (MLflow logged each
+    failed call with SQLAlchemy's, 60 lines), and once the database is back the replay ends
+    the run FINISHED with every epoch."""
+    root = tempfile.mkdtemp(prefix="mnist-tracker-pgfault-", dir=SYSTEM_TMP)
+    os.chmod(root, 0o755)  # the server runs as the postgres user
+    data, port = os.path.join(root, "data"), free_port()
+    _postgres("start", data, port)
+    uri = f"postgresql://mlflow:mlflow-fault-pw@127.0.0.1:{port}/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        config = resolve_config("cnn", epochs=2, limit_train=64, limit_test=64, device="cpu")
+        options = TrainOptions(
+            data_dir=SUBSET, system_metrics=False, on_run_start=lambda _: _postgres("stop", data)
+        )
+        outcome = train(config, options)
+        assert "Connection refused" in outcome.offline_reason, outcome.offline_reason
+        assert "SELECT" not in outcome.offline_reason  # the driver's words, not the SQL
+        _assert_no_traceback(capfd)
+        _postgres("start", data, port)
+        _assert_synced_whole(client(uri), outcome)
+    finally:
+        subprocess.run(["sh", str(REPO / "deploy" / "local-postgres.sh"), "stop", data],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)

@@ -10,7 +10,8 @@
 | Ctrl-C (KeyboardInterrupt, Abort) | ``Interrupted. <hint>``                       | 130     |
 | ``Interrupted`` (SIGTERM, SIGHUP) | ``Stopped by signal N. <hint>``               | 128 + N |
 | the store's auth refused a call,  | ``Error: <one line: the store, fix>. <hint>`` | 2       |
-| it answers only 5xx, or nothing   |                                               |         |
+| it answers only 5xx, or nothing,  |                                               |         |
+| its database is locked or gone    |                                               |         |
 | anything else                     | the traceback (a bug)                         | 1       |
 
 Everything printed has its passwords hidden (``uris.scrub``), the traceback included.

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..uris import redact
+from ..uris import redact, store_noun
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
@@ -143,7 +143,7 @@ def _run(start, what: str, options: dict, tracking_uri: str | None, run_id: str 
     )
     if outcome.offline_reason:
         echo_err(
-            f"The tracking server did not get everything ({outcome.offline_reason}). Training "
+            f"The {store_noun(uri)} did not get everything ({outcome.offline_reason}). Training "
             f"finished; what could not be sent is kept in {outcome.outbox}, and the run shows "
             f"RUNNING until it is sent with: mnist-tracker sync {outcome.outbox.parent}"
         )

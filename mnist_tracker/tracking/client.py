@@ -6,14 +6,17 @@ Contracts:
   created there, from ``fresh_store``'s template.
 - ``set_tracking_uri(uri)`` points the process at ``uri`` (else ``$MLFLOW_TRACKING_URI``, else
   MLflow's default) and returns the URI in force.
-- ``is_unreachable(exc)`` tells an outage (no answer, or only transient errors such as 503)
-  from a refusal (an answer that says no); ``answered(exc)`` tells the second kind of outage.
+- ``is_unreachable(exc)`` tells an outage (no answer, only transient errors such as 503, or a
+  database store that cannot serve now: ``database_trouble``) from a refusal (an answer that
+  says no); ``answered(exc)`` tells the second kind of outage.
 - ``tracking_failure(exc)`` is the one line (with its fix) for an MLflow error that says the
-  store cannot serve the command now (auth refused, only server errors, no answer), or None.
+  store cannot serve the command now (auth refused, only server errors, no answer, its
+  database locked or gone), or None.
 - ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
   does not answer or refuses the credentials, or a database store cannot be opened (no
   answer, no driver, a file that is not SQLite); a SQLite file still to be made and local
-  folders pass.
+  folders pass. ``writes=True`` (a run's probe of a store it lost) also fails while another
+  process holds a SQLite store's write lock.
 - ``env_vars`` scopes environment variables (MLflow reads its HTTP settings at each call).
 - ``delete_run_artifacts`` deletes a folder of a run's artifacts, best effort.
 - ``note_refusal(message, run_id, store)`` puts why a command stopped with exit 2 on the run
@@ -23,18 +26,30 @@ Contracts:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sqlite3
+import sys
 
 import mlflow
-from mlflow.protos.databricks_pb2 import ErrorCode
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from .. import sqlite_file
 from ..errors import TrackingUnavailable, clip
 from ..uris import SQL_SCHEMES, local_path, redact, scrub, store_scheme
 from . import fresh_store
+
+
+def _drop_database_tracebacks(record: logging.LogRecord) -> bool:
+    # MLflow's database store logs each OperationalError (a locked SQLite file, a PostgreSQL
+    # gone) with its traceback, 100 lines quoting the SQL, and then raises it: what the user
+    # needs is the one line ``tracking_failure`` prints, or the run's outbox taking over.
+    return not (record.levelno >= logging.ERROR and record.exc_info)
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_drop_database_tracebacks)
 
 
 def client(uri: str | None = None) -> MlflowClient:
@@ -47,7 +62,17 @@ def client(uri: str | None = None) -> MlflowClient:
     """
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     fresh_store.materialize(uri or mlflow.get_tracking_uri())
-    return MlflowClient(uri)
+    try:
+        return MlflowClient(uri)
+    except Exception as exc:
+        sqlalchemy = sys.modules.get("sqlalchemy")
+        if sqlalchemy is None or not isinstance(exc, sqlalchemy.exc.OperationalError):
+            raise
+        # Opening a database store (a SQLite file locked past its 5 s wait, a PostgreSQL
+        # gone) raises SQLAlchemy's error bare; said as MLflow says it for a later call.
+        raise mlflow.exceptions.MlflowException(
+            str(exc), error_code=TEMPORARILY_UNAVAILABLE
+        ) from exc
 
 
 def attached_run_id() -> str | None:
@@ -185,9 +210,38 @@ def error_status(exc: BaseException) -> int | None:
     return int(found.group(1) or found.group(2)) if found else None
 
 
+def database_trouble(exc: BaseException) -> str | None:
+    """The database's own words (e.g. "database is locked") when ``exc`` is MLflow's database
+    store failing to reach or use its database: a SQLite file another process kept locked
+    past MLflow's busy timeout (20 s), a PostgreSQL that went away or timed out. MLflow
+    raises those as TEMPORARILY_UNAVAILABLE from SQLAlchemy's OperationalError (``client``
+    does so too where MLflow's opening of the store raised it bare). None for anything else,
+    a server's answer included."""
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if (
+        sqlalchemy is None  # no database store was opened
+        or not isinstance(exc, mlflow.exceptions.MlflowException)
+        or isinstance(exc, mlflow.exceptions.RestException)
+        or exc.error_code != "TEMPORARILY_UNAVAILABLE"
+    ):
+        return None
+    cause = exc.__cause__
+    if not isinstance(cause, sqlalchemy.exc.OperationalError):
+        return None
+    words = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+    return clip(words[0].strip(), 200) if words else type(cause).__name__
+
+
+def outage_reason(exc: BaseException, uri: str | None) -> str:
+    """Why a store was lost, in one short line: the database's words for a database store
+    (not MLflow's message, which quotes the SQL statement), else ``one_line``."""
+    return database_trouble(exc) or one_line(exc, uri)
+
+
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the server could not be reached or served nothing (no answer, or
-    only transient errors such as 503 after MLflow's retries), not that it refused a call."""
+    """Whether ``exc`` means the store could not be reached or served nothing (no answer, only
+    transient errors such as 503 after MLflow's retries, or a database that cannot serve now:
+    ``database_trouble``), not that it refused a call."""
     import requests
 
     transport = (
@@ -199,7 +253,11 @@ def is_unreachable(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, mlflow.exceptions.MlflowException):
         return False
-    return answered(exc) or any(marker in str(exc) for marker in _UNREACHABLE)
+    return (
+        answered(exc)
+        or database_trouble(exc) is not None
+        or any(marker in str(exc) for marker in _UNREACHABLE)
+    )
 
 
 def is_mlflow_error(exc: BaseException) -> bool:
@@ -254,6 +312,17 @@ def _outage_line(exc: BaseException, uri: str) -> str | None:
     shown, reason = redact(uri), one_line(exc, uri)
     status = error_status(exc)
     again = "then run the same command again"
+    trouble = database_trouble(exc)
+    if trouble is not None:
+        if "locked" in trouble:  # SQLite: another process held the file's write lock
+            return (
+                f"tracking store {shown} stayed locked by another process ({trouble}); wait "
+                f"until that process is done, {again} (for many writers at once, track to a "
+                "server: `make ui` or docker compose)"
+            )
+        return (
+            f"tracking database {shown} cannot serve now ({trouble}); start it or check it, {again}"
+        )
     if status in (408, 429) or getattr(exc, "error_code", None) == "REQUEST_LIMIT_EXCEEDED":
         return f"tracking server {shown} is too busy to answer ({reason}); wait a while, {again}"
     if status in SERVER_ERRORS:
@@ -269,18 +338,20 @@ def _outage_line(exc: BaseException, uri: str) -> str | None:
     return None
 
 
-def tracking_failure(exc: BaseException) -> str | None:
+def tracking_failure(exc: BaseException, uri: str | None = None) -> str | None:
     """The one-line message for an MLflow error that says the tracking store cannot serve this
     command now, with its fix: a write refused to this login (``permission_refusal``), the
-    login refused (401), only server errors after MLflow's retries, or no answer at all. None
-    for anything else (a bug of ours or MLflow's keeps its traceback). ``check_reachable``
-    says the same before a command starts; this is for a store that fails it later."""
+    login refused (401), only server errors after MLflow's retries, no answer at all, or a
+    database store locked or gone (``database_trouble``). None for anything else (a bug of
+    ours or MLflow's keeps its traceback). ``check_reachable`` says the same before a
+    command starts; this is for a store that fails it later.
+    ``uri``: the store's (default: the current tracking URI)."""
     if not isinstance(exc, mlflow.exceptions.MlflowException):
         return None
     refused = permission_refusal(exc)
     if refused is not None:
         return refused
-    uri = mlflow.get_tracking_uri()
+    uri = uri or mlflow.get_tracking_uri()
     shown, reason = redact(uri), one_line(exc, uri)
     if is_login_refusal(exc):
         return (
@@ -300,13 +371,15 @@ def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:
     return scrub(clip(str(exc), limit), uri)
 
 
-def check_reachable(uri: str, timeout_s: int = 5) -> None:
+def check_reachable(uri: str, timeout_s: int = 5, writes: bool = False) -> None:
     """Raise TrackingUnavailable within about ``timeout_s`` (plus a second for one retry, so
     one 503 of a restarting server is not an outage) when an HTTP tracking server
     does not answer, answers only with server errors, or refuses the credentials; or when a
-    database store cannot be opened (``_check_database``). Folders always pass."""
+    database store cannot be opened (``_check_database``). Folders always pass. ``writes``:
+    a SQLite store whose write lock another process holds for ``timeout_s`` fails too (not at
+    a command's start, where a lock held for a moment is MLflow's to wait out)."""
     if store_scheme(uri) in SQL_SCHEMES:
-        _check_database(uri, timeout_s)
+        _check_database(uri, timeout_s, writes)
         return
     if not uri.startswith(("http://", "https://")):
         return
@@ -328,11 +401,12 @@ def check_reachable(uri: str, timeout_s: int = 5) -> None:
 _TIMEOUT_DRIVERS = ("psycopg", "psycopg2", "mysqldb", "pymysql")
 
 
-def _check_database(uri: str, timeout_s: int) -> None:
+def _check_database(uri: str, timeout_s: int, writes: bool = False) -> None:
     """TrackingUnavailable, in one line, where MLflow would retry for minutes and then raise
     SQLAlchemy's traceback: a database server that does not answer within ``timeout_s``, a
-    driver that is not installed, a SQLite file that is not a database. A SQLite file that
-    does not exist yet passes (it is made on first use)."""
+    driver that is not installed, a SQLite file that is not a database (or, with ``writes``,
+    whose write lock stays taken). A SQLite file that does not exist yet passes (it is made
+    on first use)."""
     import sqlalchemy
 
     shown = redact(uri)
@@ -341,13 +415,17 @@ def _check_database(uri: str, timeout_s: int) -> None:
         if path is None or not path.is_file():  # in memory, or a store still to be made
             return
         try:  # the standard library's sqlite3: a millisecond, where SQLAlchemy takes more
-            sqlite_file.table_names(path)
+            sqlite_file.table_names(path, timeout_s)
         except sqlite3.DatabaseError as exc:
             if sqlite_file.is_no_database(exc):  # only that: MLflow recovers the others
                 raise TrackingUnavailable(
                     f"tracking store {shown} cannot be opened as a SQLite database ({exc}); "
                     "pass the --tracking-uri of your store, or a new file's path"
                 ) from None
+        if writes and not sqlite_file.write_lock_free(path, timeout_s):
+            raise TrackingUnavailable(
+                f"tracking store {shown} is locked by another process; wait until it is done"
+            )
         return
     engine = None
     try:

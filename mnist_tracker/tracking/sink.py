@@ -2,11 +2,12 @@
 
 Contracts:
 - Every call a run makes after it was created goes through its ``RunSink``.
-- A call that finds the server unreachable (``client.is_unreachable``) does not raise: the
-  sink turns offline and that call, and every later one, is appended to the run's outbox in
-  order, for ``mnist-tracker sync`` to replay. A file the server refuses (an artifact, image
-  or model: a full or forbidden artifact store) is kept in the outbox too, with the reason in
-  ``refused``, and the run goes on; a refused metric, param or tag raises (a bug, not luck).
+- A call that finds the server unreachable (``client.is_unreachable``: a database store
+  locked or away counts) does not raise: the sink turns offline and that call, and every
+  later one, is appended to the run's outbox in order, for ``mnist-tracker sync`` to replay.
+  A file the server refuses (an artifact, image or model: a full or forbidden artifact store)
+  is kept in the outbox too, with the reason in ``refused``, and the run goes on; a refused
+  metric, param or tag raises (a bug, not luck).
 - While offline, the sink probes the server at most every ``RECONNECT_EVERY_S`` seconds; when
   it answers again, the outbox is replayed (past what it still refuses) and the sink goes
   back online.
@@ -45,6 +46,7 @@ from .client import (
     env_vars,
     is_unreachable,
     one_line,
+    outage_reason,
 )
 
 RECONNECT_EVERY_S = 30.0
@@ -91,7 +93,7 @@ class RunSink:
             return True
         except Exception as exc:
             if is_unreachable(exc) and not (keep_refused and answered(exc)):
-                self.offline_reason = one_line(exc, self.uri)
+                self.offline_reason = outage_reason(exc, self.uri)
                 self._last_probe = time.monotonic()
                 return False
             if not keep_refused:
@@ -117,7 +119,7 @@ class RunSink:
         except Exception as exc:
             if not is_unreachable(exc):
                 raise
-            self.offline_reason = one_line(exc, self.uri)
+            self.offline_reason = outage_reason(exc, self.uri)
             self._last_probe = time.monotonic()
             return
         # Calls answered with errors again (a server whose reads pass while its writes get
@@ -129,7 +131,7 @@ class RunSink:
             return
         self._last_probe = time.monotonic()
         try:
-            check_reachable(self.uri, timeout_s=2)
+            check_reachable(self.uri, timeout_s=2, writes=True)
         except Exception:  # still away: stay offline, try again later
             return
         self.offline_reason = None

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ..errors import InvalidQuery, StoreError
 from ..uris import redact
 from .client import client as make_client
-from .client import env_vars, is_auth_refusal
+from .client import env_vars, is_auth_refusal, tracking_failure
 
 PAGE_SIZE = 5000  # runs per search request; MLflow accepts up to 50,000
 
@@ -33,13 +33,17 @@ def _client(mlflow_client: MlflowClient | None) -> MlflowClient:
 
 @contextlib.contextmanager
 def _querying(c: MlflowClient) -> Iterator[None]:
-    """MLflow's refusals as InvalidQuery (a bad filter) or StoreError (anything else)."""
+    """MLflow's refusals as InvalidQuery (a bad filter) or StoreError (anything else: a store
+    that cannot serve now in ``tracking_failure``'s words)."""
     try:
         yield
     except MlflowException as exc:
         message = " ".join(exc.message.split())
         if exc.error_code == "INVALID_PARAMETER_VALUE":
             raise InvalidQuery(message) from None
+        failure = tracking_failure(exc, c.tracking_uri)
+        if failure is not None:
+            raise StoreError(failure) from None
         raise StoreError(
             f"cannot query the tracking store at {redact(c.tracking_uri)} ({message}); "
             "check --tracking-uri or $MLFLOW_TRACKING_URI"

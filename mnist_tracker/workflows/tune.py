@@ -47,10 +47,10 @@ from ..tracking import (
     set_tracking_uri,
     store,
 )
-from ..tracking.client import is_mlflow_error, is_unreachable, one_line
+from ..tracking.client import is_mlflow_error, is_unreachable, one_line, outage_reason
 from ..training.callbacks import Callback, FitState, Stop
 from ..training.runtime import resolve_runtime
-from ..uris import redact
+from ..uris import redact, store_noun
 from .liveness import WorkerFiles
 from .study import (
     MODEL_ATTR,
@@ -201,8 +201,9 @@ def _finalize_parent(study: optuna.Study, parent_run_id: str, state: StudyState,
     sink.end("FINISHED")
     if sink.offline:
         say(
-            f"the tracking server went away ({sink.offline_reason}); the study's results wait "
-            f"in {sink.outbox.folder}: send them with `mnist-tracker sync {sink.outbox.folder}`"
+            f"the {store_noun(sink.uri)} went away ({sink.offline_reason}); the study's results "
+            f"wait in {sink.outbox.folder}: send them with "
+            f"`mnist-tracker sync {sink.outbox.folder}`"
         )
 
 
@@ -515,8 +516,8 @@ def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> Tune
     if objective.outboxes:
         kept = f"; send the runs it kept ({len(objective.outboxes)}) with `mnist-tracker sync`"
     return TuneError(
-        f"the tracking server {redact(uri)} went away ({one_line(cause, uri)}){back}{kept}; "
-        "start this worker again once the server is back"
+        f"the {store_noun(uri)} {redact(uri)} went away ({outage_reason(cause, uri)}){back}"
+        f"{kept}; start this worker again once the {store_noun(uri).split()[-1]} is back"
     )
 
 
@@ -722,7 +723,8 @@ class _Objective:
         if outcome.offline_reason is not None:  # the value counts; the run waits for sync
             self.outboxes.append(outcome.outbox)
             self.say(
-                f"trial {trial.number}: the tracking server went away ({outcome.offline_reason}); "
+                f"trial {trial.number}: the {store_noun(set_tracking_uri(None))} went away "
+                f"({outcome.offline_reason}); "
                 f"its run waits in {outcome.outbox}: send it with "
                 f"`mnist-tracker sync {outcome.outbox}`"
             )
