@@ -381,6 +381,27 @@ def test_a_promote_refused_to_the_login_says_so(proxy, experiment_name, answer):
     assert client().search_model_versions(f"name = '{name}'") == []
 
 
+def test_a_promote_names_the_registry_it_used(mlflow_server, experiment_name, monkeypatch):
+    """With $MLFLOW_REGISTRY_URI naming another server than the tracking one, a registration
+    that did not complete named the tracking server, which had nothing to do with it."""
+    from mnist_tracker.errors import RegistryError
+    from mnist_tracker.tracking.registry import promote
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    outcome = _train(experiment_name, epochs=1)
+    uri = client().get_run(outcome.run_id).data.tags[artifacts.MODEL_URI_TAG]
+    with FaultProxy(mlflow_server) as registry:
+        registry.add("POST", f"{API}/model-versions/create$", "pre503", times=None)
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry.url)
+        with pytest.raises(RegistryError) as failed:
+            promote(uri, f"{experiment_name}-model", "champion", outcome.run_id)
+    assert registry.hit("pre503", "model-versions/create") >= 1
+    line = str(failed.value)
+    assert line.startswith(f"the model registry at {registry.url} did not complete"), line
+    assert mlflow_server not in line
+
+
 def test_compare_says_when_the_registry_could_not_be_read(proxy, experiment_name):
     """`compare` with the registry refused to the login (403) printed the table with an empty
     Registry column and exit 0, as if no run held an alias. The table still comes, with a note

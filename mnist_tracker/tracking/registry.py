@@ -14,7 +14,13 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import RegistryError, clip
 from ..uris import redact
-from .client import client, is_auth_refusal, is_login_refusal, is_unreachable
+from .client import (
+    client,
+    is_auth_refusal,
+    is_login_refusal,
+    is_unreachable,
+    outage_reason,
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,9 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
         if created and not c.search_model_versions(f"name = '{name}'"):
             with contextlib.suppress(MlflowException):
                 c.delete_registered_model(name)
-        server = redact(mlflow.get_tracking_uri())
+        # The registry's own URI: $MLFLOW_REGISTRY_URI may name another store than tracking's.
+        registry_uri = mlflow.get_registry_uri()
+        registry = f"the model registry at {redact(registry_uri)}"
         if is_auth_refusal(exc):  # the login, not the run: training again would not help
             fix = (
                 "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
@@ -95,14 +103,13 @@ def promote(model_uri: str, name: str, alias: str, run_id: str) -> Promotion:
                 else f"ask its admin for EDIT on the registered model {name}"
             )
             raise RegistryError(
-                f"the tracking server {server} refused {name}@{alias} to this login "
-                f"({clip(exc.message, 300)}); {fix}"
+                f"{registry} refused {name}@{alias} to this login ({clip(exc.message, 300)}); {fix}"
             ) from None
         if is_unreachable(exc):  # away, or a transient error (MLflow 3.18 does not resend)
             raise RegistryError(
-                f"the tracking server {server} did not complete {name}@{alias} for run "
-                f"{run_id} ({clip(exc.message, 300)}); run the same promote again (a run is "
-                "registered once)"
+                f"{registry} did not complete {name}@{alias} for run "
+                f"{run_id} ({outage_reason(exc, registry_uri)}); run the same promote again "
+                "(a run is registered once)"
             ) from None
         fix = (  # the run's model could not be registered: most likely it is gone
             "; train again, or delete that run so that the next best is picked"
