@@ -27,9 +27,11 @@ def is_no_database(exc: sqlite3.DatabaseError) -> bool:
 
 
 def write_lock_free(path: Path, timeout_s: float) -> bool:
-    """Whether a writer could take the SQLite file at ``path``'s write lock within
-    ``timeout_s`` seconds (another process may hold it: a long transaction, a writer that
-    hangs). Takes the lock and gives it back at once, writing nothing; the file must exist."""
+    """Whether the SQLite file at ``path``'s write lock could be taken within ``timeout_s``
+    seconds (False: another connection holds it, a long transaction or a writer that hangs).
+    Says nothing of whether a write would then succeed (a read-only file passes). Takes the
+    lock and gives it back at once, writing nothing; the file must exist. Raises
+    ``sqlite3.Error`` for anything but a lock."""
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s)
     db.isolation_level = None  # explicit transactions: BEGIN IMMEDIATE is the lock alone
     try:
@@ -37,7 +39,7 @@ def write_lock_free(path: Path, timeout_s: float) -> bool:
         db.execute("ROLLBACK")
         return True
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return False
         raise
     finally:

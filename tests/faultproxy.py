@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import sys
 import threading
 import time
 import traceback
@@ -50,17 +51,17 @@ class Rule:
 
 
 class _QuietServer(ThreadingHTTPServer):
-    """A server whose request threads' errors are kept, not printed: socketserver prints
-    them to ``sys.stderr``, which is the command's own output while ``CliRunner`` runs it
-    (a dropped connection's handler failing on its closed socket read as the command's
-    traceback)."""
+    """A server whose request threads' errors are kept (``FaultProxy`` checks them at its
+    exit), not printed: socketserver prints them to ``sys.stderr``, which is the command's
+    own output while ``CliRunner`` runs it (a dropped connection's handler failing on its
+    closed socket read as the command's traceback)."""
 
-    def __init__(self, address, handler, errors: list[str]):
+    def __init__(self, address, handler, errors: list[BaseException]):
         super().__init__(address, handler)
         self.errors = errors
 
     def handle_error(self, request, client_address) -> None:
-        self.errors.append(traceback.format_exc())
+        self.errors.append(sys.exc_info()[1])
 
 
 class FaultProxy:
@@ -74,7 +75,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.hits: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
-        self.errors: list[str] = []  # what its request threads raised (a drop's own socket)
+        self.errors: list[BaseException] = []  # what its request threads raised
         self._server = _QuietServer(("127.0.0.1", port), self._handler(), self.errors)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -87,6 +88,13 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # A socket's trouble is the faults' business (a dropped or cut connection, a client
+        # that gave up); anything else is a bug of the proxy, which a test must not read as
+        # the fault it injected.
+        bugs = [e for e in self.errors if not isinstance(e, OSError | ValueError)]
+        if bugs and exc[0] is None:
+            trace = "".join(traceback.format_exception(bugs[0]))
+            raise AssertionError(f"the fault proxy failed {len(bugs)} request(s):\n{trace}")
 
     def add(self, method: str, path: str, fault: str, **kwargs) -> Rule:
         rule = Rule(method, path, fault, **kwargs)

@@ -737,6 +737,36 @@ def test_optunas_error_after_a_lost_database_is_traced_to_the_database():
     assert storage_error(RuntimeError("GPU fell off the bus")) is None
 
 
+def test_the_tracking_store_s_database_errors_are_not_the_study_s(sqlite_uri, tmp_path):
+    """A SQLite tracking store locked mid-search raised MLflow's error from SQLAlchemy's
+    OperationalError, and the worker said the *study's* storage was out of reach (with
+    in-memory storage: "storage  is out of reach"). Behind MLflow's error, or ours about the
+    tracking store, a database error is the tracking store's."""
+    import sqlite3
+
+    from mnist_tracker.errors import StoreError
+    from mnist_tracker.tracking import client
+    from mnist_tracker.workflows.study import storage_error
+
+    c = client(sqlite_uri)
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(Exception) as locked:  # MLflow's, after its 20 s busy wait
+            c.create_experiment("locked")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert storage_error(locked.value) is None
+    try:
+        try:
+            raise locked.value
+        except Exception:
+            raise StoreError("cannot query the tracking store") from None
+    except StoreError as ours:
+        assert storage_error(ours) is None
+
+
 def test_a_database_lost_mid_search_is_one_error(
     server_uri, experiment_name, tmp_path, monkeypatch
 ):

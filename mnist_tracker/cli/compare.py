@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..constants import DEFAULT_EXPERIMENT, FORMATS, RUN_MODES
-from ..uris import check_folder, redact, scrub
+from ..uris import check_folder, redact, scrub, store_noun
 from .errors import fail, hinting, sigterm_as_interrupt
 from .options import (
     CUDA_GRAPHS_HELP,
@@ -77,7 +77,7 @@ def _log_to_project_run(paths: list[Path]) -> None:
         sink.log_artifact(path)
     if sink.offline:
         echo_err(
-            f"the tracking server went away ({sink.offline_reason}); the files wait in "
+            f"the {store_noun(sink.uri)} went away ({sink.offline_reason}); the files wait in "
             f"{sink.outbox.folder}: send them with `mnist-tracker sync {sink.outbox.folder}`"
         )
 

@@ -280,7 +280,7 @@ def _sync_one(box, run_id: str, uri: str) -> list[str]:
     """Replay ``box`` with the run's lease held; what the server refused (one line), if any."""
     from ..errors import SyncError
     from ..tracking import lease, outbox
-    from ..tracking.client import is_unreachable, one_line
+    from ..tracking.client import is_unreachable, outage_reason
 
     held = lease.hold(run_id)
     try:
@@ -291,8 +291,9 @@ def _sync_one(box, run_id: str, uri: str) -> list[str]:
         if not is_unreachable(exc):  # neither an outage nor a refusal: a bug, with traceback
             raise
         raise SyncError(
-            f"run {run_id}: the server went away during sync ({one_line(exc, uri, 300)}); what "
-            "was sent is recorded, run sync again once it is back"
+            f"run {run_id}: the {store_noun(uri).split()[-1]} went away during sync "
+            f"({outage_reason(exc, uri)}); what was sent is recorded, run sync again once it "
+            "is back"
         ) from None
     finally:
         held.release()

@@ -43,10 +43,12 @@ from . import fresh_store
 
 
 def _drop_database_tracebacks(record: logging.LogRecord) -> bool:
-    # MLflow's database store logs each OperationalError (a locked SQLite file, a PostgreSQL
-    # gone) with its traceback, 100 lines quoting the SQL, and then raises it: what the user
-    # needs is the one line ``tracking_failure`` prints, or the run's outbox taking over.
-    return not (record.levelno >= logging.ERROR and record.exc_info)
+    # MLflow's database store logs each OperationalError with its traceback, 100 lines quoting
+    # the SQL, and then raises it. For an outage (a locked SQLite file, a PostgreSQL gone) the
+    # user needs the one line ``tracking_failure`` prints, or the run's outbox taking over;
+    # any other (a missing table, a read-only file) keeps its log, its only trace.
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or not _is_outage(error)
 
 
 logging.getLogger("mlflow.store.db.utils").addFilter(_drop_database_tracebacks)
@@ -65,8 +67,7 @@ def client(uri: str | None = None) -> MlflowClient:
     try:
         return MlflowClient(uri)
     except Exception as exc:
-        sqlalchemy = sys.modules.get("sqlalchemy")
-        if sqlalchemy is None or not isinstance(exc, sqlalchemy.exc.OperationalError):
+        if not _is_outage(exc):
             raise
         # Opening a database store (a SQLite file locked past its 5 s wait, a PostgreSQL
         # gone) raises SQLAlchemy's error bare; said as MLflow says it for a later call.
@@ -210,23 +211,64 @@ def error_status(exc: BaseException) -> int | None:
     return int(found.group(1) or found.group(2)) if found else None
 
 
+# SQLite's primary result codes for a lock another connection holds (the extended codes keep
+# them in their low byte). Its other errors (no such table, a read-only or full disk, I/O) are
+# no passing trouble: waiting does not mend them.
+_SQLITE_LOCK_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+# A database server out of reach or going away, by SQLSTATE (psycopg's pgcode / sqlstate):
+# connection exceptions (class 08), an administrator's or a crash's shutdown (57P01-57P03),
+# too many connections (53300).
+_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+# The same, in the drivers' words, for errors raised before any answer (no SQLSTATE then).
+_LOST_WORDS = (
+    "connection refused",
+    "could not connect",
+    "connection failed",
+    "server closed the connection",
+    "terminating connection",
+    "timeout expired",
+    "could not translate host name",
+    "can't connect to mysql",
+    "lost connection to mysql",
+    "mysql server has gone away",
+)
+
+
+def _is_outage(error: BaseException) -> bool:
+    """Whether SQLAlchemy's OperationalError ``error`` means the database cannot serve now
+    (locked by another connection, out of reach, going away), not that the store is broken
+    (a missing table, a read-only file, a full disk: those are raised as they are)."""
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if sqlalchemy is None or not isinstance(error, sqlalchemy.exc.OperationalError):
+        return False
+    if getattr(error, "connection_invalidated", False):
+        return True
+    driver_error = getattr(error, "orig", None)
+    code = getattr(driver_error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_LOCK_CODES
+    state = getattr(driver_error, "pgcode", None) or getattr(driver_error, "sqlstate", None)
+    if state:
+        return str(state).startswith(_LOST_SQLSTATES)
+    text = str(driver_error or error).lower()
+    return any(words in text for words in _LOST_WORDS)
+
+
 def database_trouble(exc: BaseException) -> str | None:
     """The database's own words (e.g. "database is locked") when ``exc`` is MLflow's database
-    store failing to reach or use its database: a SQLite file another process kept locked
-    past MLflow's busy timeout (20 s), a PostgreSQL that went away or timed out. MLflow
+    store failing to reach its database now (``_is_outage``): a SQLite file another process
+    kept locked past MLflow's busy timeout (20 s), a PostgreSQL stopped or unreachable. MLflow
     raises those as TEMPORARILY_UNAVAILABLE from SQLAlchemy's OperationalError (``client``
-    does so too where MLflow's opening of the store raised it bare). None for anything else,
-    a server's answer included."""
-    sqlalchemy = sys.modules.get("sqlalchemy")
+    does so too where MLflow's opening of the store raised it bare); it raises every other
+    OperationalError so as well, and those are None here, as is anything else."""
     if (
-        sqlalchemy is None  # no database store was opened
-        or not isinstance(exc, mlflow.exceptions.MlflowException)
+        not isinstance(exc, mlflow.exceptions.MlflowException)
         or isinstance(exc, mlflow.exceptions.RestException)
         or exc.error_code != "TEMPORARILY_UNAVAILABLE"
     ):
         return None
     cause = exc.__cause__
-    if not isinstance(cause, sqlalchemy.exc.OperationalError):
+    if cause is None or not _is_outage(cause):
         return None
     words = str(getattr(cause, "orig", None) or cause).strip().splitlines()
     return clip(words[0].strip(), 200) if words else type(cause).__name__
@@ -271,9 +313,10 @@ def answered(exc: BaseException) -> bool:
     return error_status(exc) in TRANSIENT_STATUSES
 
 
-def permission_refusal(exc: BaseException) -> str | None:
+def permission_refusal(exc: BaseException, uri: str | None = None) -> str | None:
     """The one-line message for a write the tracking server's auth refused this login (HTTP
-    403: MLflow's auth app answers "Permission denied"), or None for anything else."""
+    403: MLflow's auth app answers "Permission denied"), or None for anything else. ``uri``:
+    the server's (default: the current tracking URI)."""
     if not isinstance(exc, mlflow.exceptions.MlflowException):
         return None
     text = str(exc)
@@ -283,7 +326,7 @@ def permission_refusal(exc: BaseException) -> str | None:
         return None
     login = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this login"
     return (
-        f"the tracking server {redact(mlflow.get_tracking_uri())} refused {login!r} a write "
+        f"the tracking server {redact(uri or mlflow.get_tracking_uri())} refused {login!r} a write "
         "(403 Permission denied): another login owns the experiment, and the team server gives "
         "others READ; ask its admin for EDIT on it (the auth API's "
         "create_experiment_permission), or pass an --experiment of your own"
@@ -348,7 +391,7 @@ def tracking_failure(exc: BaseException, uri: str | None = None) -> str | None:
     ``uri``: the store's (default: the current tracking URI)."""
     if not isinstance(exc, mlflow.exceptions.MlflowException):
         return None
-    refused = permission_refusal(exc)
+    refused = permission_refusal(exc, uri)
     if refused is not None:
         return refused
     uri = uri or mlflow.get_tracking_uri()
@@ -414,15 +457,23 @@ def _check_database(uri: str, timeout_s: int, writes: bool = False) -> None:
         path = fresh_store.sqlite_path(uri)
         if path is None or not path.is_file():  # in memory, or a store still to be made
             return
-        try:  # the standard library's sqlite3: a millisecond, where SQLAlchemy takes more
-            sqlite_file.table_names(path, timeout_s)
+        # The standard library's sqlite3: a millisecond, where SQLAlchemy takes more. With
+        # ``writes`` the lock probe below does the waiting: this read does not wait too.
+        try:
+            sqlite_file.table_names(path, 0.0 if writes else timeout_s)
         except sqlite3.DatabaseError as exc:
             if sqlite_file.is_no_database(exc):  # only that: MLflow recovers the others
                 raise TrackingUnavailable(
                     f"tracking store {shown} cannot be opened as a SQLite database ({exc}); "
                     "pass the --tracking-uri of your store, or a new file's path"
                 ) from None
-        if writes and not sqlite_file.write_lock_free(path, timeout_s):
+        if not writes:
+            return
+        try:
+            free = sqlite_file.write_lock_free(path, timeout_s)
+        except sqlite3.Error as exc:  # a read-only folder of a WAL database, say
+            raise TrackingUnavailable(f"tracking store {shown} cannot be written ({exc})") from None
+        if not free:
             raise TrackingUnavailable(
                 f"tracking store {shown} is locked by another process; wait until it is done"
             )

@@ -32,7 +32,14 @@ from ..errors import ExperimentDeleted, Interrupted
 from ..uris import install_log_scrubber, scrub
 from . import lease as lease_mod
 from .artifacts import CREATE_KEY_TAG, DEFAULT_EXPERIMENT, REAPED_TAG
-from .client import attached_run_id, client, env_vars, is_unreachable, set_tracking_uri
+from .client import (
+    attached_run_id,
+    client,
+    database_trouble,
+    env_vars,
+    is_unreachable,
+    set_tracking_uri,
+)
 from .sink import SINK_HTTP, RunSink
 
 T = TypeVar("T")
@@ -186,12 +193,14 @@ def made_once(create: Callable[[], T], find: Callable[[], T | None], tries: int 
     ``find()`` (None: not there) tells whether the store made it anyway (a 500 after the
     write, a dropped connection) or another process did. Not made, a transient failure (the
     server away, or a 5xx: MLflow 3.18 does not send such a write again) is tried again, with
-    a pause, ``tries`` times in all; any other failure is raised."""
+    a pause, ``tries`` times in all (twice for a database locked or away: MLflow waited 20 s
+    on each try already); any other failure is raised."""
     for attempt in range(tries):
         try:
             return create()
         except Exception as exc:
             transient = is_unreachable(exc)
+            last = min(tries, 2) - 1 if database_trouble(exc) else tries - 1
             if transient:
                 time.sleep(0.5 * 2**attempt)
             found = None
@@ -199,7 +208,7 @@ def made_once(create: Callable[[], T], find: Callable[[], T | None], tries: int 
                 found = find()
             if found is not None:
                 return found
-            if not transient or attempt == tries - 1:
+            if not transient or attempt >= last:
                 raise
     raise AssertionError("unreachable")  # the loop returns or raises
 

@@ -45,7 +45,7 @@ from ..config import (
     validate_seed,
 )
 from ..constants import DEFAULT_EXPERIMENT, PRUNERS, SAMPLERS
-from ..errors import TuneError, behind, clip
+from ..errors import StoreError, TrackingUnavailable, TuneError, clip
 from ..models import get_spec
 from ..uris import redact, scrub
 
@@ -672,16 +672,29 @@ class StudyLock:
 
 
 def storage_error(exc: BaseException) -> BaseException | None:
-    """The database error behind ``exc`` (its own type, or what it was raised from or during:
-    Optuna, failing to read a trial back after a failed write, raises UnboundLocalError), or
-    None when the storage is not the cause."""
+    """The study database's error behind ``exc`` (its own type, or what it was raised from or
+    during: Optuna, failing to read a trial back after a failed write, raises
+    UnboundLocalError), or None when the storage is not the cause. A database error behind an
+    error of the tracking store's (MLflow's, or ours about it) is the tracking store's: a
+    SQLite tracking file locked, a PostgreSQL tracking store gone."""
     import sqlalchemy
 
+    from ..tracking.client import is_mlflow_error  # loaded already: tune tracks to MLflow
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:  # a chain is short; a cycle must not loop
+        if is_mlflow_error(seen) or isinstance(seen, StoreError | TrackingUnavailable):
+            break
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
     # The database's own words (connection refused) before Optuna's wrapper's ("invalid data
     # in the commit, e.g. exceeding max length", whatever the cause).
-    return behind(exc, sqlalchemy.exc.OperationalError) or behind(
-        exc, optuna.exceptions.StorageInternalError
-    )
+    for kind in (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        found = next((error for error in chain if isinstance(error, kind)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def storage_lost(url: str | None, exc: BaseException) -> TuneError:
