@@ -129,6 +129,24 @@ def test_a_refused_artifact_keeps_the_run_running_until_sync(proxy, experiment_n
     assert _steps(c, outcome.run_id) == [1, 2] and len(_models(c, run)) == 1
 
 
+def test_an_image_whose_tag_was_refused_is_in_the_run_once(proxy, experiment_name):
+    """MLflow uploads an image's files, then sets the run's images tag: with that tag refused
+    (503 after the retries) the image waited in the outbox with its files already on the
+    server, and the replay uploaded them again: the Images view showed epoch 1 twice (four
+    times against a database store failing on and off, a hostile try found). Each step's
+    image is there once, both files of it."""
+    proxy.add("POST", f"{API}/runs/set-tag$", "pre503", times=3)  # the first try, retries too
+    outcome = _train(experiment_name, epochs=2)
+    assert proxy.hit("pre503", "runs/set-tag") == 3
+    c = client()
+    assert c.get_run(outcome.run_id).info.status == "FINISHED"
+    names = [item.path.rsplit("/", 1)[-1] for item in c.list_artifacts(outcome.run_id, "images")]
+    for step in (1, 2):
+        of_step = [n for n in names if f"+step+{step}+" in n or f"%step%{step}%" in n]
+        assert len(of_step) == 2, names  # the image and its compressed copy, once
+        assert sum(n.endswith(".png") for n in of_step) == 1, names
+
+
 def test_a_refused_checkpoint_is_dropped_when_the_run_finishes(proxy, experiment_name):
     """Case 1: one unsendable checkpoint (which a finished run no longer needs) blocks
     nothing: the run ends FINISHED with everything else, and nothing is left to sync."""
@@ -544,15 +562,22 @@ def test_a_broken_sqlite_store_is_no_outage(sqlite_uri, tmp_path):
     assert tracking_failure(broken.value) is None  # a bug's traceback, not "wait and retry"
 
 
-def test_a_command_on_a_locked_sqlite_store_gets_one_line(sqlite_uri, tmp_path):
+DIGITS = str(SUBSET / "t10k-images-idx3-ubyte.gz")
+
+
+@pytest.mark.parametrize("command", [["compare"],
+                                     ["predict", "--model-uri", "models:/digits@one", DIGITS]],
+                         ids=["compare", "predict"])  # fmt: skip
+def test_a_command_on_a_locked_sqlite_store_gets_one_line(sqlite_uri, tmp_path, command):
     """`compare` (a fresh process) on a store another process keeps locked: SQLAlchemy's
-    traceback, exit 1, from MLflow opening the store. One line naming the lock and what to
-    do, exit 2."""
+    traceback, exit 1, from MLflow opening the store; `predict` blamed the model's URI ("pass
+    runs:/RUN_ID/MODEL or models:/NAME@ALIAS"), quoting the SQL. One line naming the lock and
+    what to do, exit 2."""
     client(sqlite_uri)
     holder = _lock(tmp_path / "mlflow.db")
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        done = subprocess.run([BIN / "mnist-tracker", "compare", "--tracking-uri", sqlite_uri],
+        done = subprocess.run([BIN / "mnist-tracker", *command, "--tracking-uri", sqlite_uri],
                               capture_output=True, text=True, timeout=120)  # fmt: skip
     finally:
         holder.execute("ROLLBACK")

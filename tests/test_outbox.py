@@ -316,6 +316,28 @@ def test_sync_of_an_outbox_whose_meta_is_damaged_needs_only_the_tracking_uri(
     assert client.get_run(run_id).data.params == {"p": "1"}
 
 
+def test_sync_of_a_run_logged_with_a_password_asks_for_the_uri(tmp_path, monkeypatch):
+    """The outbox keeps the store's URI without its password: `sync` said to pass
+    --tracking-uri "(credentials from MLFLOW_TRACKING_USERNAME / PASSWORD)", which a
+    postgresql:// store (its password in the URI) does not read. It asks for the URI with
+    its password, and never prints one."""
+    from click.testing import CliRunner
+
+    from mnist_tracker.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_id = "a" * 32
+    box = outbox.Outbox(tmp_path / "runs" / run_id / "outbox")
+    hidden = "postgresql://u:***@db:5432/mlflow"
+    box.add({"op": "log_batch", "metrics": [], "params": {"p": "1"}, "tags": {}, "run_id": run_id},
+            meta={"run_id": run_id, "tracking_uri": hidden})  # fmt: skip
+    result = CliRunner().invoke(main, ["sync", str(box.folder.parent)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert f"{hidden}, whose password is not kept on disk" in line
+    assert "with its password as --tracking-uri" in line and "USERNAME" not in line
+
+
 def test_a_damaged_outbox_does_not_keep_the_others_from_being_sent(
     tmp_path, monkeypatch, sqlite_uri
 ):

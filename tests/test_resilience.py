@@ -280,6 +280,10 @@ def test_server_outage_mid_run_then_sync(tmp_path, cli_env, reference, monkeypat
         run_id = re.search(r"^run (\w+):", cli.text, re.M).group(1)
         folder = run_dir(run_id)
         assert f"mnist-tracker sync {folder}" in cli.text
+        # The outbox keeps no password: the command names the URI to pass, password hidden.
+        from mnist_tracker.uris import redact
+
+        assert f"--tracking-uri {redact(login_uri)} (its password for ***)" in cli.text
         kept = (folder / "outbox" / "ops.jsonl").read_text()
         assert '"op": "log_model"' in kept and '"op": "set_terminated"' in kept
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from mnist_tracker import data, tracking
+from mnist_tracker.paths import run_dir
 from mnist_tracker.workflows.study import TuneSettings
 from mnist_tracker.workflows.tune import tune
 
@@ -665,13 +667,21 @@ def test_an_in_memory_study_ends_at_its_timeout(server_uri, experiment_name):
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_complete"] == 1
 
 
-@pytest.mark.parametrize("checked", [True, False], ids=["before-a-trial", "inside-a-trial"])
-def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("checked", "in_memory"),
+    [(True, False), (False, False), (True, True)],
+    ids=["before-a-trial", "inside-a-trial", "in-memory"],
+)
+def test_a_server_gone_stops_the_worker_without_burning_trials(
+    checked, in_memory, tmp_path, monkeypatch
+):
     """The tracking server dies during trial 0: the trial ends into its outbox (its value
     counts, the line says how to send it), and the worker stops in one error instead of
     failing every remaining trial (each counted, some after minutes of retries). Found
     before a trial starts (``check_reachable``), or, when it dies between that check and the
-    trial's run, inside it: then the trial goes back to the study."""
+    trial's run, inside it: then the trial goes back to the study. An in-memory study ends
+    with the process: it said "start this worker again" and left its parent RUNNING until
+    reaped; the parent's FAILED end waits in its outbox, and the line says to start tune."""
     from mnist_tracker import errors
     from mnist_tracker.workflows import tune as tune_mod
 
@@ -686,8 +696,9 @@ def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path
         if trial.number == 0 and epoch == 1:
             server.kill()
 
-    settings = TuneSettings("cnn", trials=3, pruner="none", final=False, storage=storage,
-                            study_name="away", **TINY)  # fmt: skip
+    settings = TuneSettings("cnn", trials=3, pruner="none", final=False,
+                            storage=None if in_memory else storage, study_name="away",
+                            **TINY)  # fmt: skip
     server.start()
     try:  # the server never outlives the test, whatever fails
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
@@ -702,9 +713,17 @@ def test_a_server_gone_stops_the_worker_without_burning_trials(checked, tmp_path
             server.kill()
     message = str(caught.value)
     assert message.startswith(f"the tracking server {server.uri} went away"), message
+    assert any(line.startswith("trial 0: the tracking server went away") for line in lines)
+    if in_memory:
+        assert "; this in-memory study ends here; " in message, message
+        assert "send the runs it kept (2) with `mnist-tracker sync`" in message  # and the parent
+        assert message.endswith("start tune again once the server is back")
+        (parent_id,) = [line.split()[-1] for line in lines if ": parent run " in line]
+        ops = [json.loads(op) for op in (run_dir(parent_id) / "outbox" / "ops.jsonl").open()]
+        assert ops[-1]["op"] == "set_terminated" and ops[-1]["status"] == "FAILED"
+        return
     assert "send the runs it kept (1) with `mnist-tracker sync`" in message
     assert message.endswith("start this worker again once the server is back")
-    assert any(line.startswith("trial 0: the tracking server went away") for line in lines)
     trials = optuna.load_study(study_name="away", storage=storage).get_trials()
     assert trials[0].state == TrialState.COMPLETE  # its value counts; its run waits for sync
     if checked:

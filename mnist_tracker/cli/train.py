@@ -142,10 +142,13 @@ def _run(start, what: str, options: dict, tracking_uri: str | None, run_id: str 
         f"{outcome.result.precision})"
     )
     if outcome.offline_reason:
+        sync = f"mnist-tracker sync {outcome.outbox.parent}"
+        if redact(uri) != uri:  # its password is not written down: sync needs it again
+            sync += f" --tracking-uri {redact(uri)} (its password for ***)"
         echo_err(
             f"The {store_noun(uri)} did not get everything ({outcome.offline_reason}). Training "
             f"finished; what could not be sent is kept in {outcome.outbox}, and the run shows "
-            f"RUNNING until it is sent with: mnist-tracker sync {outcome.outbox.parent}"
+            f"RUNNING until it is sent with: {sync}"
         )
         return
     echo_err(ui_hint(uri, outcome.experiment_id, outcome.run_id))
@@ -259,9 +262,9 @@ def sync_cmd(path, tracking_uri) -> None:
         if not uri:
             fail(f"{box.meta_path} is missing or damaged, so the tracking server of the run "
                  f"is unknown; pass --tracking-uri")  # fmt: skip
-        if "***" in uri:
-            fail(f"the run was logged to {uri}; pass --tracking-uri (credentials from "
-                 "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")  # fmt: skip
+        if "***" in uri:  # a password in the URI, which the outbox never keeps
+            fail(f"the run was logged to {uri}, whose password is not kept on disk; pass that "
+                 "URI with its password as --tracking-uri (or $MLFLOW_TRACKING_URI)")  # fmt: skip
         uri = connect(uri)
         run_id = meta.get("run_id", box.folder.parent.name)
         refused += _sync_one(box, run_id, uri)

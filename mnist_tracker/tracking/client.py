@@ -11,7 +11,7 @@ Contracts:
   says no); ``answered(exc)`` tells the second kind of outage.
 - ``tracking_failure(exc)`` is the one line (with its fix) for an MLflow error that says the
   store cannot serve the command now (auth refused, only server errors, no answer, its
-  database locked or gone), or None.
+  database locked or gone), or None; ``read_failure(exc)`` the same for a read.
 - ``check_reachable(uri)`` fails within seconds with TrackingUnavailable when an HTTP server
   does not answer or refuses the credentials, or a database store cannot be opened (no
   answer, no driver, a file that is not SQLite); a SQLite file still to be made and local
@@ -69,11 +69,15 @@ def client(uri: str | None = None) -> MlflowClient:
     except Exception as exc:
         if not _is_outage(exc):
             raise
-        # Opening a database store (a SQLite file locked past its 5 s wait, a PostgreSQL
-        # gone) raises SQLAlchemy's error bare; said as MLflow says it for a later call.
-        raise mlflow.exceptions.MlflowException(
-            str(exc), error_code=TEMPORARILY_UNAVAILABLE
-        ) from exc
+        raise _as_mlflow_outage(exc) from exc
+
+
+def _as_mlflow_outage(error: BaseException) -> mlflow.exceptions.MlflowException:
+    """SQLAlchemy's outage ``error`` as MLflow raises it from a later call: opening a database
+    store (a SQLite file locked past its 5 s wait, a PostgreSQL gone) raises it bare."""
+    wrapped = mlflow.exceptions.MlflowException(str(error), error_code=TEMPORARILY_UNAVAILABLE)
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def attached_run_id() -> str | None:
@@ -407,6 +411,17 @@ def tracking_failure(exc: BaseException, uri: str | None = None) -> str | None:
             "admin for access, or pass another --tracking-uri"
         )
     return _outage_line(exc, uri)
+
+
+def read_failure(exc: BaseException, uri: str | None = None) -> str | None:
+    """``tracking_failure``'s line for a read (a query, a model's download): a refused login
+    or a store that cannot serve now, a bare SQLAlchemy outage of MLflow opening the store
+    included; None for anything else, a 403 too (its line is for a refused write)."""
+    if _is_outage(exc):
+        exc = _as_mlflow_outage(exc)
+    if is_auth_refusal(exc) and not is_login_refusal(exc):
+        return None
+    return tracking_failure(exc, uri)
 
 
 def one_line(exc: BaseException, uri: str | None, limit: int = 200) -> str:

@@ -34,7 +34,7 @@ from ..models import create_model
 from ..serving import import_mlflow_pytorch
 from ..uris import local_path
 from . import artifacts
-from .client import client, env_vars
+from .client import client, env_vars, read_failure
 
 REPLAY_FILES = ("model.pt", "example.pt", "config.json")
 # The pyfunc's code, logged as the model ("models from code": nothing pickled).
@@ -248,6 +248,10 @@ def load_served(model_uri: str):
         try:
             return mlflow.pyfunc.load_model(model_uri, dst_path=download)
         except Exception as exc:  # a bad URI, an unknown alias, an unreachable store
+            store = mlflow.get_registry_uri() if model_uri.startswith("models:") else None
+            failure = read_failure(exc, store)  # the store's trouble, not the URI's
+            if failure is not None:
+                raise ModelError(failure) from None
             reason = clip(str(exc), 300)
             raise ModelError(
                 f"cannot load the model {model_uri} ({reason}); pass runs:/RUN_ID/MODEL or "

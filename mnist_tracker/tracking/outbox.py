@@ -211,6 +211,7 @@ def apply(client: MlflowClient, op: dict, folder: Path) -> None:
     elif kind == "log_image":
         import PIL.Image
 
+        _drop_earlier_copies(client, run_id, op)
         with PIL.Image.open(files / "image.png") as image:
             client.log_image(
                 run_id,
@@ -226,6 +227,23 @@ def apply(client: MlflowClient, op: dict, folder: Path) -> None:
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:
         raise ValueError(f"unknown outbox operation {kind!r} (id {op['id']})")
+
+
+def _drop_earlier_copies(client: MlflowClient, run_id: str, op: dict) -> None:
+    """Delete the files an earlier try of image ``op`` left. MLflow writes an image's two
+    files (under a random id) before the tag that marks the run as having images: that tag
+    refused, or its answer lost, the operation waits in the outbox with its files already on
+    the server, and each replay added a copy to the run's Images view. The files are named by
+    key, step and timestamp (the op's own, fixed when it was first tried). Best effort: a
+    store that cannot delete keeps them."""
+    key = op["key"].replace("/", "~")
+    prefixes = tuple(  # MLflow 3.18's separator, and the one before it
+        f"{key}{sep}step{sep}{op['step']}{sep}timestamp{sep}{op['timestamp']}{sep}"
+        for sep in ("+", "%")
+    )
+    for item in client.list_artifacts(run_id, "images"):
+        if item.path.rsplit("/", 1)[-1].startswith(prefixes):
+            delete_run_artifacts(client, run_id, item.path)
 
 
 @dataclass(frozen=True)

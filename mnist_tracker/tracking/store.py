@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ..errors import InvalidQuery, StoreError
 from ..uris import redact
 from .client import client as make_client
-from .client import env_vars, is_auth_refusal, is_login_refusal, tracking_failure
+from .client import env_vars, is_auth_refusal, read_failure
 
 PAGE_SIZE = 5000  # runs per search request; MLflow accepts up to 50,000
 
@@ -34,17 +34,14 @@ def _client(mlflow_client: MlflowClient | None) -> MlflowClient:
 @contextlib.contextmanager
 def _querying(c: MlflowClient) -> Iterator[None]:
     """MLflow's refusals as InvalidQuery (a bad filter) or StoreError (anything else: a store
-    that cannot serve now, or that refused the login, in ``tracking_failure``'s words; its
-    words for a refused write do not fit a query)."""
+    that cannot serve now, or that refused the login, in ``read_failure``'s words)."""
     try:
         yield
     except MlflowException as exc:
         message = " ".join(exc.message.split())
         if exc.error_code == "INVALID_PARAMETER_VALUE":
             raise InvalidQuery(message) from None
-        failure = None
-        if is_login_refusal(exc) or not is_auth_refusal(exc):
-            failure = tracking_failure(exc, c.tracking_uri)
+        failure = read_failure(exc, c.tracking_uri)
         if failure is not None:
             raise StoreError(failure) from None
         raise StoreError(

@@ -368,7 +368,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
         try:  # seconds, not MLflow's minutes of retries inside a trial that then fails
             check_reachable(uri)
         except TrackingUnavailable as exc:
-            raise _server_away(uri, exc, None, objective) from None
+            raise _server_away(uri, exc, None, objective, study, settings) from None
         lock.acquire()
         try:
             _fail_dead_trials(study, objective, say, checked)
@@ -422,7 +422,7 @@ def _work(study, settings: TuneSettings, lock: StudyLock, objective, say) -> boo
                 if lost is not None:
                     raise storage_lost(settings.storage, lost) from None
                 if is_unreachable(exc):
-                    raise _server_away(uri, exc, number, objective) from None
+                    raise _server_away(uri, exc, number, objective, study, settings) from None
                 raise _run_refused(uri, exc, number, settings.experiment) from None
         finally:
             lock.release()
@@ -481,14 +481,17 @@ def _stopped(study: optuna.Study, objective, settings: TuneSettings, say) -> Non
         say(f"trial {given[0]}: stopped; it goes back to the study, for the next worker")
 
 
-def _end_parent_stopped(study: optuna.Study, parent_run_id: str) -> None:
-    """An in-memory study stopped by a signal: no worker will end its parent; end it KILLED,
-    with the results so far."""
+def _end_parent_stopped(study: optuna.Study, parent_run_id: str, status: str = "KILLED"):
+    """An in-memory study stopped (a signal: KILLED; its tracking store gone: FAILED): no
+    worker will end its parent; end it with the results so far. Returns the parent's outbox
+    folder when its end waits there (the store away), else None."""
     with contextlib.suppress(Exception):  # stopping: best effort
         sink = _sink_of(parent_run_id)
         state = study_state(study)
         sink.log_metrics({"n_complete": state.complete, "n_pruned": state.pruned})
-        sink.end("KILLED")
+        sink.end(status)
+        return sink.outbox.folder if sink.unsent else None
+    return None
 
 
 def not_the_trials_fault(exc: BaseException) -> bool:
@@ -507,17 +510,27 @@ def _taken_over(study: optuna.Study, trial: optuna.Trial | None, exc: Exception)
     return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
 
 
-def _server_away(uri: str, exc: Exception, trial: int | None, objective) -> TuneError:
+def _server_away(
+    uri: str, exc: Exception, trial: int | None, objective, study: optuna.Study, settings
+) -> TuneError:
     """The error that stops a worker whose tracking server went away: without it every
-    remaining trial would fail at once (each counted), or sit through MLflow's retries."""
+    remaining trial would fail at once (each counted), or sit through MLflow's retries. An
+    in-memory study ends with this process: its parent run is ended FAILED (kept in its
+    outbox, the store being away), and tune is to be started again, not this worker."""
     cause = exc.__cause__ if isinstance(exc, TrackingUnavailable) and exc.__cause__ else exc
-    back = "" if trial is None else f"; trial {trial} went back to the study"
-    kept = ""
-    if objective.outboxes:
-        kept = f"; send the runs it kept ({len(objective.outboxes)}) with `mnist-tracker sync`"
+    noun = store_noun(uri)
+    kept = len(objective.outboxes)
+    if settings.storage is None:
+        parent = _end_parent_stopped(study, objective.parent_run_id, "FAILED")
+        kept += parent is not None
+        back = "; this in-memory study ends here"
+        again = f"start tune again once the {noun.split()[-1]} is back"
+    else:
+        back = "" if trial is None else f"; trial {trial} went back to the study"
+        again = f"start this worker again once the {noun.split()[-1]} is back"
+    sync = f"; send the runs it kept ({kept}) with `mnist-tracker sync`" if kept else ""
     return TuneError(
-        f"the {store_noun(uri)} {redact(uri)} went away ({outage_reason(cause, uri)}){back}"
-        f"{kept}; start this worker again once the {store_noun(uri).split()[-1]} is back"
+        f"the {noun} {redact(uri)} went away ({outage_reason(cause, uri)}){back}{sync}; {again}"
     )
 
 
