@@ -9,13 +9,18 @@ import sqlite3
 from pathlib import Path
 
 
+def _connect(path: Path, mode: str, timeout_s: float) -> sqlite3.Connection:
+    """A connection to the existing file at ``path`` in SQLite's URI ``mode`` ("ro", "rw"),
+    which never creates it, waiting up to ``timeout_s`` for another connection's lock."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=timeout_s)
+
+
 def table_names(path: Path, timeout_s: float = 5.0) -> set[str]:
     """The names in the schema of the SQLite file at ``path`` (tables, indexes), read-only:
     the file is neither created nor changed. Raises ``sqlite3.DatabaseError`` (a file locked
     for longer than ``timeout_s`` too); ``is_no_database`` tells the one error that means the
     file is not SQLite at all."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=timeout_s)) as db:
+    with contextlib.closing(_connect(path, "ro", timeout_s)) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
 
 
@@ -32,7 +37,7 @@ def write_lock_free(path: Path, timeout_s: float) -> bool:
     Says nothing of whether a write would then succeed (a read-only file passes). Takes the
     lock and gives it back at once, writing nothing; the file must exist. Raises
     ``sqlite3.Error`` for anything but a lock."""
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s)
+    db = _connect(path, "rw", timeout_s)  # rw, not rwc: a file that is not there stays so
     db.isolation_level = None  # explicit transactions: BEGIN IMMEDIATE is the lock alone
     try:
         db.execute("BEGIN IMMEDIATE")

@@ -148,10 +148,11 @@ def store_scheme(uri: str) -> str:
     return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
-def store_noun(uri: str) -> str:
+def store_noun(uri: str, bare: bool = False) -> str:
     """What a message calls the store at ``uri``: "tracking server" for an HTTP one, else
-    "tracking store" (a SQLite file, a database, a folder)."""
-    return "tracking server" if store_scheme(uri) in _SERVERS else "tracking store"
+    "tracking store" (a SQLite file, a database, a folder); ``bare``: "server" / "store"."""
+    word = "server" if store_scheme(uri) in _SERVERS else "store"
+    return word if bare else f"tracking {word}"
 
 
 def local_path(uri: str) -> Path | None:

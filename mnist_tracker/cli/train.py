@@ -294,7 +294,7 @@ def _sync_one(box, run_id: str, uri: str) -> list[str]:
         if not is_unreachable(exc):  # neither an outage nor a refusal: a bug, with traceback
             raise
         raise SyncError(
-            f"run {run_id}: the {store_noun(uri).split()[-1]} went away during sync "
+            f"run {run_id}: the {store_noun(uri, bare=True)} went away during sync "
             f"({outage_reason(exc, uri)}); what was sent is recorded, run sync again once it "
             "is back"
         ) from None

@@ -518,19 +518,18 @@ def _server_away(
     in-memory study ends with this process: its parent run is ended FAILED (kept in its
     outbox, the store being away), and tune is to be started again, not this worker."""
     cause = exc.__cause__ if isinstance(exc, TrackingUnavailable) and exc.__cause__ else exc
-    noun = store_noun(uri)
     kept = len(objective.outboxes)
     if settings.storage is None:
         parent = _end_parent_stopped(study, objective.parent_run_id, "FAILED")
         kept += parent is not None
-        back = "; this in-memory study ends here"
-        again = f"start tune again once the {noun.split()[-1]} is back"
+        back, who = "; this in-memory study ends here", "tune"
     else:
         back = "" if trial is None else f"; trial {trial} went back to the study"
-        again = f"start this worker again once the {noun.split()[-1]} is back"
+        who = "this worker"
     sync = f"; send the runs it kept ({kept}) with `mnist-tracker sync`" if kept else ""
     return TuneError(
-        f"the {noun} {redact(uri)} went away ({outage_reason(cause, uri)}){back}{sync}; {again}"
+        f"the {store_noun(uri)} {redact(uri)} went away ({outage_reason(cause, uri)}){back}"
+        f"{sync}; start {who} again once the {store_noun(uri, bare=True)} is back"
     )
 
 
